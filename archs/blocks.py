@@ -1,0 +1,131 @@
+"""Building blocks of the LM shell: norms, MLPs, a top-k routed MoE, and the residual Block."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from archs.mixer import Mixer, State
+
+NORMS = ("rmsnorm", "layernorm")
+MLPS = ("swiglu", "gelu", "none")
+
+
+def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; choose one of {list(NORMS)}")
+
+
+def mlp_hidden(kind: str, dim: int, ratio: float) -> int:
+    # SwiGLU has three matrices instead of two, so it gets 2/3 of the width to keep the
+    # parameter count of a ratio-wide GELU MLP (Shazeer 2020).
+    hidden = ratio * dim * (2 / 3 if kind == "swiglu" else 1)
+    return max(1, int(round(hidden)))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: GELU (d -> h -> d) or SwiGLU (silu(W1 x) * W3 x -> W2)."""
+
+    def __init__(self, dim: int, kind: str = "swiglu", ratio: float = 4.0, bias: bool = False):
+        super().__init__()
+        if kind not in ("swiglu", "gelu"):
+            raise ValueError(f"unknown mlp {kind!r}; choose one of {list(MLPS)}")
+        self.kind = kind
+        hidden = mlp_hidden(kind, dim, ratio)
+        self.up = nn.Linear(dim, hidden * (2 if kind == "swiglu" else 1), bias=bias)
+        self.down = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:
+            h = F.gelu(h)
+        return self.down(h)
+
+
+class MoE(nn.Module):
+    """Top-k routed mixture of MLP experts (dropless: every token reaches its k experts).
+
+    The router is a softmax over experts; the k chosen gates are renormalised to sum to 1.
+    ``aux_loss()`` is the Switch-Transformer load-balancing loss of the last forward:
+    n_experts · Σ_e (fraction of routed slots to e) · (mean router probability of e),
+    which is 1 at perfect balance and grows as routing collapses.
+    """
+
+    def __init__(self, dim: int, n_experts: int = 16, top_k: int = 2, kind: str = "swiglu",
+                 ratio: float = 4.0):
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"MoE needs 1 <= top_k <= n_experts, got top_k={top_k}, n_experts={n_experts}")
+        self.n_experts, self.top_k = n_experts, top_k
+        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(dim, kind, ratio) for _ in range(n_experts))
+        self._aux: torch.Tensor | None = None
+        self.last_topk: torch.Tensor | None = None  # (tokens, k) expert ids, for inspection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])  # (T, D), T = all positions of the batch
+        probs = self.router(tokens).float().softmax(dim=-1)  # (T, E)
+        gates, chosen = probs.topk(self.top_k, dim=-1)  # (T, k)
+        gates = (gates / gates.sum(dim=-1, keepdim=True)).to(x.dtype)
+        self.last_topk = chosen
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            token_idx, slot = (chosen == e).nonzero(as_tuple=True)
+            if token_idx.numel():
+                y = expert(tokens[token_idx]) * gates[token_idx, slot, None]
+                out.index_add_(0, token_idx, y)
+        routed = F.one_hot(chosen, self.n_experts).float().sum(dim=1)  # (T, E) 0/1 per expert
+        frac = routed.mean(dim=0) / self.top_k
+        self._aux = self.n_experts * (frac * probs.mean(dim=0)).sum()
+        return out.reshape(shape)
+
+    def aux_loss(self) -> torch.Tensor | None:
+        return self._aux
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then + mlp(norm(.)) if there is an MLP."""
+
+    def __init__(self, dim: int, mixer: Mixer, mlp: nn.Module | None, norm: str = "rmsnorm"):
+        super().__init__()
+        self.mixer_norm = make_norm(norm, dim)
+        self.mixer = mixer
+        self.mlp_norm = make_norm(norm, dim) if mlp is not None else None
+        self.mlp = mlp
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.mlp is None else h + self.mlp(self.mlp_norm(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mlp(x + self.mixer(self.mixer_norm(x)))
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, state = self.mixer.step(self.mixer_norm(x_t), state)
+        return self._mlp(x_t + y), state
+
+    def prefill(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, state = self.mixer.prefill(self.mixer_norm(x), state)
+        return self._mlp(x + y), state
+
+    def aux_loss(self) -> torch.Tensor | None:
+        losses = [m.aux_loss() for m in (self.mixer, self.mlp) if hasattr(m, "aux_loss")]
+        losses = [loss for loss in losses if loss is not None]
+        return sum(losses) if losses else None
+
+
+def heads_split(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, L, H*Dh) -> (B, H, L, Dh)."""
+    return rearrange(x, "b l (h d) -> b h l d", h=n_heads)
+
+
+def heads_merge(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, Dh) -> (B, L, H*Dh)."""
+    return rearrange(x, "b h l d -> b l (h d)")

@@ -1,0 +1,121 @@
+"""The contract every sequence mixer honours.
+
+A mixer maps (B, L, D) -> (B, L, D) and owns its decode state. The LM shell
+(`archs.model.LanguageModel`) wraps mixers in residual blocks; an architecture
+contributes nothing but mixers (and, for hybrids, a layer pattern).
+
+Three forms of the same function, which must agree (the conformance suite checks it):
+
+* ``forward(x)``            - parallel (training) form over a whole sequence;
+* ``step(x_t, state)``      - one token, carrying the decode cache / recurrent state;
+* ``prefill(x, state)``     - a chunk of tokens continuing from ``state``; used to
+  evaluate long sequences in constant memory. The default runs ``step`` token by
+  token (correct, slow); families override it with a chunked parallel form.
+
+States are plain containers of tensors (dicts, lists, dataclasses). Their size in
+bytes is what the cost harness reports against context length, so
+``state_size_bytes`` counts the logical contents (a KV cache counts the tokens it
+holds, not spare capacity).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+State = Any
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes held by all tensors in a nested state (dict / list / tuple / dataclass)."""
+    if obj is None:
+        return 0
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if hasattr(obj, "nbytes") and callable(obj.nbytes):
+        return int(obj.nbytes())
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    if dataclasses.is_dataclass(obj):
+        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    return 0
+
+
+class Mixer(nn.Module):
+    """Base class for sequence mixers. Subclasses implement forward, init_state, step.
+
+    Class attributes describe the mixer to the registry and the harness:
+      backends:      the backend names this mixer accepts ("ref", "fast", "auto", ...)
+      state_growth:  "constant" if the decode state is independent of context length,
+                     "linear" if it grows with it (a KV cache), "window" if bounded.
+    """
+
+    backends: tuple[str, ...] = ("ref",)
+    state_growth: str = "constant"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_idx: int | None = None
+
+    # -- the three forms -------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> State:
+        raise NotImplementedError
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token: x_t (B, D) -> y_t (B, D), new state."""
+        raise NotImplementedError
+
+    def prefill(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """A chunk continuing from ``state``: (B, L, D) -> (B, L, D), new state."""
+        ys = []
+        for t in range(x.shape[1]):
+            y_t, state = self.step(x[:, t], state)
+            ys.append(y_t)
+        return torch.stack(ys, dim=1), state
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def state_size_bytes(self, state: State) -> int:
+        return tensor_bytes(state)
+
+    def expected_state_bytes(self, batch_size: int, context_len: int,
+                             dtype: torch.dtype) -> int | None:
+        """The analytic decode-state size after ``context_len`` tokens, or None if undeclared.
+
+        The conformance suite checks it against ``state_size_bytes`` of a real state, so
+        the harness can report state size at lengths it never decodes.
+        """
+        return None
+
+    def sequence_flops(self, batch_size: int, seq_len: int) -> int | None:
+        """Analytic forward FLOPs of the token mixing itself (not the nn.Linear projections,
+        which the LM shell counts from their shapes): attention's score and value
+        products, a scan's recurrence, a convolution. None if undeclared."""
+        return None
+
+    def resolved_backend(self, device: torch.device | str | None = None,
+                         seq_len: int | None = None) -> str:
+        """The code path that actually runs on ``device`` for a ``seq_len``-token input
+        (recorded in every result row; some "auto" choices depend on the length)."""
+        return getattr(self, "backend", "ref")
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """An auxiliary training loss from the last forward (e.g. MoE balance), or None."""
+        return None
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    @property
+    def param_device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")

@@ -1,0 +1,136 @@
+"""Positional encodings.
+
+Absolute encodings (sinusoidal, learned) are added to the token embeddings by the LM
+shell; relative ones (rope, alibi) act inside attention on queries/keys or on the scores.
+``none`` (NoPE) relies on the causal mask alone. Every encoding takes explicit integer
+positions, so decoding at position t and a parallel pass agree by construction.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ABSOLUTE = ("sinusoidal", "learned")
+RELATIVE = ("rope", "alibi")
+POSITIONAL_ENCODINGS = ("none", *ABSOLUTE, *RELATIVE)
+
+
+class SequenceTooLongError(ValueError):
+    """A position beyond what the model can represent (e.g. past a learned table)."""
+
+
+def check_positional(name: str) -> str:
+    if name not in POSITIONAL_ENCODINGS:
+        raise ValueError(f"unknown pos_encoding {name!r}; choose one of {list(POSITIONAL_ENCODINGS)}")
+    return name
+
+
+# --- absolute -----------------------------------------------------------------------------
+
+def sinusoidal_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Vaswani et al. 2017: even dims sin(pos / base^(2j/d)), odd dims cos(same). (L,) -> (L, dim)."""
+    j = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+    angles = positions.float()[:, None] / base ** (j / dim)[None, :]  # (L, ceil(dim/2))
+    table = torch.zeros(positions.shape[0], dim, device=positions.device)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return table
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed, unbounded: computed for whatever positions are asked."""
+
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        self.dim, self.base = dim, base
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return sinusoidal_table(positions, self.dim, self.base)
+
+
+class LearnedPositions(nn.Module):
+    """A trained table of ``max_seq_len`` rows; positions past it are an error, not a crash."""
+
+    def __init__(self, dim: int, max_seq_len: int):
+        super().__init__()
+        if max_seq_len is None or max_seq_len <= 0:
+            raise ValueError("pos_encoding='learned' needs a positive max_seq_len (the table size)")
+        self.max_seq_len = max_seq_len
+        self.table = nn.Embedding(max_seq_len, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        last = int(positions.max()) if positions.numel() else -1
+        if last >= self.max_seq_len:
+            raise SequenceTooLongError(
+                f"position {last} is beyond the learned position table (max_seq_len="
+                f"{self.max_seq_len}); learned absolute positions cannot extrapolate. Evaluate at "
+                f"<= {self.max_seq_len} tokens or build the model with a larger max_seq_len.")
+        return self.table(positions)
+
+
+def absolute_positions(name: str, dim: int, max_seq_len: int | None) -> nn.Module | None:
+    if name == "sinusoidal":
+        return SinusoidalPositions(dim)
+    if name == "learned":
+        return LearnedPositions(dim, max_seq_len)
+    return None
+
+
+# --- rotary -------------------------------------------------------------------------------
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al. 2021), half-split layout: rotate (x[:d/2], x[d/2:]) pairs by pos·θ_j.
+
+    q·k after rotation depends on positions only through their difference.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rope needs an even head dimension, got {head_dim}; "
+                             f"choose d_model / n_heads even")
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, L, Dh), positions: (L,) -> rotated x, same shape and dtype."""
+        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (L, Dh/2)
+        cos, sin = angles.cos(), angles.sin()
+        x1, x2 = x.float().chunk(2, dim=-1)
+        out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return out.to(x.dtype)
+
+
+# --- ALiBi --------------------------------------------------------------------------------
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """Press et al. 2022: geometric slopes 2^(-8/n), 2^(-16/n), ...; for a head count that
+    is not a power of two, the closest lower power's slopes plus every other slope of
+    the next power (as in the paper's reference code)."""
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if n_heads <= 0:
+        raise ValueError(f"n_heads must be positive, got {n_heads}")
+    if math.log2(n_heads).is_integer():
+        return torch.tensor(power_of_two(n_heads))
+    lower = 2 ** math.floor(math.log2(n_heads))
+    extra = power_of_two(2 * lower)[0::2][: n_heads - lower]
+    return torch.tensor(power_of_two(lower) + extra)
+
+
+class ALiBi(nn.Module):
+    """Adds -slope_h · (i - j) to the score of query i on key j."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
+
+    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """(Lq,), (Lk,) -> bias (H, Lq, Lk) in float32."""
+        distance = (q_pos[:, None] - k_pos[None, :]).float()  # (Lq, Lk)
+        return -self.slopes[:, None, None] * distance[None]
