@@ -1,0 +1,77 @@
+"""Fused attention: torch's scaled_dot_product_attention (FlashAttention / memory-efficient
+/ cuDNN kernels on a GPU, a fused C++ kernel on the CPU), same signature as the reference.
+
+``sdpa_backend`` forces one SDPA kernel ("flash", "efficient", "cudnn", "math") so users
+can compare them; if the forced kernel cannot run the case, torch raises - we never let
+it fall back silently.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from archs.attention.ref import causal_mask
+
+SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
+
+
+def sdpa_context(kernel: str | None):
+    if kernel is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    if kernel not in table:
+        raise ValueError(f"unknown sdpa_backend {kernel!r}; choose one of {list(SDPA_KERNELS)} or None")
+    return sdpa_kernel([table[kernel]])
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                   bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                   scale: float | None = None, kernel: str | None = None) -> torch.Tensor:
+    """Same contract as ``attention_math``. Pure causal self-attention (Lq == Lk, no bias,
+    no custom mask) uses ``is_causal=True`` so the flash kernel applies; anything else
+    passes an explicit mask (SDPA's own causal mask is top-left aligned, wrong for a
+    chunk that follows a cache)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    gqa = q.shape[1] != k.shape[1]
+    with sdpa_context(kernel):
+        if bias is None and mask is None and lq == lk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        if mask is None:
+            mask = causal_mask(lq, lk, q.device)
+        attn_mask = mask if bias is None else bias.to(q.dtype).masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=gqa)
+
+
+def flash_attn_available() -> bool:
+    from archs.backends import optional_import
+
+    return optional_import("flash_attn") is not None
+
+
+def attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                    alibi_slopes: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """FlashAttention-2/3 from the ``flash-attn`` package (CUDA, fp16/bf16 only).
+
+    Same (B, H, L, Dh) contract as the others. flash-attn's causal mask is bottom-right
+    aligned when Lq < Lk (since v2.1), which is our convention for chunks after a cache,
+    and it applies ALiBi itself from the per-head slopes.
+    """
+    from archs.backends import BackendUnavailableError, optional_import
+
+    fa = optional_import("flash_attn")
+    if fa is None:
+        raise BackendUnavailableError("backend 'flash_attn' needs the flash-attn package: "
+                                      "pip install flash-attn --no-build-isolation (CUDA only)")
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        raise BackendUnavailableError(f"flash-attn runs fp16/bf16 on CUDA, got {q.dtype} on {q.device}; "
+                                      f"use backend='sdpa' (or 'auto') here")
+    # flash-attn wants (B, L, H, Dh)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    out = fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=True,
+                             alibi_slopes=None if alibi_slopes is None else alibi_slopes.float())
+    return out.transpose(1, 2)
