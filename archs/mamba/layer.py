@@ -1,0 +1,267 @@
+"""The Mamba-1 block (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective
+State Spaces", Fig. 3) as a sequence mixer:
+
+    x, z = in_proj(x)                      # two branches of width d_inner
+    x = silu(causal_depthwise_conv1d(x))   # short local mixing (d_conv taps)
+    dt, B, C = split(x_proj(x))            # input-dependent ("selective") SSM parameters
+    dt = softplus(dt_proj(dt))             # per-channel step size
+    y = selective_scan(x, dt, A, B, C, D)  # h_t = exp(dt A) h_{t-1} + dt B x_t ; y = C h + D x
+    out = out_proj(y * silu(z))
+
+Backends: "ref" (sequential loop, the truth), "chunked" (cache-blocked PyTorch scan,
+the CPU default), "fast" (mamba_ssm's CUDA scan; the fused mamba_inner_fn when
+causal_conv1d is installed too), "auto" (fast when mamba_ssm imports and the input is on
+CUDA, else chunked). The backend that runs is what ``resolved_backend`` reports; a
+requested backend that cannot run raises. prefill always takes the unfused path: mamba_ssm's
+kernel has no initial-state input, so fast.selective_scan_fast adds the carried state's
+contribution in PyTorch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from archs.mamba import fast
+from archs.mamba.conv import causal_conv1d_channels_last
+from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
+from archs.mamba.scan import selective_scan_chunked_bld
+from archs.mixer import Mixer
+
+BACKENDS = ("ref", "chunked", "fast", "auto")
+
+
+@dataclass
+class MambaConfig:
+    d_model: int
+    d_state: int = 16  # N, state size per channel (paper default)
+    d_conv: int = 4  # width of the causal depthwise conv (paper default)
+    expand: int = 2  # d_inner = expand * d_model (paper default)
+    dt_rank: int | str = "auto"  # low-rank dt projection; "auto" = ceil(d_model / 16) (paper)
+    dt_min: float = 0.001  # initial dt ~ log-uniform[dt_min, dt_max] (paper)
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4  # keeps softplus^-1 finite for tiny sampled dt
+    dt_scale: float = 1.0  # dt_proj weight ~ U(+-dt_scale / sqrt(dt_rank)) (mamba_ssm)
+    conv_bias: bool = True  # mamba_ssm default
+    bias: bool = False  # in/out projection bias (mamba_ssm default)
+    backend: str = "auto"  # ref | chunked | fast | auto; see module doc
+    block_len: int | None = None  # chunked scan's steps per cache block; None = from shapes
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        for name in ("d_model", "d_state", "d_conv", "expand"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dt_rank == "auto":
+            self.dt_rank = math.ceil(self.d_model / 16)
+        if not isinstance(self.dt_rank, int) or self.dt_rank < 1:
+            raise ValueError(f"dt_rank must be 'auto' or an int >= 1, got {self.dt_rank!r}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+
+def _inverse_softplus(x: Tensor) -> Tensor:
+    # softplus^-1(x) = x + log(1 - exp(-x)), written with expm1 for small x
+    return x + torch.log(-torch.expm1(-x))
+
+
+class MambaMixer(Mixer):
+    """Mamba-1 mixer: (B, L, d_model) -> (B, L, d_model); constant-size decode state."""
+
+    backends = BACKENDS
+    state_growth = "constant"
+
+    def __init__(self, d_model: int, **kwargs) -> None:
+        super().__init__()
+        cfg = self.config = MambaConfig(d_model=d_model, **kwargs)
+        if cfg.backend == "fast":
+            fast.require_mamba_ssm()  # fail at build time, not at the first forward
+        self.backend = cfg.backend
+        d_inner, n = cfg.d_inner, cfg.d_state
+        self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner,
+                                padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(d_inner, cfg.dt_rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(cfg.dt_rank, d_inner, bias=True)
+        # S4D-real init A = -(1..N) per channel, stored as log so A stays negative
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1.0)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        # The SSM's own parameters are not regularised toward zero (mamba_ssm's convention).
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=cfg.bias)
+        self.reset_dt_parameters()
+
+    @torch.no_grad()
+    def reset_dt_parameters(self) -> None:
+        """Paper init: softplus(dt_proj.bias) ~ log-uniform[dt_min, dt_max]."""
+        cfg = self.config
+        std = cfg.dt_scale * cfg.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_dt = torch.empty(cfg.d_inner).uniform_(math.log(cfg.dt_min), math.log(cfg.dt_max))
+        dt = log_dt.exp().clamp(min=cfg.dt_init_floor)
+        self.dt_proj.bias.copy_(_inverse_softplus(dt))
+        self.dt_proj.bias._no_reinit = True  # mamba_ssm convention: LM init must not zero it
+
+    # -- backend bookkeeping ---------------------------------------------------------------
+    def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
+        dev = torch.device(device) if device is not None else self.param_device
+        if self.backend == "auto":
+            return "fast" if dev.type == "cuda" and fast.mamba_ssm_available() else "chunked"
+        return self.backend
+
+    def _backend_for(self, x: Tensor) -> str:
+        backend = self.resolved_backend(x.device)
+        if backend == "fast" and not x.is_cuda:
+            raise ValueError(f"backend='fast' runs only on CUDA tensors, got {x.device}; "
+                             f"use backend='chunked' (or 'auto') on CPU")
+        return backend
+
+    @property
+    def A(self) -> Tensor:
+        return -torch.exp(self.A_log.float())  # (d_inner, N)
+
+    # -- pieces shared by the three forms -----------------------------------------------
+    def _conv(self, x: Tensor, prefix: Tensor | None) -> tuple[Tensor, Tensor]:
+        """silu(causal depthwise conv) of x (B, L, E) continuing ``prefix`` (B, E, K-1)
+        (None = fresh sequence); also returns the K-1 inputs a continuation needs."""
+        out, new_prefix = causal_conv1d_channels_last(x, self.conv1d.weight[:, 0, :],
+                                                      self.conv1d.bias, prefix)
+        return F.silu(out), new_prefix
+
+    def _ssm_params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """delta (pre-bias, pre-softplus) (..., E), B and C (..., N) from the conv output."""
+        cfg = self.config
+        dt_low, B, C = torch.split(self.x_proj(u), [cfg.dt_rank, cfg.d_state, cfg.d_state],
+                                   dim=-1)
+        return F.linear(dt_low, self.dt_proj.weight), B, C
+
+    def _scan(self, backend: str, u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor,
+              h0: Tensor | None, want_last: bool) -> tuple[Tensor, Tensor | None]:
+        """Selective scan on channels-last (B, L, .) tensors with the chosen backend."""
+        args = dict(D=self.D.float(), delta_bias=self.dt_proj.bias.float(),
+                    delta_softplus=True, initial_state=h0, return_last_state=want_last)
+        if backend == "chunked":
+            res = selective_scan_chunked_bld(u, delta, self.A, B, C, z=z,
+                                             block_len=self.config.block_len, **args)
+        else:
+            scan = selective_scan_ref if backend == "ref" else fast.selective_scan_fast
+            res = scan(u.transpose(1, 2), delta.transpose(1, 2), self.A, B.transpose(1, 2),
+                       C.transpose(1, 2), z=z.transpose(1, 2), **args)
+            res = (res[0].transpose(1, 2), res[1]) if want_last else res.transpose(1, 2)
+        return res if want_last else (res, None)
+
+    # -- the three forms -----------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, d_model) -> (B, L, d_model), parallel over the sequence."""
+        backend = self._backend_for(x)
+        if backend == "fast" and fast.causal_conv1d_available():
+            return self._forward_fused(x)
+        # without causal_conv1d, "fast" still runs mamba_ssm's scan kernel (as mamba_ssm's
+        # own Mamba module does), with the short conv in PyTorch
+        y, _ = self._forward_from(backend, x, None)
+        return y
+
+    def _forward_from(self, backend: str, x: Tensor, state: dict | None,
+                      ) -> tuple[Tensor, dict | None]:
+        xz = self.in_proj(x)
+        u, z = xz.chunk(2, dim=-1)  # (B, L, E) each
+        u, conv_state = self._conv(u, None if state is None else state["conv"])
+        delta, B, C = self._ssm_params(u)
+        h0 = None if state is None else state["ssm"]
+        y, last = self._scan(backend, u, delta, B, C, z, h0, want_last=state is not None)
+        new_state = None if state is None else {"conv": conv_state.contiguous(), "ssm": last}
+        return self.out_proj(y.to(x.dtype)), new_state
+
+    def _forward_fused(self, x: Tensor) -> Tensor:
+        """mamba_ssm's mamba_inner_fn: conv, projections, scan and gate in fused kernels."""
+        seqlen = x.shape[1]
+        # in_proj straight into the (B, 2E, L) layout the kernels want
+        xz = rearrange(self.in_proj.weight @ rearrange(x, "b l d -> d (b l)"),
+                       "d (b l) -> b d l", l=seqlen)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        return fast.mamba_inner_fast(
+            xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+            self.out_proj.weight, self.out_proj.bias, self.A, self.D.float(),
+            self.dt_proj.bias.float())
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """{"conv": (B, E, d_conv-1) last conv inputs, "ssm": (B, E, N) fp32 SSM state}."""
+        device = device if device is not None else self.param_device
+        cfg = self.config
+        return {
+            "conv": torch.zeros(batch_size, cfg.d_inner, cfg.d_conv - 1, device=device,
+                                dtype=dtype or self.param_dtype),
+            "ssm": torch.zeros(batch_size, cfg.d_inner, cfg.d_state, device=device,
+                               dtype=torch.float32),
+        }
+
+    def prefill(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """A chunk continuing from ``state`` (not modified); returns y and the new state.
+
+        Runs the parallel scan from the carried SSM state and conv inputs, so a long
+        sequence fed in chunks gives the same outputs as one forward pass.
+        """
+        backend = self._backend_for(x)
+        return self._forward_from(backend, x, state)
+
+    def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """One token x_t (B, d_model) -> y_t (B, d_model); ``state`` is not modified."""
+        backend = self._backend_for(x_t)
+        u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
+        weight = self.conv1d.weight[:, 0, :]  # (E, K)
+        conv_state = state["conv"].clone()
+        if backend == "fast" and fast.causal_conv1d_available():
+            u = fast.causal_conv1d_update_fast(u, conv_state, weight, self.conv1d.bias)
+        else:
+            window = torch.cat([conv_state, u.unsqueeze(-1).to(conv_state.dtype)], -1)
+            conv_state = window[:, :, 1:]  # (B, E, K-1)
+            u = (window * weight).sum(-1)
+            u = F.silu(u + self.conv1d.bias if self.conv1d.bias is not None else u)
+        delta, B, C = self._ssm_params(u)
+        ssm = state["ssm"].clone()
+        update = (fast.selective_state_update_fast if backend == "fast"
+                  else selective_state_update_ref)
+        y = update(ssm, u, delta, self.A, B, C, self.D.float(), z=z,
+                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y.to(x_t.dtype)), {"conv": conv_state.contiguous(), "ssm": ssm}
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def state_bytes(self, batch_size: int, dtype: torch.dtype | None = None) -> int:
+        """Analytic decode-state size: conv inputs in ``dtype`` + fp32 SSM state."""
+        cfg = self.config
+        itemsize = torch.empty(0, dtype=dtype or self.param_dtype).element_size()
+        conv = batch_size * cfg.d_inner * (cfg.d_conv - 1) * itemsize
+        return conv + batch_size * cfg.d_inner * cfg.d_state * 4
+
+    def expected_state_bytes(self, batch_size: int, context_len: int, dtype: torch.dtype) -> int:
+        return self.state_bytes(batch_size, dtype)
+
+    def sequence_flops(self, batch_size: int, seq_len: int) -> int:
+        """Per token and inner channel: the depthwise conv (2·d_conv) and, per state entry,
+        the scan's exp(Δ·A)·h + Δ·B·u update and the C·h read (about 7 FLOPs: 3 mul, 2 add,
+        the discretisation's 2 mul; exp counted as one)."""
+        c = self.config
+        per_channel = 2 * c.d_conv + 7 * c.d_state
+        return batch_size * seq_len * c.d_inner * per_channel
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"d_model={c.d_model}, d_inner={c.d_inner}, d_state={c.d_state}, "
+                f"d_conv={c.d_conv}, dt_rank={c.dt_rank}, backend={c.backend!r}")
+
+
+def make_mamba(d_model: int, **kwargs) -> MambaMixer:
+    """Factory used by hybrid layer patterns (letter "M")."""
+    return MambaMixer(d_model, **kwargs)

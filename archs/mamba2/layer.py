@@ -1,0 +1,236 @@
+"""``Mamba2Mixer``: the Mamba-2 block (Dao & Gu 2024) as a sequence mixer.
+
+u -> in_proj -> (z, xBC, dt); xBC -> depthwise causal conv1d -> SiLU -> (x, B, C);
+dt -> softplus(dt + dt_bias); y = SSD(x, dt, A, B, C) + D x; y = RMSNorm(y * silu(z))
+(grouped); out_proj. The decode state is the conv window (B, conv_dim, d_conv - 1) and the
+SSM state (B, H, P, N) in float32: constant in context length.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from archs.mamba2 import fast, ref
+from archs.mixer import Mixer, State
+
+BACKENDS = ("ref", "chunked", "fast", "auto")
+
+
+@dataclass
+class Mamba2Config:
+    d_model: int
+    d_state: int = 64  # N: SSD makes a large state cheap (Mamba-1 used 16)
+    d_conv: int = 4  # local conv width, as in Mamba-1/2
+    expand: int = 2  # d_inner = expand * d_model, as in Mamba
+    headdim: int = 64  # P: the paper's default head dimension
+    ngroups: int = 1  # B/C shared by all heads (like multi-value attention); >1 for TP
+    chunk_size: int = 64  # chunked SSD: quadratic inside a chunk, so keep it small on CPU
+    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fast" (mamba_ssm) | "auto"
+    A_init_range: tuple[float, float] = (1.0, 16.0)  # A = -uniform[1, 16], as in mamba2
+    dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max] (paper)
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4  # no initial dt below this
+    conv_bias: bool = True  # as in mamba2
+    bias: bool = False  # in/out projections without bias, as in mamba2
+    norm_eps: float = 1e-5
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:
+        return self.d_inner // self.headdim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.ngroups * self.d_state
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups",
+                     "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_inner % self.headdim:
+            raise ValueError(f"expand * d_model = {self.expand} * {self.d_model} = "
+                             f"{self.d_inner} is not divisible by headdim={self.headdim}; "
+                             f"choose headdim dividing {self.d_inner} (or change d_model/expand)")
+        if self.nheads % self.ngroups:
+            raise ValueError(f"nheads = {self.nheads} (d_inner / headdim) is not divisible by "
+                             f"ngroups={self.ngroups}; choose ngroups dividing {self.nheads}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}")
+        lo, hi = self.A_init_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(y * silu(z)) over groups of ``group_size`` channels (mamba2's norm, gate
+    before norm); computed in float32."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = y.float() * F.silu(z.float())
+        # (..., g*s) -> (..., g, s): normalise each group on its own
+        h = rearrange(h, "... (g s) -> ... g s", s=self.group_size)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = rearrange(h, "... g s -> ... (g s)")
+        return (h * self.weight.float()).to(y.dtype)
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+class Mamba2Mixer(Mixer):
+    backends = BACKENDS
+    state_growth = "constant"
+
+    def __init__(self, config: Mamba2Config) -> None:
+        super().__init__()
+        self.config = c = config
+        self.backend = c.backend
+        if c.backend == "fast":
+            fast.require_fast()  # fail now, with the install hint, rather than mid-run
+        # order of the projection: [z, xBC, dt]
+        self.in_proj = nn.Linear(c.d_model, c.d_inner + c.conv_dim + c.nheads, bias=c.bias)
+        self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
+                                bias=c.conv_bias)
+        dt = torch.exp(torch.empty(c.nheads).uniform_(math.log(c.dt_min), math.log(c.dt_max)))
+        self.dt_bias = nn.Parameter(_inverse_softplus(dt.clamp(min=c.dt_init_floor)))
+        self.A_log = nn.Parameter(torch.log(torch.empty(c.nheads).uniform_(*c.A_init_range)))
+        self.D = nn.Parameter(torch.ones(c.nheads))
+        self.norm = GatedRMSNorm(c.d_inner, c.d_inner // c.ngroups, eps=c.norm_eps)
+        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
+
+    # -- small pieces -------------------------------------------------------------------
+    def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
+        if self.backend != "auto":
+            return self.backend
+        device = torch.device(device) if device is not None else self.param_device
+        return "fast" if device.type == "cuda" and fast.fast_available() else "chunked"
+
+    def _split(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
+        c = self.config
+        z, xBC, dt = torch.split(self.in_proj(u), [c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        return z, xBC, F.softplus(dt.float() + self.dt_bias.float())
+
+    def _ssm_inputs(self, xBC: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Post-conv xBC (..., conv_dim) -> x (..., H, P), B and C (..., G, N)."""
+        c = self.config
+        gn = c.ngroups * c.d_state
+        x, B, C = torch.split(xBC, [c.d_inner, gn, gn], dim=-1)
+        return (rearrange(x, "... (h p) -> ... h p", p=c.headdim),
+                rearrange(B, "... (g n) -> ... g n", n=c.d_state),
+                rearrange(C, "... (g n) -> ... g n", n=c.d_state))
+
+    def _A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())  # (H,), negative: a decay
+
+    def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise conv + SiLU over xBC (B, L, C) continuing from conv_state
+        (B, C, W-1) (None: zeros); returns (out (B, L, C), new conv_state)."""
+        W = self.config.d_conv
+        xt = rearrange(xBC, "b l c -> b c l")
+        if conv_state is None:
+            conv_state = xt.new_zeros(*xt.shape[:2], W - 1)
+        window = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)  # (b, c, W-1+L)
+        out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=xt.shape[1])
+        return F.silu(rearrange(out, "b c l -> b l c")), window[..., window.shape[-1] - (W - 1):]
+
+    def _mix(self, u: torch.Tensor, state: State | None, want_state: bool
+             ) -> tuple[torch.Tensor, State | None]:
+        c, backend = self.config, self.resolved_backend(u.device)
+        z, xBC, dt = self._split(u)
+        conv_state = None if state is None else state["conv"]
+        ssm_state = None if state is None else state["ssm"]
+        if backend == "fast":
+            weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
+            xBC, new_conv = fast.conv1d_silu_fast(xBC, weight, self.conv1d.bias, conv_state)
+        else:
+            xBC, new_conv = self._conv(xBC, conv_state)
+        x, B, C = self._ssm_inputs(xBC)
+        kw = dict(D=self.D, initial_state=ssm_state, return_final_state=want_state)
+        if backend == "fast":
+            y, new_ssm = fast.ssd_fast(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
+        elif backend == "ref":
+            y, new_ssm = ref.ssd_recurrent(x, dt, self._A(), B, C, **kw)
+        else:
+            y, new_ssm = ref.ssd_chunked(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
+        y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
+        new_state = {"conv": new_conv, "ssm": new_ssm} if want_state else None
+        return self.out_proj(y), new_state
+
+    # -- the three forms ----------------------------------------------------------------
+    def forward(self, u: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+        return self._mix(u, None, want_state=False)[0]
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> State:
+        """{"conv": (B, conv_dim, d_conv-1) in dtype (default: the params'), "ssm": (B, H, P,
+        N) float32}."""
+        c = self.config
+        device = device or self.param_device
+        return {"conv": torch.zeros(batch_size, c.conv_dim, c.d_conv - 1, device=device,
+                                    dtype=dtype or self.param_dtype),
+                "ssm": torch.zeros(batch_size, c.nheads, c.headdim, c.d_state, device=device,
+                                   dtype=torch.float32)}
+
+    def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        z, xBC, dt = self._split(u_t)  # u_t (B, D)
+        if self.resolved_backend(u_t.device) == "fast":
+            weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
+            xBC, conv = fast.conv1d_silu_step_fast(xBC, weight, self.conv1d.bias, state["conv"])
+            ssd_step = fast.ssd_step_fast
+        else:
+            # (B, C) -> (B, 1, C): the conv over a one-token sequence
+            xBC, conv = self._conv(xBC[:, None], state["conv"])
+            xBC, ssd_step = xBC[:, 0], ref.ssd_step
+        x, B, C = self._ssm_inputs(xBC)
+        y, ssm = ssd_step(x, dt, self._A(), B, C, state["ssm"], self.D)
+        y = self.norm(rearrange(y, "b h p -> b (h p)"), z)
+        return self.out_proj(y), {"conv": conv, "ssm": ssm}
+
+    def prefill(self, u: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        return self._mix(u, state, want_state=True)
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def state_bytes(self, batch_size: int, dtype: torch.dtype | None = None) -> int:
+        """Analytic decode-state size: conv window in ``dtype`` (default: the params') plus
+        the float32 SSM state; independent of context length."""
+        c = self.config
+        elem = torch.empty((), dtype=dtype or self.param_dtype).element_size()
+        return batch_size * (c.conv_dim * (c.d_conv - 1) * elem
+                             + c.nheads * c.headdim * c.d_state * 4)
+
+    def expected_state_bytes(self, batch_size: int, context_len: int, dtype: torch.dtype) -> int:
+        return self.state_bytes(batch_size, dtype)
+
+    def sequence_flops(self, batch_size: int, seq_len: int) -> int:
+        """The chunked SSD, per head and token (Q = chunk_size): the intra-chunk C·Bᵀ scores
+        and their application to x (about Q/2 positions each), the chunk-state write
+        (B xᵀ) and the state read (C·h); plus the depthwise conv over xBC."""
+        c = self.config
+        q, n, p = c.chunk_size, c.d_state, c.headdim
+        per_head = (q + 1) * (n + p) + 2 * 2 * n * p
+        conv = 2 * c.conv_dim * c.d_conv
+        return batch_size * seq_len * (c.nheads * per_head + conv)
+
+
+def make_mamba2(d_model: int, **kwargs) -> Mamba2Mixer:
+    """Factory used by hybrid layer patterns (letter "D")."""
+    return Mamba2Mixer(Mamba2Config(d_model, **kwargs))
