@@ -1,0 +1,58 @@
+"""Hybrids as layer patterns: Jamba (Mamba + attention + MoE), Samba, or any mix you spell.
+
+No new class per hybrid: a pattern string picks each layer's mixer (see ``pattern.py``),
+``moe_every`` puts a top-k routed MoE MLP on every k-th layer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from archs._registry import register_arch
+from archs.blocks import MLP, MoE
+from archs.hybrid.pattern import (MIXER_LETTERS, build_mixers, is_moe_layer, parse_pattern,
+                                  register_mixer_letter)
+from archs.model import LanguageModel, LMConfig
+from archs.positional import RELATIVE
+
+# Letters whose mixers take a pos_encoding keyword (relative encodings act inside them).
+_POSITIONAL_LETTERS = ("A", "W")
+
+
+def hybrid(vocab_size: int = 256, d_model: int = 128, n_layers: int | None = None, *,
+           pattern: str = "MMMMAMMM", mixer_kwargs: dict[str, dict[str, Any]] | None = None,
+           moe_every: int = 0, moe_offset: int = 1, n_experts: int = 16, top_k: int = 2,
+           pos_encoding: str = "none", **shell) -> LanguageModel:
+    """A hybrid LM: ``pattern`` (repeated to n_layers) picks each layer's mixer."""
+    layout = parse_pattern(pattern, n_layers)
+    if moe_every < 0:
+        raise ValueError(f"moe_every must be >= 0 (0 = no MoE), got {moe_every}")
+    cfg = LMConfig(vocab_size, d_model, len(layout), pos_encoding=pos_encoding, **shell)
+    kwargs = {k: dict(v) for k, v in (mixer_kwargs or {}).items()}
+    if pos_encoding in RELATIVE:
+        for letter in set(layout) & set(_POSITIONAL_LETTERS):
+            kwargs.setdefault(letter, {}).setdefault("pos_encoding", pos_encoding)
+    mixers = build_mixers(layout, d_model, kwargs)
+    mlps = []
+    for i in range(len(layout)):
+        if is_moe_layer(i, moe_every, moe_offset):
+            mlps.append(MoE(d_model, n_experts, top_k, "gelu" if cfg.mlp == "gelu" else "swiglu", cfg.mlp_ratio))
+        else:
+            mlps.append(None if cfg.mlp == "none" else MLP(d_model, cfg.mlp, cfg.mlp_ratio))
+    model = LanguageModel(cfg, mixers, mlps)
+    model.layout = "".join(layout)
+    return model
+
+
+_BACKENDS = ("ref", "chunked", "fast", "auto")
+
+register_arch("jamba", family="hybrid", description="Jamba (Lieber et al. 2024): Mamba + attention "
+              "at 7:1 (attention at layer 4 of each 8-layer block), MoE MLP on every other layer, no PE",
+              backends=_BACKENDS, requires=("mamba_ssm", "causal_conv1d"),
+              defaults=dict(pattern="MMMMAMMM", moe_every=2, moe_offset=1, n_experts=16, top_k=2),
+              tiny=dict(d_model=32, pattern="MA", n_layers=2, n_experts=4, top_k=2,
+                        mixer_kwargs={"M": {"d_state": 8, "block_len": 8}}))(hybrid)
+register_arch("hybrid", family="hybrid", description="any layer pattern of mixers, e.g. pattern='DDDA'",
+              backends=_BACKENDS, defaults=dict(pattern="AR"),
+              tiny=dict(d_model=32, pattern="AR", n_layers=2))(hybrid)
+
+__all__ = ["MIXER_LETTERS", "hybrid", "parse_pattern", "register_mixer_letter"]
