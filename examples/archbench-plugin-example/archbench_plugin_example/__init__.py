@@ -1,0 +1,17 @@
+"""An archbench plugin: registers ``mingru`` (Feng et al. 2024, "Were RNNs All We Needed?").
+
+archbench calls ``register()`` through the ``archbench.archs`` entry point; calling it
+twice is harmless (the registry ignores an identical re-registration).
+"""
+from __future__ import annotations
+
+
+def register() -> None:
+    # Imported here, not at module level, so listing plugins stays cheap and a broken
+    # import is reported by archbench with this plugin's name.
+    from archbench_plugin_example.mingru import mingru
+    from archs import register_arch
+
+    register_arch("mingru", family="rnn", description="minGRU: a gated linear RNN trained in "
+                  "parallel with a log-space scan (Feng et al. 2024)",
+                  backends=("scan",), tiny=dict(d_model=32, n_layers=2))(mingru)

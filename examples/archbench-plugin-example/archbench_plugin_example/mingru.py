@@ -1,0 +1,74 @@
+"""minGRU (Feng et al. 2024): h_t = (1 - z_t) * h_{t-1} + z_t * g(W_h x_t), z_t = sigmoid(W_z x_t).
+
+Gates depend only on the input, so the recurrence is linear in h and trains in parallel.
+With g(.) > 0 every term is positive, so the scan runs in log space (a cumulative sum of
+log-gates plus a logcumsumexp), which stays finite at any length.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archs import LanguageModel, LMConfig, Mixer, build_lm
+
+
+def positive(x: torch.Tensor) -> torch.Tensor:
+    """g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise: continuous and strictly positive."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def log_positive(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
+
+
+class MinGRU(Mixer):
+    backends = ("scan",)
+    state_growth = "constant"
+
+    def __init__(self, d_model: int, expand: int = 1):
+        super().__init__()
+        if expand <= 0:
+            raise ValueError(f"expand must be positive, got {expand}")
+        self.d_hidden = expand * d_model
+        self.in_proj = nn.Linear(d_model, 2 * self.d_hidden, bias=False)  # -> gate z, candidate h
+        self.out_proj = nn.Linear(self.d_hidden, d_model, bias=False)
+
+    def _scan(self, x: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, D) -> hidden states (B, L, Dh), starting from h0 (B, Dh) or zeros."""
+        k, h_raw = self.in_proj(x).float().chunk(2, dim=-1)
+        log_z = -F.softplus(-k)           # log sigmoid(k)
+        log_keep = -F.softplus(k)         # log (1 - sigmoid(k))
+        log_b = log_z + log_positive(h_raw)
+        if h0 is not None:                # the carried state enters as a term at t = 0
+            log_b = torch.cat([torch.log(h0.float().clamp_min(1e-30))[:, None], log_b], dim=1)
+            log_keep = F.pad(log_keep, (0, 0, 1, 0))
+        log_a_star = torch.cumsum(log_keep, dim=1)  # (B, L[+1], Dh)
+        h = torch.exp(log_a_star + torch.logcumsumexp(log_b - log_a_star, dim=1))
+        return h[:, 1:] if h0 is not None else h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self._scan(x, None).to(x.dtype))
+
+    def init_state(self, batch_size, device=None, dtype=None) -> dict:
+        return {"h": torch.zeros(batch_size, self.d_hidden, device=device or self.param_device)}
+
+    def prefill(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        h = self._scan(x, state["h"])
+        return self.out_proj(h.to(x.dtype)), {"h": h[:, -1]}
+
+    def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        k, h_raw = self.in_proj(x_t).float().chunk(2, dim=-1)
+        z = torch.sigmoid(k)
+        h = (1 - z) * state["h"] + z * positive(h_raw)
+        return self.out_proj(h.to(x_t.dtype)), {"h": h}
+
+    def expected_state_bytes(self, batch_size, context_len, dtype) -> int:
+        return batch_size * self.d_hidden * 4  # float32 hidden state, whatever the length
+
+
+def mingru(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, expand: int = 1,
+           **shell) -> LanguageModel:
+    """minGRU language model: the LM shell with a minGRU mixer and a SwiGLU MLP per layer."""
+    cfg = LMConfig(vocab_size, d_model, n_layers, **shell)
+    return build_lm(cfg, lambda i: MinGRU(d_model, expand))

@@ -1,0 +1,119 @@
+import warnings
+
+import pytest
+import torch
+
+import archs
+from archs import _registry, arch_info, create_arch, list_archs, register_arch
+from archs.model import LMConfig, build_lm
+
+
+def test_lists_builtin_transformer_variants():
+    names = list_archs()
+    for pe in ("", "_nope", "_sinusoidal", "_learned", "_alibi"):
+        assert f"transformer{pe}" in names
+    assert names == sorted(names)
+    assert list_archs("transformer_*") == [n for n in names if n.startswith("transformer_")]
+
+
+def test_arch_info_metadata():
+    info = arch_info("transformer_learned")
+    assert info.family == "attention"
+    assert info.max_seq_len == 1024 and arch_info("transformer").max_seq_len is None
+    assert set(info.backends) == {"math", "sdpa", "flash_attn", "auto"}
+    assert info.requires == () and info.description
+    assert "d_model" in info.accepted_kwargs() and "n_heads" in info.accepted_kwargs()
+
+
+def test_unknown_arch_lists_known_and_close_matches():
+    with pytest.raises(KeyError, match=r"Did you mean 'transformer'.*Known architectures: .*transformer_alibi"):
+        create_arch("transfomer")
+
+
+def test_unknown_kwarg_is_named():
+    with pytest.raises(TypeError, match=r"unknown keyword\(s\) \['n_head'\].*n_heads"):
+        create_arch("transformer", n_head=4)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+
+def _builder_a(vocab_size=16, d_model=8, n_layers=1, **shell):
+    from archs.attention import Attention, AttentionConfig
+    return build_lm(LMConfig(vocab_size, d_model, n_layers, **shell),
+                    lambda i: Attention(AttentionConfig(d_model, 2)))
+
+
+def _builder_b(vocab_size=16, d_model=8, n_layers=1, **shell):
+    return _builder_a(vocab_size, d_model, n_layers, **shell)
+
+
+def test_duplicate_name_names_both_sources(scratch_registry):
+    register_arch("dup_test", family="test")(_builder_a)
+    register_arch("dup_test", family="test")(_builder_a)  # identical: idempotent
+    with pytest.raises(ValueError, match=r"already registered by .*_builder_a.*_builder_b"):
+        register_arch("dup_test", family="test")(_builder_b)
+
+
+def test_bad_names_rejected():
+    with pytest.raises(ValueError, match="must be non-empty"):
+        register_arch("bad name!", family="x")
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"d_model": 30, "n_heads": 4}, "not divisible by n_heads=4"),
+    ({"d_model": 0}, "d_model must be a positive integer"),
+    ({"n_layers": -1}, "n_layers must be a positive integer"),
+    ({"vocab_size": 0}, "vocab_size must be a positive integer"),
+    ({"n_heads": 4, "n_kv_heads": 3}, "multiple of n_kv_heads"),
+    ({"pos_encoding": "xpos2"}, "unknown pos_encoding"),
+    ({"backend": "triton"}, "unknown backend 'triton'"),
+    ({"norm": "batchnorm"}, "unknown norm"),
+    ({"mlp": "relu"}, "unknown mlp"),
+])
+def test_bad_sizes_and_options_are_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        create_arch("transformer", **{"d_model": 32, **kw})
+
+
+@pytest.mark.parametrize("arch", list_archs())
+def test_target_params_within_a_few_percent(arch):
+    tiny = {k: v for k, v in arch_info(arch).tiny.items() if k != "d_model"}
+    target = 2_000_000
+    model = create_arch(arch, target_params=target, vocab_size=256, **tiny)
+    assert abs(model.num_params() - target) / target < 0.05, model.num_params()
+    assert model.arch_kwargs["d_model"] == model.cfg.d_model
+
+
+def test_target_params_and_d_model_conflict():
+    with pytest.raises(ValueError, match="either d_model or target_params"):
+        create_arch("transformer", d_model=64, target_params=10_000)
+
+
+def test_broken_plugin_is_reported_by_name(monkeypatch):
+    class BrokenEP:
+        name, value = "broken_plugin", "nowhere:register"
+
+        def load(self):
+            raise ImportError("No module named 'nowhere'")
+
+    monkeypatch.setattr(_registry, "entry_points", lambda group: [BrokenEP()])
+    monkeypatch.setattr(_registry, "_PLUGIN_ERRORS", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _registry._load_plugins()
+    assert "broken_plugin" in str(caught[0].message) and "nowhere" in str(caught[0].message)
+    assert "broken_plugin" in _registry._PLUGIN_ERRORS
+    assert "transformer" in list_archs()  # the others still work
+
+
+def test_public_api_exports():
+    for name in ("register_arch", "create_arch", "list_archs", "arch_info", "Mixer",
+                 "LanguageModel", "LMConfig", "build_lm", "SequenceTooLongError"):
+        assert hasattr(archs, name)
+    model = create_arch("transformer", d_model=16, n_layers=1, n_heads=2, vocab_size=10)
+    assert isinstance(model, archs.LanguageModel)
+    assert model.arch_name == "transformer" and model.arch_kwargs["pos_encoding"] == "rope"
+    assert torch.is_tensor(model(torch.zeros(1, 3, dtype=torch.long)))
