@@ -1,0 +1,165 @@
+"""Mamba2Mixer: parallel == step == chunked prefill, causality, paper inits, config errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from archs.mamba2 import GatedRMSNorm, Mamba2Config, Mamba2Mixer, fast
+
+D_MODEL, BATCH, L = 16, 2, 21
+TINY = dict(d_model=D_MODEL, d_state=8, headdim=8, chunk_size=8)  # 4 heads
+
+
+def _mixer(backend="chunked", seed=0, **kw) -> Mamba2Mixer:
+    torch.manual_seed(seed)
+    return Mamba2Mixer(Mamba2Config(**{**TINY, "backend": backend, **kw}))
+
+
+def _x(length=L, seed=1):
+    return torch.randn(BATCH, length, D_MODEL, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+@pytest.mark.parametrize("backend", ["ref", "chunked"])
+def test_forward_equals_steps_equals_two_prefills(backend, ngroups):
+    m, x = _mixer(backend, ngroups=ngroups), _x()
+    y = m(x)
+    state, steps = m.init_state(BATCH), []
+    for t in range(L):
+        y_t, state = m.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), y, rtol=1e-5, atol=1e-5)
+    s = m.init_state(BATCH)
+    y1, s = m.prefill(x[:, :11], s)  # 11: not on a chunk boundary, and > d_conv
+    y2, s = m.prefill(x[:, 11:], s)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-5, atol=1e-5)
+    for key in ("conv", "ssm"):
+        torch.testing.assert_close(s[key], state[key], rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_shorter_than_conv_window_carries_conv_state():
+    m, x = _mixer(), _x()
+    s, ys = m.init_state(BATCH), []
+    for a, b in ((0, 2), (2, 3), (3, 12), (12, L)):  # chunks of 2 and 1 tokens < d_conv - 1
+        y, s = m.prefill(x[:, a:b], s)
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys, 1), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_ref_and_chunked_backends_agree_with_gradients():
+    x = _x()
+    outs = []
+    for backend in ("ref", "chunked"):
+        m = _mixer(backend)
+        y = m(x)
+        y.pow(2).sum().backward()
+        outs.append((y, {n: p.grad for n, p in m.named_parameters()}))
+    (y_a, g_a), (y_b, g_b) = outs
+    torch.testing.assert_close(y_a, y_b, rtol=1e-5, atol=1e-5)
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_b[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["ref", "chunked"])
+def test_causal(backend):
+    m, x = _mixer(backend), _x()
+    x2 = x.clone()
+    x2[:, 13:] += torch.randn_like(x2[:, 13:])
+    y, y2 = m(x), m(x2)
+    torch.testing.assert_close(y[:, :13], y2[:, :13], rtol=0, atol=1e-6)
+    assert (y[:, 13:] - y2[:, 13:]).abs().max() > 1e-3
+
+
+def test_gated_rmsnorm_gates_then_normalises_each_group():
+    norm = GatedRMSNorm(6, group_size=3, eps=0.0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 7.0))
+    y, z = torch.randn(2, 6), torch.randn(2, 6)
+    h = y * z * torch.sigmoid(z)
+    g1, g2 = h[:, :3], h[:, 3:]
+    expected = torch.cat([g1 / g1.pow(2).mean(-1, keepdim=True).sqrt(),
+                          g2 / g2.pow(2).mean(-1, keepdim=True).sqrt()], -1) * norm.weight
+    torch.testing.assert_close(norm(y, z), expected)
+
+
+def test_paper_inits():
+    m = _mixer(headdim=4)  # 8 heads
+    A = -torch.exp(m.A_log)
+    assert ((A <= -1) & (A >= -16)).all()
+    dt = torch.nn.functional.softplus(m.dt_bias)
+    assert ((dt >= 0.001 - 1e-6) & (dt <= 0.1 + 1e-6)).all()
+    assert torch.equal(m.D, torch.ones(8))
+
+
+def test_long_sequence_state_stays_finite():
+    """16K tokens through the tiny mixer with the paper's A / dt inits, in two prefills."""
+    m = _mixer(chunk_size=64)
+    x = torch.randn(1, 16384, D_MODEL, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        s = m.init_state(1)
+        y1, s = m.prefill(x[:, :8192], s)
+        y2, s = m.prefill(x[:, 8192:], s)
+    assert torch.isfinite(y1).all() and torch.isfinite(y2).all()
+    assert torch.isfinite(s["ssm"]).all() and s["ssm"].dtype == torch.float32
+    assert s["ssm"].abs().max() > 0
+
+
+def test_state_is_constant_size_and_matches_analytic_bytes():
+    m = _mixer()
+    s = m.init_state(BATCH)
+    conv_dim = 2 * D_MODEL + 2 * 8  # d_inner + 2 * ngroups * d_state
+    expected = BATCH * (conv_dim * 3 * 4 + 4 * 8 * 8 * 4)
+    assert m.state_bytes(BATCH) == m.state_size_bytes(s) == expected
+    _, s_after = m.prefill(_x(40), s)
+    assert m.state_size_bytes(s_after) == expected
+    assert m.state_bytes(BATCH, torch.bfloat16) == expected - BATCH * conv_dim * 3 * 2
+
+
+def test_bf16_mixer_runs_with_fp32_ssm_state():
+    m = _mixer().to(torch.bfloat16)
+    y = m(_x().bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    s = m.init_state(BATCH)
+    y_t, s = m.step(_x(1)[:, 0].bfloat16(), s)
+    assert y_t.dtype == torch.bfloat16 and s["ssm"].dtype == torch.float32
+    assert s["conv"].dtype == torch.bfloat16
+
+
+def test_auto_resolves_to_chunked_on_cpu():
+    m = _mixer("auto")
+    assert m.resolved_backend("cpu") == "chunked" == m.resolved_backend()
+
+
+@pytest.mark.skipif(fast.fast_available(), reason="mamba_ssm and causal_conv1d installed")
+def test_fast_backend_without_packages_raises_clear_error():
+    with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
+        _mixer("fast")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(d_model=24, headdim=64), r"2 \* 24 = 48 is not divisible by headdim=64"),
+    (dict(d_model=16, headdim=8, ngroups=3), "nheads = 4 .* not divisible by ngroups=3"),
+    (dict(d_model=16, headdim=8, backend="cuda"), "backend='cuda' is not one of"),
+    (dict(d_model=16, headdim=8, A_init_range=(0.0, 16.0)), "A_init_range"),
+    (dict(d_model=16, headdim=8, d_state=0), "d_state must be >= 1"),
+])
+def test_bad_config_raises(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Mamba2Config(**kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and fast.fast_available()),
+                    reason="needs CUDA, mamba_ssm and causal_conv1d")
+def test_fast_mixer_matches_chunked_on_gpu():
+    m_fast, m_ref = _mixer("fast", chunk_size=64).cuda(), _mixer("chunked").cuda()
+    x = _x(200).cuda()
+    torch.testing.assert_close(m_fast(x), m_ref(x), rtol=2e-3, atol=2e-3)
+    s_f, s_r = m_fast.init_state(BATCH), m_ref.init_state(BATCH)
+    for t in range(3):
+        y_f, s_f = m_fast.step(x[:, t], s_f)
+        y_r, s_r = m_ref.step(x[:, t], s_r)
+        torch.testing.assert_close(y_f, y_r, rtol=2e-3, atol=2e-3)
+    assert not math.isnan(s_f["ssm"].sum().item())
