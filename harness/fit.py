@@ -1,0 +1,278 @@
+"""Scaling exponents and crossover lengths from result rows.
+
+``fit_exponent`` fits ``log y = log c + s log x`` by least squares per series and
+reports the slope ``s`` (≈2 for dense attention time, ≈1 for a recurrent mixer) with
+a 95% confidence interval. ``crossover`` finds the length where one architecture's
+curve crosses another's. Only status=ok rows with positive, finite x and y are used;
+repeated measurements at one length are reduced to their median first, so a length
+measured five times does not count as five independent points.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+# The columns that identify one curve: rows differing in any of them are never mixed
+# into one fit (a ref and a fast backend of the same arch are two curves).
+SERIES_KEYS: tuple[str, ...] = ("arch", "backend", "mode", "dtype", "batch", "device")
+# Why 4: the asymptotic exponent shows at long lengths; short ones are dominated by
+# fixed overheads (launches, Python) that flatten the slope.
+DEFAULT_LAST_K = 4
+
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (used when
+# scipy is not installed).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(dof: int) -> float:
+    """The 0.975 quantile of Student's t (scipy if installed, else table / expansion)."""
+    if dof < 1:
+        return math.nan
+    try:
+        from scipy import stats
+    except ImportError:
+        return _t975_fallback(dof)
+    return float(stats.t.ppf(0.975, dof))
+
+
+def _t975_fallback(dof: int) -> float:
+    if dof <= len(_T975):
+        return _T975[dof - 1]
+    # Cornish-Fisher expansion around the normal quantile; error < 1e-4 for dof > 30.
+    z = 1.959964
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+
+
+def _usable(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    if x not in df.columns or y not in df.columns:
+        raise ValueError(f"columns {x!r} and {y!r} are needed; the frame has {list(df.columns)}")
+    ok = df["status"] == "ok" if "status" in df.columns else pd.Series(True, index=df.index)
+    d = df.loc[ok, :].copy()
+    d[x] = pd.to_numeric(d[x], errors="coerce").astype(float)
+    d[y] = pd.to_numeric(d[y], errors="coerce").astype(float)
+    return d[np.isfinite(d[x]) & np.isfinite(d[y]) & (d[x] > 0) & (d[y] > 0)]
+
+
+@dataclass
+class PowerFit:
+    """y ≈ prefactor · x^slope over [x_min, x_max] (``n_points`` distinct x)."""
+
+    slope: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    stderr: float = math.nan
+    prefactor: float = math.nan
+    r2: float = math.nan
+    n_points: int = 0
+    x_min: float = math.nan
+    x_max: float = math.nan
+    reason: str = ""
+
+    def predict(self, x: float) -> float:
+        return self.prefactor * x**self.slope
+
+
+def fit_power_law(xs: Sequence[float], ys: Sequence[float], *, min_x: float | None = None,
+                  last_k: int | None = DEFAULT_LAST_K) -> PowerFit:
+    """Log-log least squares on (x, y) pairs; medians per distinct x; the ``last_k``
+    largest x at or above ``min_x``. Too few points give NaN with a ``reason``."""
+    pts = pd.DataFrame({"x": np.asarray(xs, float), "y": np.asarray(ys, float)})
+    pts = pts[np.isfinite(pts.x) & np.isfinite(pts.y) & (pts.x > 0) & (pts.y > 0)]
+    if min_x is not None:
+        pts = pts[pts.x >= min_x]
+    med = pts.groupby("x")["y"].median().sort_index()
+    if last_k is not None:
+        med = med.iloc[-last_k:]
+    n = len(med)
+    if n < 2:
+        return PowerFit(n_points=n, reason=f"need >= 2 distinct lengths to fit, got {n}")
+    lx, ly = np.log(med.index.to_numpy(float)), np.log(med.to_numpy(float))
+    slope, intercept = np.polyfit(lx, ly, 1)
+    resid = ly - (intercept + slope * lx)
+    ss_tot = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    fit = PowerFit(float(slope), prefactor=float(math.exp(intercept)), r2=r2, n_points=n,
+                   x_min=float(med.index.min()), x_max=float(med.index.max()))
+    if n == 2:
+        fit.reason = "2 lengths: exact line, no confidence interval"
+        return fit
+    sxx = float(((lx - lx.mean()) ** 2).sum())
+    fit.stderr = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx)
+    half = t_quantile_975(n - 2) * fit.stderr
+    fit.ci_low, fit.ci_high = fit.slope - half, fit.slope + half
+    return fit
+
+
+def fit_exponent(df: pd.DataFrame, x: str = "seq_len", y: str = "time_ms",
+                 by: Sequence[str] | None = None, min_x: float | None = None,
+                 last_k: int | None = DEFAULT_LAST_K) -> pd.DataFrame:
+    """One row per series: the ``by`` columns, slope, ci_low, ci_high (95%), stderr,
+    prefactor, r2, n_points, x_min, x_max (the range actually fitted), reason.
+
+    ``by`` defaults to the SERIES_KEYS present in ``df``. Series with no usable row
+    still appear (NaN, with a reason) so a failed architecture is visible."""
+    df = df.reset_index(drop=True)  # concatenated frames repeat labels; rows are matched by label below
+    by = [c for c in (SERIES_KEYS if by is None else by) if c in df.columns]
+    if not by:
+        raise ValueError(f"none of the grouping columns {SERIES_KEYS} are in the frame")
+    usable = _usable(df, x, y)
+    out = []
+    for key, group in df.groupby(by, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rows = usable.loc[usable.index.intersection(group.index)]
+        fit = fit_power_law(rows[x], rows[y], min_x=min_x, last_k=last_k)
+        if len(rows) == 0:
+            fit.reason = f"no status=ok rows with positive {y}"
+        out.append({**dict(zip(by, key)), **asdict(fit)})
+    return pd.DataFrame(out, columns=[*by, *PowerFit.__dataclass_fields__])
+
+
+# ---------------------------------------------------------------- crossovers
+
+# Extrapolated crossovers are reported only within this factor of the measured lengths.
+MAX_EXTRAPOLATION = 4.0
+
+# Within one comparison these must be constant; crossover_table groups by them.
+CONTEXT_KEYS: tuple[str, ...] = ("mode", "dtype", "batch", "device")
+
+
+@dataclass
+class Crossover:
+    """Where curve ``a`` crosses curve ``b``. ``x`` is None when they never meet.
+
+    method: "interpolated" (a sign change between two measured lengths, located by
+    linear interpolation in log-log), "fit" (no crossing inside the measured range;
+    the two power-law fits meet at ``x``: ``extrapolated`` is True) or "none".
+    ``a_lower_below``: whether a's y is the smaller one below the crossing (for time,
+    "a is faster at short lengths")."""
+
+    a: str
+    b: str
+    x: float | None = None
+    extrapolated: bool = False
+    method: str = "none"
+    a_lower_below: bool | None = None
+    n_crossings: int = 0
+    reason: str = ""
+
+
+def by_series(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows keyed by the curve they belong to: ``arch`` becomes the ``label`` where set
+    (an arch config such as ``transformer_math``), and within a labelled curve the
+    backends it used are joined ("blocked+sdpa" when an ``auto`` backend switched path
+    with length) so one configuration stays one curve, honestly labelled."""
+    if "label" not in df.columns:
+        return df
+    labelled = df["label"].notna()
+    out = df.assign(arch=df["label"].where(labelled, df["arch"]).astype(str))
+    if "backend" in out.columns:
+        joined = out.groupby("arch")["backend"].transform(
+            lambda s: "+".join(sorted(set(s.dropna().astype(str)))))
+        out["backend"] = joined.where(labelled, out["backend"])
+    return out
+
+
+def curve_labels(df: pd.DataFrame) -> pd.Series:
+    """A label per row naming its curve: the arch, or ``arch[backend]`` when that arch
+    appears with more than one backend."""
+    if "backend" not in df.columns:
+        return df["arch"].astype(str)
+    n_backends = df.groupby("arch")["backend"].transform(lambda s: s.nunique(dropna=False))
+    with_backend = df["arch"].astype(str) + "[" + df["backend"].astype(str) + "]"
+    return with_backend.where(n_backends > 1, df["arch"].astype(str))
+
+
+def _medians(df: pd.DataFrame, label: str, labels: pd.Series, x: str, y: str) -> pd.Series:
+    rows = df[labels == label]
+    return rows.groupby(x)[y].median().sort_index()
+
+
+def crossover(df: pd.DataFrame, a: str, b: str, *, x: str = "seq_len", y: str = "time_ms",
+              **filters: object) -> Crossover:
+    """Length at which curve ``a`` crosses curve ``b`` (labels as in ``curve_labels``),
+    among rows matching ``filters`` (e.g. ``mode="forward"``). See ``Crossover``."""
+    df = df.reset_index(drop=True)  # rows are matched by label below
+    for col, value in filters.items():
+        if col not in df.columns:
+            raise ValueError(f"filter column {col!r} is not in the frame")
+        df = df[df[col] == value]
+    labels_all = curve_labels(df)
+    for name in (a, b):
+        if name not in set(labels_all):
+            raise ValueError(f"no rows for {name!r}; curves here are {sorted(set(labels_all))} "
+                             "(an arch measured with several backends is named 'arch[backend]')")
+    both = df[labels_all.isin([a, b])]
+    for col in CONTEXT_KEYS:
+        if col in both.columns and both[col].nunique(dropna=False) > 1:
+            values = sorted(map(str, both[col].unique()))
+            raise ValueError(f"rows for {a} and {b} mix {col} values {values}; pass {col}=... to choose one")
+    usable = _usable(both, x, y)
+    labels = labels_all.loc[usable.index]
+    ya, yb = _medians(usable, a, labels, x, y), _medians(usable, b, labels, x, y)
+    return _locate(a, b, ya, yb)
+
+
+def _locate(a: str, b: str, ya: pd.Series, yb: pd.Series) -> Crossover:
+    common = ya.index.intersection(yb.index).sort_values()
+    result = Crossover(a, b)
+    if len(common) >= 2:
+        lx = np.log(common.to_numpy(float))
+        d = np.log(ya[common].to_numpy(float)) - np.log(yb[common].to_numpy(float))
+        found = []
+        for i in range(len(d) - 1):
+            if d[i] == 0:
+                found.append((lx[i], i))
+            elif d[i] * d[i + 1] < 0:
+                found.append((lx[i] + (lx[i + 1] - lx[i]) * d[i] / (d[i] - d[i + 1]), i))
+        if found:
+            lxc, i = found[0]
+            below = d[i] if d[i] != 0 else (d[i - 1] if i > 0 else -d[i + 1])
+            result.x, result.method, result.n_crossings = float(math.exp(lxc)), "interpolated", len(found)
+            result.a_lower_below = bool(below < 0)
+            return result
+    return _from_fits(result, ya, yb, common)
+
+
+def _from_fits(result: Crossover, ya: pd.Series, yb: pd.Series, common: pd.Index) -> Crossover:
+    fa = fit_power_law(ya.index, ya.to_numpy())
+    fb = fit_power_law(yb.index, yb.to_numpy())
+    span = f"between {common.min():g} and {common.max():g}" if len(common) else "at any shared length"
+    if math.isnan(fa.slope) or math.isnan(fb.slope):
+        result.reason = f"no crossing measured {span}, and too few points to fit ({fa.reason or fb.reason})"
+        return result
+    if math.isclose(fa.slope, fb.slope, rel_tol=1e-9, abs_tol=1e-12):
+        result.reason = f"no crossing measured {span}; the fits are parallel (slope {fa.slope:.3g})"
+        return result
+    lxc = (math.log(fb.prefactor) - math.log(fa.prefactor)) / (fa.slope - fb.slope)
+    lo, hi = float(common.min()), float(common.max())
+    if len(common) and not math.log(lo / MAX_EXTRAPOLATION) <= lxc <= math.log(hi * MAX_EXTRAPOLATION):
+        # Fits meeting far outside the data say nothing about the architectures.
+        result.reason = (f"no crossing measured {span}, nor within {MAX_EXTRAPOLATION:g}x of that "
+                         f"range by the fits")
+        return result
+    result.x, result.method, result.extrapolated = float(math.exp(lxc)), "fit", True
+    # Below the crossing the steeper curve is the lower one.
+    result.a_lower_below = bool(fa.slope > fb.slope)
+    result.reason = f"no crossing measured {span}; power-law fits over the longest lengths meet here"
+    return result
+
+
+def crossover_table(df: pd.DataFrame, x: str = "seq_len", y: str = "time_ms",
+                    by: Sequence[str] = CONTEXT_KEYS) -> pd.DataFrame:
+    """``crossover`` for every pair of curves within each group of ``by`` columns."""
+    by = [c for c in by if c in df.columns]
+    out = []
+    groups = df.groupby(by, dropna=False, sort=True) if by else [((), df)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for a, b in itertools.combinations(sorted(set(curve_labels(group))), 2):
+            c = crossover(group, a, b, x=x, y=y)
+            out.append({**dict(zip(by, key)), **asdict(c)})
+    return pd.DataFrame(out, columns=[*by, *Crossover.__dataclass_fields__])

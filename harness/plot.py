@@ -1,0 +1,422 @@
+"""Figures and a markdown report from result files (and nothing else).
+
+    python -m harness.plot RESULTS_DIR [--out OUT_DIR]
+
+Reads the point files with ``harness.results.load_rows`` and writes PNG + SVG figures
+to ``OUT_DIR/figures`` and ``OUT_DIR/report.md`` (OUT_DIR defaults to RESULTS_DIR).
+
+Cost rows (no ``eval_seq_len``): time, peak memory and tokens/s against length, one
+panel per mode, log-log, fitted exponent in the legend; decode latency and state size
+against context. Extrapolation rows (with ``eval_seq_len``): each metric against the
+evaluation length (log2 axis), a dashed line at the training length, the mean and a
+95% band over seeds. Points that failed (oom, timeout, error, skipped, diverged) are
+drawn as × at the bottom edge of their panel, and listed in the report.
+
+Each curve keeps one colour in every figure: ``series_palette`` assigns colours by the
+sorted names of all curves in the data set (computed once, passed to every figure).
+Figures are drawn on ``matplotlib.figure.Figure`` objects, so no pyplot state or GUI
+backend is involved (safe on headless machines and inside notebooks).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
+
+from harness.fit import by_series, fit_power_law
+from harness.results import load_rows
+
+Color = tuple[float, float, float]
+FAILED_MARKER = "x"
+EXTRAPOLATION_METRICS: tuple[str, ...] = ("accuracy", "loss", "bpb", "perplexity")
+# Columns that, when they vary, split cost figures into separate files.
+FIGURE_CONTEXT: tuple[str, ...] = ("device", "dtype", "batch")
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+# ---------------------------------------------------------------- names, colours, axes
+
+
+def series_names(df: pd.DataFrame) -> pd.Series:
+    """The curve each row belongs to: the ``label`` column where set, else the arch."""
+    names = df["arch"].astype(str)
+    if "label" in df.columns:
+        names = df["label"].where(df["label"].notna(), names).astype(str)
+    return names
+
+
+def series_palette(names: Iterable[str]) -> dict[str, Color]:
+    """A fixed colour per name, assigned in sorted order (colour-blind safe for <= 10)."""
+    names = sorted(set(map(str, names)))
+    n = len(names)
+    base = "colorblind" if n <= 10 else "tab20" if n <= 20 else "husl"
+    colours = sns.color_palette(base, max(n, 10) if base == "colorblind" else n)
+    return {name: tuple(colours[i]) for i, name in enumerate(names)}
+
+
+def split_kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cost rows, extrapolation rows): extrapolation rows carry ``eval_seq_len``."""
+    if "eval_seq_len" in df.columns:
+        is_extrap = pd.to_numeric(df["eval_seq_len"], errors="coerce").notna()
+    else:
+        is_extrap = pd.Series(False, index=df.index)
+    return df[~is_extrap & df["seq_len"].notna()], df[is_extrap]
+
+
+def format_length(x: float, _pos: object = None) -> str:
+    if x >= 2**20 and x % 2**20 == 0:
+        return f"{int(x) // 2**20}M"
+    if x >= 1024 and x % 1024 == 0:
+        return f"{int(x) // 1024}K"
+    return f"{x:g}"
+
+
+def format_bytes(b: float, _pos: object = None) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(b) >= size:
+            return f"{b / size:g} {unit}"
+    return f"{b:g} B"
+
+
+def _log_x(ax, xs: Sequence[float]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(format_length))
+    lo, hi = min(xs), max(xs)
+    ax.set_xlim(lo / 1.4, hi * 1.4)
+
+
+def _y_scale(ax, ys: Sequence[float], column: str) -> None:
+    ys = [y for y in ys if y > 0 and math.isfinite(y)]
+    if ys and max(ys) / min(ys) > 10:  # log only when the data spans a decade or more
+        ax.set_yscale("log", base=2 if column.endswith("bytes") else 10)
+        ax.yaxis.set_minor_formatter(NullFormatter())  # a decade spans >= 2 labelled major ticks
+    if column.endswith("bytes"):
+        ax.yaxis.set_major_formatter(FuncFormatter(format_bytes))
+    elif column == "tokens_per_s":
+        ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+
+
+Y_LABELS = {
+    "time_ms": "time per call (ms)",
+    "peak_mem_bytes": "peak memory allocated",
+    "tokens_per_s": "throughput (tokens/s)",
+    "state_bytes": "decode state size",
+    "accuracy": "accuracy",
+    "loss": "loss (nats/token)",
+    "bpb": "bits per byte",
+    "perplexity": "perplexity",
+}
+X_LABEL = "sequence length (tokens; K = 1024)"
+
+
+def _mark_failures(ax, failed: pd.DataFrame, x: str, palette: dict[str, Color], order: list[str]) -> None:
+    """An × per failed point at the bottom edge, stacked a little by curve so several
+    failures at one length stay visible."""
+    names = series_names(failed)
+    transform = ax.get_xaxis_transform()  # x in data units, y in axes fraction
+    for name, rows in failed.groupby(names):
+        level = 0.03 + 0.035 * (order.index(name) if name in order else 0)
+        ax.scatter(rows[x], [level] * len(rows), marker=FAILED_MARKER, s=40, linewidths=1.5,
+                   color=palette.get(name, "black"), transform=transform, clip_on=False, zorder=5)
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=130 if p.suffix == ".png" else None, bbox_inches="tight")
+    return paths
+
+
+# ---------------------------------------------------------------- cost figures
+
+
+def _curve_label(name: str, backend: str, n_backends: int, slope: float | None) -> str:
+    label = f"{name} [{backend}]" if n_backends > 1 else name
+    if slope is None or not math.isfinite(slope):
+        return label
+    return f"{label} (∝ L^{slope + 0.0:.2f})".replace("L^-0.00", "L^0.00")
+
+
+def _draw_curves(ax, ok: pd.DataFrame, y: str, palette: dict[str, Color], fit: bool) -> None:
+    ok = by_series(ok)
+    ok = ok.assign(_series=series_names(ok), _backend=ok["backend"].fillna("").astype(str))
+    for name, curve_rows in ok.groupby("_series", sort=True):
+        backends = sorted(curve_rows["_backend"].unique())
+        for i, backend in enumerate(backends):
+            rows = curve_rows[curve_rows["_backend"] == backend]
+            med = rows.groupby("seq_len")[y].median().sort_index()
+            slope = fit_power_law(med.index, med.to_numpy()).slope if fit else None
+            ax.plot(med.index, med.to_numpy(), marker="o", ms=4, color=palette[name],
+                    linestyle=_LINESTYLES[i % len(_LINESTYLES)],
+                    label=_curve_label(name, backend, len(backends), slope))
+            if y == "time_ms" and rows[["time_ms_p10", "time_ms_p90"]].notna().all(axis=None):
+                band = rows.groupby("seq_len")[["time_ms_p10", "time_ms_p90"]].median().sort_index()
+                ax.fill_between(band.index, band["time_ms_p10"], band["time_ms_p90"],
+                                color=palette[name], alpha=0.2, linewidth=0)
+
+
+def _cost_panel(ax, rows: pd.DataFrame, y: str, palette: dict[str, Color], fit: bool, title: str) -> None:
+    ok = rows[(rows["status"] == "ok") & pd.to_numeric(rows[y], errors="coerce").notna()]
+    failed = rows[rows["status"] != "ok"]
+    _draw_curves(ax, ok, y, palette, fit)
+    xs = pd.to_numeric(rows["seq_len"], errors="coerce").dropna().tolist()
+    if xs:
+        _log_x(ax, xs)
+    _y_scale(ax, ok[y].astype(float).tolist(), y)
+    _mark_failures(ax, failed, "seq_len", palette, sorted(palette))
+    xlabel = X_LABEL.replace("sequence", "context") if "decode" in title else X_LABEL
+    ax.set(xlabel=xlabel, ylabel=Y_LABELS.get(y, y), title=title)
+    if ok.empty:
+        ax.text(0.5, 0.5, "no successful points", transform=ax.transAxes, ha="center")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", title="× = failed point" if len(failed) else None, title_fontsize="small")
+
+
+def _figure(panels: list[tuple[str, pd.DataFrame, str, bool]], palette: dict[str, Color], title: str) -> Figure:
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(5.4 * len(panels), 4.4), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (panel_title, rows, y, fit) in zip(axes, panels):
+            _cost_panel(ax, rows, y, palette, fit, panel_title)
+    fig.suptitle(title)
+    return fig
+
+
+def _has_values(rows: pd.DataFrame, y: str) -> bool:
+    return y in rows.columns and pd.to_numeric(rows[y], errors="coerce").notna().any()
+
+
+def _contexts(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(file suffix, title, rows) per combination of the FIGURE_CONTEXT columns that vary."""
+    keys = [c for c in FIGURE_CONTEXT if c in df.columns and df[c].nunique(dropna=False) > 1]
+    if not keys:
+        title = ", ".join(f"{c}={df[c].dropna().iloc[0]}" for c in FIGURE_CONTEXT
+                          if c in df.columns and df[c].notna().any())
+        return [("", title, df)]
+    out = []
+    for key, rows in df.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        text = "-".join(f"{k}={v}" for k, v in zip(keys, key))
+        out.append(("__" + "".join(ch if ch.isalnum() or ch in "=-_." else "_" for ch in text), text, rows))
+    return out
+
+
+def generation_figure(gen: pd.DataFrame, palette: dict[str, Color]) -> Figure:
+    """Generation throughput (generated tokens/s) against batch size, one curve per series:
+    the Mamba paper's inference-throughput plot."""
+    ok = by_series(gen[gen["status"] == "ok"])
+    ok = ok.assign(_series=series_names(ok))
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+        ax = fig.subplots()
+        for name, rows in ok.groupby("_series", sort=True):
+            med = rows.groupby("batch")["tokens_per_s"].median().sort_index()
+            ax.plot(med.index, med.to_numpy(), marker="o", ms=4, color=palette[name], label=name)
+        batches = pd.to_numeric(gen["batch"], errors="coerce").dropna().tolist()
+        if batches:
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(min(batches) / 1.4, max(batches) * 1.4)
+        _y_scale(ax, ok["tokens_per_s"].astype(float).tolist(), "tokens_per_s")
+        _mark_failures(ax, gen[gen["status"] != "ok"], "batch", palette, sorted(palette))
+        prompt = ", ".join(sorted({format_length(v) for v in gen["seq_len"].dropna()}))
+        new = ", ".join(sorted({f"{int(v)}" for v in gen.get("gen_tokens", pd.Series(dtype=float)).dropna()}))
+        ax.set(xlabel="batch size", ylabel="generated tokens/s",
+               title=f"Generation throughput (prompt {prompt}, {new} new tokens)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    return fig
+
+
+def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> dict[str, Figure]:
+    """The cost figures, by file stem (see the module doc)."""
+    cost, _ = split_kinds(df.reset_index(drop=True))
+    palette = palette or series_palette(series_names(df))
+    figures: dict[str, Figure] = {}
+    generate = cost["mode"].astype(str) == "generate"
+    if generate.any():
+        figures["generation_throughput"] = generation_figure(cost[generate], palette)
+        cost = cost[~generate]
+    for suffix, context, rows in _contexts(cost):
+        modes = sorted(rows["mode"].dropna().astype(str).unique())
+        by_mode = lambda y, fit: [(m, rows[rows["mode"] == m], y, fit) for m in modes]  # noqa: E731
+        for stem, y, fit, what in (("time_vs_length", "time_ms", True, "Time per call"),
+                                   ("memory_vs_length", "peak_mem_bytes", True, "Peak memory"),
+                                   ("throughput_vs_length", "tokens_per_s", False, "Throughput")):
+            if _has_values(rows, y):
+                figures[stem + suffix] = _figure(by_mode(y, fit), palette, f"{what} vs length ({context})")
+        decode = rows[rows["mode"].astype(str).str.contains("decode")]
+        panels = []
+        if _has_values(decode, "time_ms"):
+            panels.append(("decode latency per token", decode, "time_ms", True))
+        state = decode if _has_values(decode, "state_bytes") else rows
+        if _has_values(state, "state_bytes"):
+            panels.append(("decode state size", state, "state_bytes", True))
+        if panels:
+            figures["decode_vs_context" + suffix] = _figure(panels, palette, f"Decoding vs context ({context})")
+    return figures
+
+
+# ---------------------------------------------------------------- extrapolation figures
+
+
+def _extrapolation_panel(ax, rows: pd.DataFrame, metric: str, palette: dict[str, Color], title: str) -> None:
+    rows = rows.assign(series=series_names(rows), eval_seq_len=pd.to_numeric(rows["eval_seq_len"]))
+    ok = rows[(rows["status"] == "ok") & rows[metric].notna()]
+    n_seeds = ok["seed"].nunique() if "seed" in ok.columns else 1
+    if not ok.empty:
+        sns.lineplot(data=ok, x="eval_seq_len", y=metric, hue="series", palette=palette,
+                     hue_order=[n for n in palette if n in set(ok["series"])], estimator="mean",
+                     errorbar=("ci", 95) if n_seeds > 1 else None, n_boot=1000, seed=0,
+                     marker="o", ax=ax)
+    else:
+        ax.text(0.5, 0.5, "no successful points", transform=ax.transAxes, ha="center")
+    train = sorted(pd.to_numeric(rows.get("train_seq_len", pd.Series(dtype=float)), errors="coerce").dropna().unique())
+    for i, t in enumerate(train):
+        ax.axvline(t, color="0.35", linestyle="--", linewidth=1, label="train length" if i == 0 else None)
+    _log_x(ax, rows["eval_seq_len"].dropna().tolist() + list(train))
+    if metric == "accuracy":
+        ax.set_ylim(-0.02, 1.02)
+    else:
+        _y_scale(ax, ok[metric].astype(float).tolist(), metric)
+    failed = rows[rows["status"] != "ok"]
+    _mark_failures(ax, failed, "eval_seq_len", palette, sorted(palette))
+    band = f"mean and 95% CI over {n_seeds} seeds" if n_seeds > 1 else "one seed"
+    ax.set(xlabel="evaluation length (tokens; K = 1024)", ylabel=Y_LABELS.get(metric, metric),
+           title=f"{title} ({band})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", title="× = failed point" if len(failed) else None, title_fontsize="small")
+
+
+def extrapolation_groups(ext: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per task and training length: runs trained at different lengths
+    are never averaged into one curve."""
+    keys = [c for c in ("task", "train_seq_len") if c in ext.columns]
+    if not keys:
+        return [("", ext)]
+    out = []
+    for key, rows in ext.groupby(keys, dropna=False, sort=True):
+        named = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        parts = [str(named["task"])] if pd.notna(named.get("task")) else []
+        if pd.notna(named.get("train_seq_len")):
+            parts.append(f"trained at {format_length(float(named['train_seq_len']))}")
+        out.append((", ".join(parts), rows))
+    return out
+
+
+def _several_widths(ext: pd.DataFrame) -> bool:
+    return "d_model" in ext.columns and ext.assign(s=series_names(ext)).groupby("s")["d_model"].nunique().max() > 1
+
+
+def recall_state_figure(ext: pd.DataFrame, palette: dict[str, Color]) -> Figure:
+    """Accuracy against decode-state bytes, one curve per architecture across its widths
+    (Zoology's recall-memory trade-off), one panel per (task, evaluation length)."""
+    ext = ext.assign(series=series_names(ext), eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
+    keys = [c for c in ("task", "eval_seq_len") if c in ext.columns]
+    groups = list(ext.groupby(keys, sort=True))
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(5.8 * len(groups), 4.6), layout="constrained")
+        axes = fig.subplots(1, len(groups), squeeze=False)[0]
+        for ax, (key, rows) in zip(axes, groups):
+            ok = rows[(rows["status"] == "ok") & rows["accuracy"].notna() & rows["state_bytes"].notna()]
+            for name, curve in ok.groupby("series", sort=True):
+                mean = curve.groupby(["state_bytes", "d_model"])["accuracy"].mean().reset_index()
+                mean = mean.sort_values("state_bytes")
+                ax.plot(mean["state_bytes"], mean["accuracy"], marker="o", color=palette[name], label=name)
+                for _, p in mean.iterrows():
+                    ax.annotate(f"d={int(p['d_model'])}", (p["state_bytes"], p["accuracy"]), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points", color=palette[name])
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(FuncFormatter(format_bytes))
+            ax.set_ylim(-0.02, 1.02)
+            task, length = key if isinstance(key, tuple) else (key, None)
+            ax.set(xlabel="decode state at the evaluation length (batch 1)", ylabel="accuracy",
+                   title=f"{task} at {format_length(float(length))} tokens" if length else str(task))
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+    fig.suptitle("Recall vs memory: accuracy against decode-state size")
+    return fig
+
+
+def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> dict[str, Figure]:
+    """One figure per metric present (accuracy, loss, bpb, perplexity), one panel per
+    (task, training length); with several widths per architecture, the recall-vs-state
+    figure, and length curves only where several lengths were evaluated."""
+    _, ext = split_kinds(df.reset_index(drop=True))
+    palette = palette or series_palette(series_names(df))
+    figures: dict[str, Figure] = {}
+    if _several_widths(ext):
+        if _has_values(ext, "accuracy") and _has_values(ext, "state_bytes"):
+            figures["accuracy_vs_state"] = recall_state_figure(ext, palette)
+        if pd.to_numeric(ext["eval_seq_len"]).nunique() < 2:
+            return figures
+        width = ext["d_model"].astype("Int64").astype(str)
+        ext = ext.assign(label=series_names(ext) + " (d=" + width + ")")
+        palette = series_palette(series_names(ext))
+    groups = extrapolation_groups(ext)
+    for metric in EXTRAPOLATION_METRICS:
+        if not _has_values(ext, metric):
+            continue
+        with sns.axes_style("whitegrid"):
+            fig = Figure(figsize=(5.6 * len(groups), 4.4), layout="constrained")
+            axes = fig.subplots(1, len(groups), squeeze=False)[0]
+            for ax, (task, rows) in zip(axes, groups):
+                _extrapolation_panel(ax, rows, metric, palette, task or metric)
+        fig.suptitle(f"Train short, test long: {Y_LABELS.get(metric, metric)} vs evaluation length")
+        figures[f"extrapolation_{metric}"] = fig
+    return figures
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def plot_cost(df: pd.DataFrame, out_dir: str | Path, palette: dict[str, Color] | None = None) -> list[Path]:
+    """Write the cost figures (PNG and SVG) to ``out_dir``; return the files written."""
+    return [p for name, fig in cost_figures(df, palette).items() for p in _save(fig, Path(out_dir), name)]
+
+
+def plot_extrapolation(df: pd.DataFrame, out_dir: str | Path, palette: dict[str, Color] | None = None) -> list[Path]:
+    """Write the extrapolation figures (PNG and SVG) to ``out_dir``; return the files written."""
+    return [p for name, fig in extrapolation_figures(df, palette).items() for p in _save(fig, Path(out_dir), name)]
+
+
+def write_report(df: pd.DataFrame, out_dir: str | Path, figures: Sequence[Path] = ()) -> Path:
+    """``out_dir/report.md`` (see harness.report)."""
+    from harness.report import write_report as _write
+
+    return _write(df, out_dir, figures)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="archbench-plot", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", help="directory of per-point result files (searched recursively)")
+    parser.add_argument("--out", default=None, help="output directory (default: results_dir)")
+    args = parser.parse_args(argv)
+    if not Path(args.results_dir).is_dir():
+        parser.error(f"{args.results_dir} is not a directory")
+    df = load_rows(args.results_dir)
+    if df.empty:
+        print(f"no result rows under {args.results_dir}; nothing to plot", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else Path(args.results_dir)
+    palette = series_palette(series_names(df))  # one palette for every figure
+    cost, ext = split_kinds(df)
+    figures = []
+    if not cost.empty:
+        figures += plot_cost(cost, out / "figures", palette)
+    if not ext.empty:
+        figures += plot_extrapolation(ext, out / "figures", palette)
+    report = write_report(df, out, figures)
+    print(f"{len(figures)} figure files in {out / 'figures'}; report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

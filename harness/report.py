@@ -1,0 +1,166 @@
+"""``report.md``: the tables behind the figures (written by ``harness.plot``).
+
+Sections: provenance (experiments, devices, commits), figures, status counts,
+scaling exponents with 95% CIs and the fitted range, crossover lengths, failed points
+with their reasons, and the extrapolation table (architecture x evaluation length,
+mean over seeds with the standard deviation when there are several).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from harness.fit import SERIES_KEYS, by_series, crossover_table, fit_exponent
+from harness.plot import (
+    EXTRAPOLATION_METRICS, Y_LABELS, extrapolation_groups, format_length, series_names, split_kinds,
+)
+
+MAX_FAILED_ROWS = 100  # beyond this the report says how many more there are
+
+
+def _cell(v: object) -> str:
+    # Integer-valued floats (lengths, seeds in columns that also hold NaN) print as ints.
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table of ``df`` as displayed (values str()-ed)."""
+    if df.empty:
+        return "_(none)_\n"
+    cells = df.astype(object).where(df.notna(), "").map(_cell)
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False, name=None)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _varying(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
+    """The columns of ``cols`` worth showing: 'arch' always, others only if they vary."""
+    return [c for c in cols if c in df.columns and (c == "arch" or df[c].nunique(dropna=False) > 1)]
+
+
+def _num(v: float, fmt: str = ".2f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    text = format(v, fmt)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
+
+
+def _provenance(df: pd.DataFrame) -> str:
+    def values(col: str) -> str:
+        return ", ".join(sorted(map(str, df[col].dropna().unique()))) if col in df.columns else "n/a"
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return (f"Generated {now} from {len(df)} result rows.\n\n"
+            f"- experiments: {values('experiment')}\n- devices: {values('device')}\n"
+            f"- torch: {values('env.torch')}\n- git commits: {values('env.git_commit')}\n")
+
+
+def _status_section(df: pd.DataFrame) -> str:
+    df = by_series(df)
+    keys = _varying(df, ("arch", "backend", "mode"))
+    counts = df.pivot_table(
+        index=keys, columns="status", values="point_key" if "point_key" in df.columns else "arch",
+        aggfunc="count", fill_value=0)
+    return markdown_table(counts.reset_index())
+
+
+def _exponent_section(cost: pd.DataFrame) -> str:
+    parts = []
+    for y in ("time_ms", "peak_mem_bytes"):
+        if y not in cost.columns or cost[y].notna().sum() == 0:
+            continue
+        fits = fit_exponent(by_series(cost), y=y)
+        keys = _varying(fits, SERIES_KEYS)
+        table = fits[keys].copy()
+        table["exponent"] = fits["slope"].map(_num)
+        table["95% CI"] = [f"[{_num(lo)}, {_num(hi)}]" if math.isfinite(lo) else ""
+                           for lo, hi in zip(fits["ci_low"], fits["ci_high"])]
+        table["r²"] = fits["r2"].map(lambda v: _num(v, ".3f"))
+        table["fitted range"] = [f"{format_length(a)}–{format_length(b)}" if math.isfinite(a) else ""
+                                 for a, b in zip(fits["x_min"], fits["x_max"])]
+        table["points"] = fits["n_points"]
+        table["note"] = fits["reason"]
+        parts.append(f"### {Y_LABELS.get(y, y)} ∝ L^exponent\n\n{markdown_table(table)}")
+    return "\n".join(parts) or "_(no cost rows)_\n"
+
+
+def _crossover_section(cost: pd.DataFrame) -> str:
+    if "time_ms" not in cost.columns or cost["time_ms"].notna().sum() == 0:
+        return "_(no timing rows)_\n"
+    table = crossover_table(by_series(cost))
+    if table.empty:
+        return "_(fewer than two architectures per mode)_\n"
+    keys = _varying(table, ("mode", "dtype", "batch", "device")) or ["mode"]
+    # Pairs whose curves never meet near the measured lengths are counted, not listed.
+    found = table["x"].notna()
+    n_none = int((~found).sum())
+    table = table[found]
+    if table.empty:
+        return f"_(no two curves cross within the measured lengths: {n_none} pairs)_\n"
+    out = table[[k for k in keys if k in table.columns] + ["a", "b"]].copy()
+    out["crossover length"] = table["x"].map(lambda v: f"{v:,.0f}")
+    out["how"] = table["method"].map({"interpolated": "measured (interpolated)",
+                                      "fit": "extrapolated from fits", "none": ""})
+    out["faster at shorter lengths"] = [("" if low is None or pd.isna(low) else a if low else b)
+                                        for a, b, low in zip(table["a"], table["b"], table["a_lower_below"])]
+    out["note"] = table["reason"]
+    tail = f"\n{n_none} other pairs do not cross within the measured lengths (or 4x beyond).\n" if n_none else ""
+    return markdown_table(out) + tail
+
+
+def _failed_section(df: pd.DataFrame) -> str:
+    failed = df[df["status"] != "ok"]
+    cols = [c for c in ("arch", "backend", "mode", "task", "seq_len", "eval_seq_len", "seed", "status", "reason")
+            if c in failed.columns and (c in ("arch", "status", "reason") or failed[c].notna().any())]
+    table = markdown_table(failed[cols].head(MAX_FAILED_ROWS))
+    more = len(failed) - MAX_FAILED_ROWS
+    return table + (f"\n… and {more} more.\n" if more > 0 else "")
+
+
+def _extrapolation_section(ext: pd.DataFrame) -> str:
+    ext = ext.assign(arch=series_names(ext), eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
+    parts = []
+    for title, rows in extrapolation_groups(ext[ext["status"] == "ok"]):
+        train = set(pd.to_numeric(rows.get("train_seq_len", pd.Series(dtype=float)), errors="coerce").dropna())
+        for metric in EXTRAPOLATION_METRICS:
+            if metric not in rows.columns or rows[metric].notna().sum() == 0:
+                continue
+            stats = rows.groupby(["arch", "eval_seq_len"])[metric].agg(["mean", "std", "count"])
+            cell = [f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
+                    for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
+            table = pd.Series(cell, index=stats.index).unstack("eval_seq_len")
+            table.columns = [f"{format_length(c)} (train)" if c in train else format_length(c)
+                             for c in table.columns]
+            heading = f"{title}: {metric}" if title else metric
+            parts.append(f"### {heading} (mean ± std over seeds)\n\n{markdown_table(table.reset_index())}")
+    return "\n".join(parts) or "_(no successful extrapolation rows)_\n"
+
+
+def write_report(df: pd.DataFrame, out_dir: str | Path, figures: Sequence[Path] = ()) -> Path:
+    """Write ``out_dir/report.md`` for the rows in ``df``; link the PNGs among ``figures``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = df.reset_index(drop=True)
+    cost, ext = split_kinds(df)
+    links = [f"![{p.stem}]({Path(os.path.relpath(p, out)).as_posix()})" for p in figures if p.suffix == ".png"]
+    sections = ["# archbench report\n", _provenance(df), "## Figures\n", "\n\n".join(links) + "\n" if links else
+                "_(none)_\n", "## Status counts\n", _status_section(df)]
+    if not cost.empty:
+        sections += ["## Scaling exponents (log-log fit over the longest lengths)\n", _exponent_section(cost),
+                     "## Crossover lengths (time per call)\n", _crossover_section(cost)]
+    sections += ["## Failed points\n", _failed_section(df)]
+    if not ext.empty:
+        sections += ["## Extrapolation (train short, test long)\n", _extrapolation_section(ext)]
+    path = out / "report.md"
+    tmp = out / f".report.md.{os.getpid()}.tmp"
+    tmp.write_text("\n".join(sections), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,349 @@
+"""The result row store: schema, atomic per-point files, resume, loading.
+
+Schema
+------
+One row per measurement (tidy). Core columns, in this order, always present after
+``load_rows`` (other tools read them by these exact names):
+
+=============== ==============================================================
+arch            registry name of the architecture
+backend         backend actually used ("ref", "fast", "sdpa", ...)
+params          number of parameters
+seq_len         sequence length of the measured call (context length for decode)
+batch           batch size
+dtype           "float32", "bfloat16", ...
+mode            what was measured ("forward", "train", "decode", "eval", ...)
+status          one of STATUSES: ok, oom, error, timeout, skipped, diverged
+reason          why a point is not ok (empty when ok)
+time_ms         median time per call, milliseconds
+time_ms_p10     10th percentile, milliseconds
+time_ms_p90     90th percentile, milliseconds
+tokens_per_s    batch * tokens processed per call / time
+peak_mem_bytes  extra bytes allocated at the call's peak (harness.timing.peak_memory)
+flops           FLOPs of one call as counted by harness.timing.count_flops
+state_bytes     decode state size (KV cache / recurrent state), bytes
+device          device name (GPU model or CPU model)
+=============== ==============================================================
+
+Meta columns (filled by ``make_row``): ``experiment``, ``point_key``, ``config_hash``,
+``timestamp`` (UTC ISO 8601), ``arch_kwargs`` (sorted JSON) and each kwarg as
+``arch.<key>``, and the environment fingerprint as ``env.<key>`` (harness.env:
+``env.torch``, ``env.git_commit``, ``env.git_dirty``, ``env.hostname`` ...).
+Any other column is free: ``flops_analytic``, ``achieved_flops_per_s``, ``frac_peak``,
+``task``, ``train_seq_len``, ``eval_seq_len``, ``accuracy``, ``loss``, ``bpb``, ``seed``
+... Values must be JSON scalars; non-finite floats are stored as null. Columns other
+tools give a meaning to:
+
+* ``eval_seq_len`` marks a row as an extrapolation result (plot/report split on it);
+  ``train_seq_len``, ``task``, ``seed`` and the metrics ``accuracy`` / ``loss`` /
+  ``bpb`` / ``perplexity`` go with it. Such rows use ``mode="eval"``.
+* ``label`` (optional) names the curve instead of ``arch`` in figures and tables, for
+  variants of one architecture (e.g. ``attention+alibi``).
+* ``Timing.as_row()``, ``MemoryPeak.as_row()`` and ``FlopCount.as_row()``
+  (harness.timing) fill ``time_ms``/``time_ms_p10``/``time_ms_p90`` plus
+  ``time_iqr_ms``, ``n_repeats``, ``timing_method``; ``peak_mem_bytes`` plus
+  ``mem_baseline_bytes``, ``mem_method``; ``flops`` plus ``flops_complete``,
+  ``flops_uncounted``.
+
+Files
+-----
+``ResultStore(dir).write(rows, key)`` writes ``<dir>/<key>.jsonl`` atomically: a
+temporary ``.<key>.jsonl.<host>.<pid>.tmp`` in the same directory, fsync, then
+``os.replace``. Parallel jobs (Hydra multirun, submitit, Ray) each write their own
+files and never append to a shared one; a writer killed mid-write leaves only a
+dot-prefixed temp file, which readers ignore and ``clean_temp`` removes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CORE_COLUMNS: tuple[str, ...] = (
+    "arch", "backend", "params", "seq_len", "batch", "dtype", "mode", "status", "reason",
+    "time_ms", "time_ms_p10", "time_ms_p90", "tokens_per_s", "peak_mem_bytes", "flops",
+    "state_bytes", "device",
+)
+META_COLUMNS: tuple[str, ...] = ("experiment", "point_key", "config_hash", "timestamp", "arch_kwargs")
+STATUSES: tuple[str, ...] = ("ok", "oom", "error", "timeout", "skipped", "diverged")
+# Integer-valued core columns: loaded as nullable Int64 so a missing value stays missing.
+INT_COLUMNS: tuple[str, ...] = ("params", "seq_len", "batch", "peak_mem_bytes", "flops", "state_bytes")
+FLOAT_COLUMNS: tuple[str, ...] = ("time_ms", "time_ms_p10", "time_ms_p90", "tokens_per_s")
+
+SUFFIX = ".jsonl"
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]{0,199}$")
+
+
+# ---------------------------------------------------------------- hashing and keys
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON value for numpy scalars, torch dtypes/devices, paths, tuples, NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [_jsonable(v) for v in items]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())  # numpy / torch scalars
+    return str(value)  # torch.dtype, torch.device, Path, enums ...
+
+
+def config_hash(settings: Mapping[str, Any], length: int = 12) -> str:
+    """Stable short hash of the settings that affect a measurement (sorted-key JSON, sha256).
+
+    Key order, tuples vs lists and numpy vs Python scalars do not change it."""
+    text = json.dumps(_jsonable(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def point_key(settings: Mapping[str, Any], prefix: str = "") -> str:
+    """A filename-safe key for one point: ``<prefix>-<config_hash>`` (prefix sanitised),
+    e.g. ``point_key(cfg, "mamba-L4096-train")`` -> ``mamba-L4096-train-3f2a9c0d1e4b``."""
+    clean = re.sub(r"[^A-Za-z0-9._=+,-]+", "_", prefix).strip("._-")
+    h = config_hash(settings)
+    return f"{clean}-{h}" if clean else h
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(
+            f"result key {key!r} is not a safe file name: use letters, digits and ._=+,- "
+            "(at most 200 characters, not starting with '.'); point_key() builds one"
+        )
+    return key
+
+
+# ---------------------------------------------------------------- rows
+
+
+def env_columns(env: Mapping[str, Any]) -> dict[str, Any]:
+    """The environment fingerprint as ``env.<key>`` columns."""
+    return {f"env.{k}": _jsonable(v) for k, v in env.items()}
+
+
+def make_row(
+    *,
+    status: str = "ok",
+    reason: str = "",
+    arch_kwargs: Mapping[str, Any] | None = None,
+    env: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One validated result row: core columns first (missing ones None), then meta,
+    then ``fields`` beyond the core. ``settings`` (what affects the measurement) gives
+    ``config_hash``; ``env`` (default ``harness.env.environment()``) the ``env.*`` columns."""
+    if env is None:
+        from harness.env import environment
+
+        env = environment()
+    row: dict[str, Any] = {c: None for c in CORE_COLUMNS}
+    row.update(status=status, reason=reason or "")
+    row.update(fields)
+    if settings is not None:
+        row.setdefault("config_hash", config_hash(settings))
+    if arch_kwargs is not None:
+        row["arch_kwargs"] = json.dumps(_jsonable(arch_kwargs), sort_keys=True)
+        for k, v in arch_kwargs.items():
+            v = _jsonable(v)
+            row[f"arch.{k}"] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    row.setdefault("timestamp", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    row.update(env_columns(env))
+    validate_row(row)
+    return {k: _jsonable(v) for k, v in row.items()}
+
+
+def validate_row(row: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the problem if a row breaks the schema."""
+    status = row.get("status")
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    if status != "ok" and not row.get("reason"):
+        raise ValueError(f"a row with status={status!r} needs a reason (e.g. the exception message)")
+    for col in ("arch", "mode"):
+        if not row.get(col):
+            raise ValueError(f"row is missing {col!r}; every row names the architecture and what was measured")
+
+
+# ---------------------------------------------------------------- the store
+
+
+class ResultStore:
+    """Per-point result files under one directory (see the module doc).
+
+    ``has(key)`` / ``completed_keys()`` look recursively, so points written by earlier
+    runs into subfolders (Hydra multirun ``0/``, ``1/`` ...) also count for resume.
+    """
+
+    def __init__(self, results_dir: str | os.PathLike, *, clean: bool = True) -> None:
+        self.dir = Path(results_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if clean:
+            self.clean_temp()
+
+    def path_for(self, key: str) -> Path:
+        return self.dir / f"{check_key(key)}{SUFFIX}"
+
+    def write(self, rows: Mapping[str, Any] | Iterable[Mapping[str, Any]], key: str) -> Path:
+        """Atomically (re)write the file for ``key`` with ``rows`` (one dict or several)."""
+        rows = [rows] if isinstance(rows, Mapping) else list(rows)
+        if not rows:
+            raise ValueError(f"no rows to write for key {key!r}; write a status=skipped row instead")
+        final = self.path_for(key)
+        text = "".join(json.dumps(_jsonable({**r, "point_key": r.get("point_key") or key}),
+                                  allow_nan=False) + "\n" for r in rows)
+        tmp = self.dir / f".{final.name}.{_host()}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.dir)
+        return final
+
+    def has(self, key: str, statuses: Iterable[str] | None = None) -> bool:
+        """True if a file for ``key`` exists (anywhere below the directory) and, when
+        ``statuses`` is given, its rows all have one of them (e.g. retry errors only)."""
+        direct = self.path_for(key)
+        paths = [direct] if direct.exists() else list(self.dir.rglob(direct.name))
+        paths = [p for p in paths if not p.name.startswith(".")]
+        if statuses is None or not paths:
+            return bool(paths)
+        wanted = set(statuses)
+        return any(all(r.get("status") in wanted for r in _read_file(p)) for p in paths)
+
+    def completed_keys(self, statuses: Iterable[str] | None = None) -> set[str]:
+        """Keys with a result file; with ``statuses``, only those whose rows all have one."""
+        wanted = None if statuses is None else set(statuses)
+        keys = set()
+        for path in point_files(self.dir):
+            if wanted is None or all(r.get("status") in wanted for r in _read_file(path)):
+                keys.add(path.name[: -len(SUFFIX)])
+        return keys
+
+    def clean_temp(self, max_age_s: float = 3600.0) -> int:
+        """Remove temp files left by killed writers; return how many.
+
+        A temp file is removed if its writer ran on this host and is no longer alive,
+        or if it is older than ``max_age_s`` (a write takes milliseconds; this covers
+        writers on other hosts of a shared filesystem, whose pids we cannot check)."""
+        removed = 0
+        host = _host()
+        for tmp in self.dir.rglob(".*.tmp"):
+            parts = tmp.name.rsplit(".", 3)  # [".<key>.jsonl", host, pid, "tmp"]
+            same_host_dead = len(parts) == 4 and parts[1] == host and not _pid_alive(parts[2])
+            try:
+                too_old = time.time() - tmp.stat().st_mtime > max_age_s
+                if same_host_dead or too_old:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # its writer finished or another cleaner got there first
+        return removed
+
+
+def _host() -> str:
+    # Dots would break parsing the temp name back into (key, host, pid).
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def point_files(results_dir: str | os.PathLike) -> list[Path]:
+    """All finished point files below ``results_dir`` (temp and hidden files skipped), sorted."""
+    root = Path(results_dir)
+    return sorted(
+        p for p in root.rglob(f"*{SUFFIX}")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                warnings.warn(f"skipping unreadable line {lineno} of {path}: {exc}", stacklevel=3)
+    return rows
+
+
+def order_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Core columns first (added empty if missing), then meta, then the rest sorted
+    with ``arch.*`` and ``env.*`` last."""
+    df = df.copy()
+    for col in CORE_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    head = list(CORE_COLUMNS) + [c for c in META_COLUMNS if c in df.columns]
+    rest = [c for c in df.columns if c not in head]
+    group = lambda c: (2 if c.startswith("env.") else 1 if c.startswith("arch.") else 0, c)  # noqa: E731
+    return df[head + sorted(rest, key=group)]
+
+
+def _coerce_types(df: pd.DataFrame) -> pd.DataFrame:
+    for col in INT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
+    for col in FLOAT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    df["reason"] = df["reason"].fillna("")
+    return df
+
+
+def load_rows(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every row of every point file below ``results_dir``, as one tidy DataFrame.
+
+    Reads recursively (Hydra multirun subfolders and submitit jobs sharing one
+    results dir all merge), ignores temp files, warns about (and skips) unreadable
+    lines. Columns are ordered with ``order_columns``; integer core columns are
+    nullable Int64. An empty or missing directory gives an empty frame with the
+    core columns."""
+    root = Path(results_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"results directory {root} does not exist")
+    rows = [r for p in point_files(root) for r in _read_file(p)]
+    return _coerce_types(order_columns(pd.DataFrame.from_records(rows)))

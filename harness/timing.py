@@ -1,0 +1,313 @@
+"""Measuring one call: time, peak memory, FLOPs; classifying failures; point budgets.
+
+Everything here takes a zero-argument callable (``fn()`` runs one forward, one
+training step, one decode step ...) and knows nothing about architectures.
+
+* ``time_callable``  - median / p10 / p90 of per-call times (torch.utils.benchmark
+  on CPU, CUDA events on GPU), with the raw times kept.
+* ``peak_memory``    - extra bytes the call allocates at its peak (from
+  ``harness.counters``, which documents the CPU method).
+* ``count_flops``    - FLOPs seen by ``FlopCounterMode``, with a list of ops it
+  could not count (also from ``harness.counters``).
+* ``is_oom`` / ``classify_exception`` / ``free_memory`` - failure handling so one
+  point's OOM becomes a row with status=oom and the sweep goes on.
+* ``run_with_timeout`` / ``Deadline`` / ``PointTimeout`` - a cooperative per-point
+  time budget (see ``run_with_timeout`` for what it can and cannot stop).
+* ``device_peak`` (from ``harness.devices``) - datasheet peaks for frac-of-peak.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import gc
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.benchmark import Timer
+
+# Re-exported so apps import every measuring tool from one place.
+from harness.counters import FlopCount, MemoryPeak, count_flops, peak_memory  # noqa: F401
+from harness.devices import device_peak, lookup_gpu, precision_key  # noqa: F401
+
+# ---------------------------------------------------------------- point budgets
+
+
+class PointTimeout(Exception):
+    """A point ran past its time budget; record it as status=timeout and move on."""
+
+
+class Deadline:
+    """A wall-clock budget that long-running loops check between units of work."""
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"a time budget must be > 0 seconds, got {seconds}")
+        self.seconds = float(seconds)
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def remaining(self) -> float:
+        return self.seconds - self.elapsed()
+
+    def check(self, where: str) -> None:
+        """Raise PointTimeout if the budget is spent."""
+        if self.remaining() <= 0:
+            raise PointTimeout(f"{where}: {self.elapsed():.1f} s elapsed of a {self.seconds:g} s budget")
+
+    def check_predicted(self, seconds_needed: float, what: str) -> None:
+        """Raise PointTimeout now if ``what`` (expected to take ``seconds_needed``) would
+        end past the budget - cheaper than starting work that is bound to overrun."""
+        if seconds_needed > self.remaining():
+            raise PointTimeout(
+                f"{what} would need ~{seconds_needed:.1f} s but only {max(self.remaining(), 0):.1f} s "
+                f"of the {self.seconds:g} s budget is left"
+            )
+
+
+_CURRENT_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("deadline", default=None)
+
+
+def current_deadline() -> Deadline | None:
+    """The innermost budget set by ``run_with_timeout`` (None outside one)."""
+    return _CURRENT_DEADLINE.get()
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float | None) -> Iterator[Deadline | None]:
+    """Make a Deadline current for the block; ``seconds=None`` means no budget.
+    Nested budgets keep the tighter one."""
+    if seconds is None:
+        yield current_deadline()
+        return
+    deadline = Deadline(seconds)
+    outer = current_deadline()
+    if outer is not None and outer.remaining() < deadline.remaining():
+        deadline = outer
+    token = _CURRENT_DEADLINE.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _CURRENT_DEADLINE.reset(token)
+
+
+def run_with_timeout(fn: Callable[[], object], seconds: float | None) -> object:
+    """Run ``fn()`` under a cooperative time budget of ``seconds``.
+
+    A running torch op cannot be stopped safely from inside the process (a signal
+    or thread interrupt lands between ops at best, and can leave CUDA state or
+    caches inconsistent), so the budget is *cooperative*: ``time_callable`` and any
+    loop that calls ``current_deadline().check(...)`` stop between calls - after the
+    warm-up, between repetitions, or up front when the warm-up shows the remaining
+    repetitions cannot fit - by raising ``PointTimeout``. The caller records the
+    point as status=timeout and continues the sweep.
+
+    Limitation: one call that itself runs for hours is not interrupted; the budget
+    notices only when it returns. Use the launcher's hard job limit (e.g. submitit's
+    ``timeout_min``) as the backstop for that. A call that finishes returns its
+    result even if it overran: its measurement is valid.
+    """
+    with time_budget(seconds):
+        return fn()
+
+
+# ---------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call time statistics in milliseconds. ``times_ms`` holds every measurement
+    (one per repetition; on CPU with min_run_time, one per block of ``number_per_run``
+    calls, averaged), so the percentiles are computed from real samples."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    iqr_ms: float
+    mean_ms: float
+    n: int
+    number_per_run: int
+    method: str
+    times_ms: tuple[float, ...] = field(repr=False)
+
+    @classmethod
+    def from_times(cls, times_ms: list[float], number_per_run: int, method: str) -> "Timing":
+        t = np.asarray(times_ms, dtype=float)
+        p10, p25, p50, p75, p90 = np.percentile(t, [10, 25, 50, 75, 90])
+        return cls(float(p50), float(p10), float(p90), float(p75 - p25), float(t.mean()),
+                   len(t), number_per_run, method, tuple(float(x) for x in t))
+
+    def as_row(self) -> dict[str, object]:
+        """The result-row columns (harness.results schema) this timing fills."""
+        return {"time_ms": self.median_ms, "time_ms_p10": self.p10_ms, "time_ms_p90": self.p90_ms,
+                "time_iqr_ms": self.iqr_ms, "n_repeats": self.n, "timing_method": self.method}
+
+
+def time_callable(
+    fn: Callable[[], object],
+    *,
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    min_run_time: float | None = None,
+    repeats: int | None = None,
+    min_repeats: int = 3,
+    flush_l2: bool = False,
+    deadline: Deadline | None = None,
+) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then either ``repeats`` timed calls or
+    as many as fit in ``min_run_time`` seconds (default 0.2 s if neither is given),
+    never fewer than ``min_repeats`` measurements.
+
+    CPU: ``torch.utils.benchmark.Timer`` with the process's current thread count
+    (Timer's own default is 1 thread, which would time a different configuration).
+    CUDA: a CUDA event pair around each call, synchronised after each, so every
+    sample is the device time of one call; ``flush_l2`` overwrites a 256 MiB buffer
+    before each call so no call profits from the previous one's cache.
+    We do not use ``triton.testing.do_bench``: one code path on every machine keeps
+    numbers comparable whether or not triton is installed.
+
+    ``deadline`` (default: the one set by ``run_with_timeout``) is checked after the
+    warm-up and between measurements; see ``run_with_timeout``.
+    """
+    if min_run_time is not None and repeats is not None:
+        raise ValueError("give either min_run_time or repeats, not both")
+    if repeats is not None and repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0 or min_repeats < 1:
+        raise ValueError(f"need warmup >= 0 and min_repeats >= 1, got {warmup}, {min_repeats}")
+    if min_run_time is None and repeats is None:
+        min_run_time = 0.2
+    device = torch.device(device)
+    deadline = deadline if deadline is not None else current_deadline()
+    per_call_s = _warm_up(fn, device, warmup, deadline)
+    if deadline is not None and per_call_s is not None:
+        needed = repeats if repeats is not None else min_repeats
+        deadline.check_predicted(needed * per_call_s, f"{needed} timed calls at {per_call_s:.2f} s each")
+    if device.type == "cuda":
+        return _time_cuda(fn, device, min_run_time, repeats, min_repeats, flush_l2, deadline)
+    return _time_cpu(fn, min_run_time, repeats, min_repeats, deadline)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _warm_up(fn, device: torch.device, warmup: int, deadline: Deadline | None) -> float | None:
+    """Run the warm-up calls; return the wall time of the last one (None if warmup=0)."""
+    last = None
+    for i in range(warmup):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        last = time.perf_counter() - start
+        if deadline is not None:
+            deadline.check(f"after warm-up call {i + 1}/{warmup}")
+    return last
+
+
+def _time_cpu(fn, min_run_time, repeats, min_repeats, deadline) -> Timing:
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    method = f"torch.utils.benchmark.Timer (num_threads={torch.get_num_threads()})"
+
+    def between(*_: object) -> None:
+        if deadline is not None:
+            deadline.check("between timed repetitions")
+
+    if repeats is not None:
+        times = []
+        for _ in range(repeats):
+            times.append(timer.timeit(1).times[0] * 1e3)
+            between()
+        return Timing.from_times(times, 1, method + ".timeit(1) x repeats")
+    m = timer.blocked_autorange(callback=between, min_run_time=min_run_time)
+    times = [t * 1e3 for t in m.times]
+    # A slow fn fills min_run_time with fewer blocks than we need for percentiles.
+    while len(times) < min_repeats:
+        times.append(timer.timeit(m.number_per_run).times[0] * 1e3)
+        between()
+    return Timing.from_times(times, m.number_per_run, method + ".blocked_autorange")
+
+
+def _time_cuda(fn, device, min_run_time, repeats, min_repeats, flush_l2, deadline) -> Timing:
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=device) if flush_l2 else None
+    times: list[float] = []
+    total_s = 0.0
+    while True:
+        if flush is not None:
+            flush.fill_(1)  # outside the event pair: evicts L2 without being timed
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        total_s += times[-1] / 1e3
+        enough = len(times) >= repeats if repeats is not None else (
+            total_s >= min_run_time and len(times) >= min_repeats)
+        if enough:
+            break
+        if deadline is not None:
+            deadline.check("between timed repetitions")
+    flushed = ", L2 flushed" if flush_l2 else ""
+    return Timing.from_times(times, 1, f"cuda events per call{flushed}")
+
+
+# ---------------------------------------------------------------- failures
+
+# Messages of allocation failures that reach Python as a plain RuntimeError.
+_OOM_PATTERNS = re.compile(
+    r"DefaultCPUAllocator: (can't allocate memory|not enough memory)"
+    r"|CUDA out of memory|HIP out of memory|MPS backend out of memory|XPU out of memory"
+    r"|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|Failed to allocate",
+    flags=re.IGNORECASE,
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True if ``exc`` (or an exception it was raised from) is an out-of-memory error:
+    ``torch.OutOfMemoryError`` (CUDA), ``MemoryError`` (Python / some CPU paths), or a
+    RuntimeError carrying an allocator's out-of-memory message."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(exc, RuntimeError) and _OOM_PATTERNS.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str]:
+    """(status, reason) for a failed point: 'timeout', 'oom' or 'error', and a one-line
+    reason ("OutOfMemoryError: CUDA out of memory. Tried to allocate 8.00 GiB ...")."""
+    status = "timeout" if isinstance(exc, PointTimeout) else "oom" if is_oom(exc) else "error"
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else ""
+    reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return status, reason[:300]
+
+
+def free_memory(exc: BaseException | None = None) -> None:
+    """Release memory after a failed point so the next one starts clean.
+
+    The traceback of an OOM holds the frames of the failed call, and their locals
+    hold the activations; clearing them (``traceback.clear_frames``) is what lets
+    ``gc`` free those tensors. Call it after the ``except`` block has recorded the
+    failure (inside it or after), passing the exception.
+    """
+    if exc is not None and exc.__traceback__ is not None:
+        traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()

@@ -1,0 +1,49 @@
+"""harness.env: the environment fingerprint."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from harness.env import OPTIONAL_PACKAGES, device_name, environment, package_version
+
+
+def test_environment_has_the_fingerprint_keys():
+    env = environment()
+    for key in ("cpu", "gpu", "torch", "cuda", "cudnn", "python", "hostname", "threads",
+                "git_commit", "git_dirty", *OPTIONAL_PACKAGES):
+        assert key in env, key
+    assert env["torch"] == torch.__version__
+    assert env["threads"] == torch.get_num_threads()
+
+
+def test_environment_is_cached_but_returns_a_copy():
+    env = environment()
+    env["torch"] = "tampered"
+    assert environment()["torch"] == torch.__version__
+
+
+def test_git_commit_is_found_in_a_checkout():
+    commit = environment()["git_commit"]
+    assert commit is None or (len(commit) == 40 and all(c in "0123456789abcdef" for c in commit))
+
+
+def test_optional_packages_are_looked_up_without_importing():
+    from harness import env as env_module
+
+    env_module._environment.cache_clear()
+    before = set(sys.modules)
+    environment()
+    imported = {name.split(".")[0] for name in set(sys.modules) - before}
+    assert not imported & {"mamba_ssm", "causal_conv1d", "fla", "flash_attn", "triton"}
+
+
+def test_package_version():
+    import pandas
+
+    assert package_version("surely-not-an-installed-dist-xyz", "pandas") == pandas.__version__
+    assert package_version("surely-not-an-installed-dist-xyz") is None
+
+
+def test_device_name_cpu():
+    assert isinstance(device_name("cpu"), str) and device_name("cpu")
