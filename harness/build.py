@@ -1,0 +1,78 @@
+"""Turn an ``arch`` config node plus the ``model`` sizing config into a model.
+
+Shared by the cost and extrapolation apps, so both size architectures the same way:
+matched parameter count by default, or matched FLOPs per token, matched decode-state
+bytes at a reference length, or a fixed width - and every row records the result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from archs import arch_info, create_arch
+from archs._registry import check_kwargs
+from archs.sizing import param_count, width_for_target
+from harness.config import ModelConfig, to_container
+
+# Keys of an arch node that describe the run rather than the architecture.
+RESERVED = ("name", "label")
+
+
+@dataclass
+class BuiltModel:
+    model: torch.nn.Module
+    name: str                 # registry key
+    label: str                # curve name in plots (the arch config's label, else name)
+    kwargs: dict[str, Any]    # everything create_arch received, d_model included
+    sizing: dict[str, Any]    # how the width was chosen (recorded in rows)
+
+
+def split_arch(arch_node: Any) -> tuple[str, str, dict[str, Any]]:
+    node = dict(to_container(arch_node))
+    if "name" not in node:
+        raise ValueError("the arch config needs `name:` (a registry key); see conf/arch/*.yaml")
+    name, label = node.pop("name"), node.pop("label", None)
+    return name, label or name, node
+
+
+def _measure(match: str, m: ModelConfig):
+    if match == "params":
+        return param_count, m.target_params
+    if match == "active_params":
+        return (lambda model: model.num_params(active_only=True)), m.target_params
+    if match == "flops":
+        per_token = lambda model: model.analytic_flops(1, m.match_seq_len) / m.match_seq_len  # noqa: E731
+        return per_token, m.target_flops_per_token
+    if match == "state":
+        state = lambda model: model.expected_state_bytes(1, m.match_seq_len, torch.float32)  # noqa: E731
+        return state, m.target_state_bytes
+    raise ValueError(f"model.match={match!r} has no measure")
+
+
+def build(arch_node: Any, m: ModelConfig, vocab_size: int, *, validate_only: bool = False) -> BuiltModel:
+    """Build the architecture at the size ``m`` asks for (on the CPU, float32)."""
+    name, label, kwargs = split_arch(arch_node)
+    info = arch_info(name)  # unknown name -> error listing the known ones
+    kwargs = {"vocab_size": vocab_size, **({"n_layers": m.n_layers} if m.n_layers else {}), **kwargs}
+    check_kwargs(name, kwargs)
+    sizing: dict[str, Any] = {"match": m.match}
+    if "d_model" in kwargs:
+        sizing["match"] = "arch_config"
+    elif name in m.d_model_by_arch:
+        kwargs["d_model"], sizing["match"] = int(m.d_model_by_arch[name]), "d_model_by_arch"
+    elif m.match == "width":
+        kwargs["d_model"] = int(m.d_model)
+    else:
+        measure, target = _measure(m.match, m)
+        merged = {**info.defaults, **kwargs}
+        kwargs["d_model"] = width_for_target(lambda **kw: info.builder(**kw), merged, target, measure,
+                                             what=f"model.target for match={m.match}")
+        sizing["target"] = target
+        if m.match != "params":
+            sizing["match_seq_len"] = m.match_seq_len
+    if validate_only:
+        return BuiltModel(None, name, label, kwargs, sizing)
+    model = create_arch(name, **kwargs)
+    return BuiltModel(model, name, label, kwargs, sizing)
