@@ -1,0 +1,70 @@
+"""Evaluation at a given length: loss and the task's metric over scored positions.
+
+Long sequences can be run in chunks that carry the model's decode state
+(``model.prefill``), so a recurrent model evaluates at lengths whose activations would
+never fit in one pass: memory is one chunk plus the state (constant for Mamba-class
+mixers; attention's KV cache still grows). Chunked and one-pass evaluation give the
+same numbers (tested).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from archs import SequenceTooLongError
+from harness.tasks import Scores, Task, score_logits
+from harness.timing import current_deadline
+from harness.train import autocast
+
+
+@torch.no_grad()
+def logits_for(model, inputs: torch.Tensor, chunk_len: int | None, amp=None) -> torch.Tensor:
+    """(B, L) -> (B, L, V), in one pass or in chunks of ``chunk_len`` carrying state."""
+    device = inputs.device
+    if not chunk_len or inputs.shape[1] <= chunk_len:
+        with autocast(device, amp):
+            return model(inputs).float()
+    state = model.init_state(inputs.shape[0])
+    outs = []
+    for start in range(0, inputs.shape[1], chunk_len):
+        with autocast(device, amp):
+            logits, state = model.prefill(inputs[:, start:start + chunk_len], state)
+        outs.append(logits.float())
+    return torch.cat(outs, dim=1)
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, seq_len: int, *, n_sequences: int, batch_size: int,
+             generator: torch.Generator, chunk_len: int | None = None, amp=None,
+             device: torch.device | str = "cpu") -> dict:
+    """Metrics of ``model`` on ``n_sequences`` fresh sequences of ``seq_len`` tokens.
+
+    Raises SequenceTooLongError before any compute if the model cannot represent the
+    length (e.g. a learned position table) - the harness records that as ``skipped``.
+    """
+    limit = getattr(model, "max_seq_len", None)
+    if limit is not None and seq_len > limit:
+        raise SequenceTooLongError(f"eval length {seq_len} > the model's max_seq_len {limit}")
+    model.eval()
+    scores, done = Scores(), 0
+    deadline = current_deadline()  # set by harness.timing.run_with_timeout, if any
+    start = time.perf_counter()
+    while done < n_sequences:
+        if deadline is not None and done:
+            # Fail as soon as the first batches show the rest cannot fit the budget.
+            per_seq = (time.perf_counter() - start) / done
+            deadline.check_predicted(per_seq * (n_sequences - done),
+                                     f"{n_sequences - done} more sequences of {seq_len} tokens")
+        b = min(batch_size, n_sequences - done)
+        batch = task.sample(b, seq_len, generator, split="eval").to(device)
+        scores = scores + score_logits(logits_for(model, batch.inputs, chunk_len, amp), batch.targets)
+        done += b
+    metrics = task.metrics(scores)
+    out = {"loss": metrics["loss"], "accuracy": metrics.get("acc", math.nan),
+           "n_sequences": done, "n_scored": scores.n_scored}
+    for key, value in metrics.items():
+        if key not in ("loss", "acc"):
+            out[key] = value
+    return out

@@ -1,0 +1,196 @@
+"""Train short, test long: train an architecture on a task at one length, evaluate it at
+1x, 2x, 4x, ... that length, one result row per evaluation length.
+
+    python -m harness.extrapolate arch=mamba task=induction_heads
+    python -m harness.extrapolate -m experiment=induction_extrapolation          # the Mamba paper's protocol
+    python -m harness.extrapolate -m arch=transformer,mamba train.seed=0,1,2 eval.seq_lens=[256,1024,4096]
+
+Same row store, resume semantics and launchers as the cost sweep: a trained model is
+kept as a weights-only checkpoint keyed by a hash of everything that shaped it, so a
+re-run evaluates new lengths without training again; evaluation points already in
+``results_dir`` are skipped unless ``force=true``. A length the model cannot represent
+(a learned position table) is a ``skipped`` row, an OOM an ``oom`` row (and longer
+lengths are skipped), a diverged training run a ``diverged`` row per length.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from archs import SequenceTooLongError
+from harness.build import BuiltModel, build
+from harness.config import (ExtrapolateConfig, register_configs, resolve_device, to_container,
+                            validate_eval, validate_model)
+from harness.env import device_name
+from harness.evaluate import evaluate
+from harness.results import ResultStore, config_hash, load_rows, make_row, point_key
+from harness.tasks import Task, get_task
+from harness.timing import classify_exception, free_memory, run_with_timeout
+from harness.train import TrainResult, autocast_dtype, load_checkpoint, save_checkpoint, train
+
+log = logging.getLogger(__name__)
+register_configs()
+
+
+def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
+    if isinstance(cfg, ExtrapolateConfig):
+        return cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExtrapolateConfig), cfg))
+
+
+class Experiment:
+    """One (architecture, task, training run): train or load, then evaluate every length."""
+
+    def __init__(self, cfg: ExtrapolateConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.task: Task = get_task(**to_container(cfg.task))
+        self.built: BuiltModel = build(cfg.arch, cfg.model, cfg.model.vocab_size or self.task.vocab_size)
+        self.model = self.built.model.to(self.device)
+        self.amp = autocast_dtype(cfg.train.precision, self.device)
+        self.store = ResultStore(cfg.results_dir)
+        # Everything that shapes the trained weights: their checkpoint's identity.
+        self.train_settings = {"arch": self.built.name, "arch_kwargs": self.built.kwargs,
+                               "task": self.task.params(), "train": to_container(OmegaConf.structured(cfg.train))}
+        self.train_key = config_hash(self.train_settings)
+
+    # -- training (or loading) -------------------------------------------------------------
+    def _checkpoint(self) -> Path | None:
+        if not self.cfg.checkpoint_dir:
+            return None
+        return Path(self.cfg.checkpoint_dir) / f"{self.built.label}-{self.train_key}.pt"
+
+    def _eval_fn(self):
+        gen = torch.Generator().manual_seed(self.cfg.eval.seed + 1)
+        return lambda: evaluate(self.model, self.task, self.cfg.train.seq_len, n_sequences=64,
+                                batch_size=self.cfg.train.batch_size, generator=gen, amp=self.amp,
+                                device=self.device)["accuracy"]
+
+    def trained(self) -> TrainResult:
+        ckpt = self._checkpoint()
+        summary = ckpt.with_suffix(".json") if ckpt else None
+        if ckpt and ckpt.exists() and summary.exists() and not self.cfg.force:
+            load_checkpoint(self.model, ckpt)
+            self.model.to(self.device)
+            log.info("loaded %s", ckpt)
+            return TrainResult(**json.loads(summary.read_text()))
+        result = train(self.model, self.task, self.cfg.train, self.device,
+                       eval_fn=self._eval_fn(), progress=self.cfg.progress)
+        if ckpt and result.status == "ok":
+            save_checkpoint(self.model, ckpt)
+            tmp = summary.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(result.summary()))
+            tmp.replace(summary)
+        return result
+
+    # -- evaluation --------------------------------------------------------------------------
+    def settings(self, eval_len: int) -> dict[str, Any]:
+        e = self.cfg.eval
+        return {"train_key": self.train_key, "eval_seq_len": eval_len, "n_sequences": e.n_sequences,
+                "eval_seed": e.seed, "chunk_len": e.chunk_len, "device": device_name(self.device)}
+
+    def key(self, eval_len: int) -> str:
+        return point_key(self.settings(eval_len), f"{self.built.label}-{self.task.name}-s{self.cfg.train.seed}-{eval_len}")
+
+    def row(self, eval_len: int, trained: TrainResult, status="ok", reason="", **metrics) -> dict:
+        e, t = self.cfg.eval, self.cfg.train
+        return make_row(
+            status=status, reason=reason, arch_kwargs=self.built.kwargs, settings=self.settings(eval_len),
+            arch=self.built.name, label=self.built.label, backend=self.model.backends(self.device, eval_len),
+            params=self.model.num_params(), seq_len=eval_len, batch=self._eval_batch(eval_len),
+            dtype=str(self.amp or torch.float32).replace("torch.", ""), mode="eval",
+            device=device_name(self.device), experiment=self.cfg.experiment, point_key=self.key(eval_len),
+            task=self.task.name, task_params=json.dumps(self.task.params(), sort_keys=True),
+            train_seq_len=t.seq_len, eval_seq_len=eval_len, seed=t.seed, train_key=self.train_key,
+            train_status=trained.status, train_steps=trained.steps_done, train_loss=trained.final_loss,
+            train_tokens=trained.tokens_seen, train_wall_s=trained.wall_s, early_stopped=trained.early_stopped,
+            train_stop_reason=trained.stop_reason,
+            eval_chunk_len=e.chunk_len, d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
+            state_bytes=self.model.expected_state_bytes(1, eval_len), sizing=self.built.sizing["match"],
+            **metrics)
+
+    def _eval_batch(self, eval_len: int) -> int:
+        return max(1, min(self.cfg.eval.n_sequences, self.cfg.eval.batch_tokens // eval_len))
+
+    def evaluate_at(self, eval_len: int, trained: TrainResult) -> dict:
+        e = self.cfg.eval
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(e.seed)
+        try:
+            metrics = run_with_timeout(lambda: evaluate(
+                self.model, self.task, eval_len, n_sequences=e.n_sequences, batch_size=self._eval_batch(eval_len),
+                generator=gen, chunk_len=e.chunk_len, amp=self.amp, device=self.device), e.time_budget_s)
+            if "loss" in metrics and math.isfinite(metrics["loss"]):
+                metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+            return self.row(eval_len, trained, time_ms=1e3 * (time.perf_counter() - start), **metrics)
+        except SequenceTooLongError as exc:
+            return self.row(eval_len, trained, "skipped", str(exc))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+            status, reason = classify_exception(exc)
+            free_memory(exc)
+            return self.row(eval_len, trained, status, reason)
+
+    def run(self) -> None:
+        lengths = sorted(set(self.cfg.eval.seq_lens))
+        todo = [n for n in lengths if self.cfg.force or not self.store.has(self.key(n))]
+        if not todo:
+            return
+        trained = self.trained()
+        failed_at = None
+        for n in todo:
+            if trained.status != "ok":
+                row = self.row(n, trained, trained.status, f"training {trained.status}: {trained.reason}")
+            elif failed_at is not None:
+                row = self.row(n, trained, "skipped", f"{failed_at[1]} at eval_seq_len={failed_at[0]}")
+            else:
+                row = self.evaluate_at(n, trained)
+                if row["status"] in ("oom", "timeout"):
+                    failed_at = (n, row["status"])
+            self.store.write(row, row["point_key"])
+            log.info("%s %s L=%d: %s acc=%s", self.built.label, self.task.name, n, row["status"],
+                     row.get("accuracy"))
+
+
+def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
+    """Train (or load) and evaluate one architecture config; return its rows."""
+    cfg = _as_schema(cfg)
+    validate_eval(cfg.eval)
+    validate_model(cfg.model)
+    task = get_task(**to_container(cfg.task))  # bad task parameters fail before any compute
+    task.sample(1, cfg.train.seq_len, torch.Generator().manual_seed(0))  # the task's own length check
+    too_short = [n for n in cfg.eval.seq_lens if n < task.min_len()]
+    if too_short:
+        raise ValueError(f"eval.seq_lens has {too_short}, shorter than the task's min_len={task.min_len()} "
+                         f"for {task.params()}")
+    build(cfg.arch, cfg.model, cfg.model.vocab_size or task.vocab_size, validate_only=True)
+    torch.manual_seed(cfg.train.seed)
+    experiment = Experiment(cfg)
+    experiment.run()
+    rows = load_rows(cfg.results_dir)
+    if rows.empty:
+        return rows
+    mine = (rows["label"] == experiment.built.label) & (rows["train_key"] == experiment.train_key)
+    return rows[mine].reset_index(drop=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="extrapolate")
+def main(cfg: DictConfig) -> None:
+    cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)
+    if cfg.checkpoint_dir:
+        cfg.checkpoint_dir = hydra.utils.to_absolute_path(cfg.checkpoint_dir)
+    df = run(cfg)
+    if not df.empty:
+        log.info("%d evaluation rows in %s", len(df), cfg.results_dir)
+
+
+if __name__ == "__main__":
+    main()

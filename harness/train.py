@@ -1,0 +1,200 @@
+"""Training loop for the extrapolation experiment (and anyone who wants one).
+
+AdamW with warm-up + cosine decay, gradient clipping, the MoE auxiliary loss when the
+architecture has one, bf16/fp16 autocast on a GPU, fixed seeds, a tqdm progress bar with
+loss and tokens/s, divergence detection (a result, not a crash), early stopping at a
+target accuracy, optional mixed-length training, and weights-only checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness.tasks import Task
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1          # on matrices only; norms, biases, embeddings exempt
+    beta1: float = 0.9
+    beta2: float = 0.95                # the usual LM setting; more stable than 0.999
+    warmup_steps: int = 100
+    schedule: str = "cosine"           # decays to min_lr_ratio * lr at the last step
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0             # global norm; 0 disables
+    aux_loss_weight: float = 0.01      # MoE load balancing (Switch Transformer's alpha)
+    precision: str = "auto"            # auto = bf16 autocast on CUDA, fp32 on CPU
+    seed: int = 0
+    mixed_length: bool = False         # sample each batch's length in [min_len, seq_len]
+    eval_every: int = 0                # steps between early-stop checks (0 = never)
+    target_acc: float | None = None    # stop once train-length accuracy reaches this
+    time_budget_s: float | None = None  # stop (status ok, stop_reason="time budget") after this
+    log_every: int = 10
+    diverge_factor: float = 1e3        # loss above this x the first loss counts as divergence
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "seq_len"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            raise ValueError(f"train.warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+
+
+@dataclass
+class TrainResult:
+    status: str = "ok"                 # ok | diverged
+    reason: str = ""
+    steps_done: int = 0
+    final_loss: float = math.nan
+    tokens_seen: int = 0
+    wall_s: float = 0.0
+    early_stopped: bool = False
+    stop_reason: str = ""              # "" (all steps) | "target accuracy" | "time budget"
+    history: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("history")
+        return d
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then the configured decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - (1 - floor) * progress)
+    return cfg.lr
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Decay only matrices of linear layers/convs; embeddings, norms and biases are exempt,
+    # and so are SSM parameters marked `_no_weight_decay` (A_log, D, dt biases).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.dim() < 2 or "embed" in name or getattr(p, "_no_weight_decay", False)
+        (no_decay if exempt else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _loss(model, inputs, targets, amp, device, aux_weight) -> tuple[torch.Tensor, torch.Tensor]:
+    with autocast(device, amp):
+        logits = model(inputs)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    aux = model.aux_loss()
+    total = loss + aux_weight * aux if aux is not None else loss
+    return total, loss
+
+
+def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device | str = "cpu",
+          *, eval_fn: Callable[[], float] | None = None, progress: bool = True) -> TrainResult:
+    """Train ``model`` on ``task``; ``eval_fn`` returns the accuracy used for early stopping."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    model.to(device).train()
+    opt = make_optimizer(model, cfg)
+    amp = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    result, first_loss, start = TrainResult(), None, time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"train {getattr(model, 'arch_name', '')}", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    for step in bar:
+        seq_len = cfg.seq_len
+        if cfg.mixed_length:
+            seq_len = int(torch.randint(task.min_len(), cfg.seq_len + 1, (1,), generator=gen))
+        batch = task.sample(cfg.batch_size, seq_len, gen).to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total, loss = _loss(model, batch.inputs, batch.targets, amp, device, cfg.aux_loss_weight)
+        value = loss.item()
+        first_loss = value if first_loss is None else first_loss
+        if not math.isfinite(value) or value > cfg.diverge_factor * max(first_loss, 1.0):
+            result.status, result.reason = "diverged", f"loss {value:.4g} at step {step}"
+            break
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        result.steps_done, result.final_loss = step + 1, value
+        result.tokens_seen += batch.inputs.numel()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            elapsed = time.perf_counter() - start
+            result.history.append({"step": step, "loss": value, "lr": lr_at(step, cfg)})
+            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{result.tokens_seen / max(elapsed, 1e-9):.0f}")
+        if eval_fn and cfg.eval_every and cfg.target_acc is not None and (step + 1) % cfg.eval_every == 0:
+            model.eval()
+            acc = eval_fn()
+            model.train()
+            result.history.append({"step": step, "eval_acc": acc})
+            if acc >= cfg.target_acc:
+                result.early_stopped, result.stop_reason = True, "target accuracy"
+                break
+        if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
+            result.early_stopped, result.stop_reason = True, "time budget"
+            break
+    bar.close()
+    model.eval()
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+# --- checkpoints: weights only, loaded without unpickling arbitrary objects ---------------
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)  # never a half-written checkpoint
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,150 @@
+"""The extrapolation app: composition, rows, skipped/oom/diverged rows, checkpoint reuse,
+resume, bad task parameters, multirun over seeds, and the plots it feeds."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from archs import _registry, register_arch
+from harness import extrapolate
+from harness.results import load_rows
+from harness.train import TrainResult
+from tests.fakes import failing
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
+REQUIRED = ["arch", "task", "train_seq_len", "eval_seq_len", "accuracy", "loss", "status"]
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("extrapolate", overrides=overrides)
+
+
+def _run(tmp_path, overrides=(), arch=None):
+    cfg = _compose([*SMOKE, f"results_dir={tmp_path / 'res'}", f"checkpoint_dir={tmp_path / 'ckpt'}",
+                    *overrides])
+    if arch is not None:
+        cfg.arch = arch
+    return extrapolate.run(cfg)
+
+
+def _options(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["task", "train", "eval"])
+def test_every_group_option_composes_and_validates(group):
+    from harness.config import validate_eval
+    from harness.tasks import get_task
+    from harness.build import build
+    for option in _options(group):
+        cfg = extrapolate._as_schema(_compose([f"{group}={option}"]))
+        validate_eval(cfg.eval)
+        task = get_task(**dict(cfg.task))
+        build(cfg.arch, cfg.model, task.vocab_size, validate_only=True)
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes(experiment):
+    # Cost-app experiments (cost sweeps, generation throughput) choose a bench preset.
+    text = (ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()
+    app = "cost" if "override /bench" in text else "extrapolate"
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(app,
+                      overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.experiment == experiment
+    sweep = cfg.hydra.sweeper.params or {}
+    for option in str(sweep.get("arch", "")).split(","):
+        if option:
+            assert (ROOT / "conf" / "arch" / f"{option}.yaml").exists(), option
+
+
+def test_rows_carry_the_collected_columns(tmp_path):
+    df = _run(tmp_path, ["arch=lstm"])
+    for col in REQUIRED:
+        assert col in df.columns
+    assert sorted(df["eval_seq_len"]) == [32, 64] and set(df["status"]) == {"ok"}
+    assert (df["train_seq_len"] == 32).all() and (df["task"] == "induction_heads").all()
+    assert df["accuracy"].between(0, 1).all() and (df["loss"] > 0).all()
+    assert (df["train_steps"] == 4).all() and (df["mode"] == "eval").all()
+
+
+def test_learned_positions_past_the_table_are_skipped_rows(tmp_path):
+    df = _run(tmp_path, ["arch=transformer_learned"])
+    status = df.set_index("eval_seq_len")["status"].to_dict()
+    assert status == {32: "ok", 64: "skipped"}  # the table is as long as train.seq_len
+    assert "max_seq_len" in df.set_index("eval_seq_len")["reason"][64]
+
+
+def test_checkpoint_is_reused_and_points_resume(tmp_path, monkeypatch):
+    first = _run(tmp_path, ["arch=lstm"])
+    assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("should have loaded the checkpoint")
+    monkeypatch.setattr(extrapolate, "train", no_training)
+    again = _run(tmp_path, ["arch=lstm"])  # everything measured: nothing runs
+    assert sorted(again["timestamp"]) == sorted(first["timestamp"])
+    # new lengths evaluate the same weights without training again
+    more = _run(tmp_path, ["arch=lstm", "eval.seq_lens=[32,64,96]"])
+    assert sorted(more["eval_seq_len"]) == [32, 64, 96]
+    # re-evaluating from the checkpoint reproduces the metrics exactly
+    forced = _run(tmp_path, ["arch=lstm", "force=false", f"results_dir={tmp_path / 'res2'}"])
+    a = first.set_index("eval_seq_len")[["accuracy", "loss"]]
+    b = forced.set_index("eval_seq_len")[["accuracy", "loss"]]
+    assert a.equals(b.loc[a.index])
+
+
+def test_diverged_training_is_a_row_per_length(tmp_path, monkeypatch):
+    monkeypatch.setattr(extrapolate, "train",
+                        lambda *a, **k: TrainResult(status="diverged", reason="loss nan at step 3", steps_done=3))
+    df = _run(tmp_path, ["arch=lstm"])
+    assert set(df["status"]) == {"diverged"} and len(df) == 2
+    assert "loss nan at step 3" in df["reason"].iloc[0]
+
+
+@pytest.fixture
+def failing_arch(monkeypatch):
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    register_arch("failing_test", family="test")(failing)
+    return "failing_test"
+
+
+def test_oom_at_a_length_then_longer_lengths_skipped(tmp_path, failing_arch):
+    df = _run(tmp_path, ["eval.seq_lens=[32,64,128]", "model.d_model=4", "eval.chunk_len=null"],
+              arch={"name": failing_arch, "fail_at": 64, "kind": "oom"})
+    assert df.set_index("eval_seq_len")["status"].to_dict() == {32: "ok", 64: "oom", 128: "skipped"}
+
+
+@pytest.mark.parametrize("override,match", [
+    ("task=mqar task.num_kv_pairs=64", "seq_len=32 is shorter than min_len"),
+    ("task.vocab=1", "vocab must be >= 2"),
+    ("+task.colour=red", r"no parameter\(s\) \['colour'\]"),
+    ("eval.seq_lens=[]", "eval.seq_lens"),
+    ("train.precision=fp8", "train.precision"),
+])
+def test_bad_task_and_run_settings_fail_before_compute(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        _run(tmp_path, override.split())
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.jsonl"))
+
+
+def test_multirun_over_seeds_then_plot(tmp_path):
+    res = tmp_path / "res"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "harness.extrapolate", "-m", "arch=lstm", "train.seed=0,1", *SMOKE,
+           f"results_dir={res}", f"checkpoint_dir={tmp_path / 'ckpt'}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    df = load_rows(res)
+    assert sorted(set(df["seed"])) == [0, 1] and len(df) == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    from harness.plot import plot_extrapolation
+    files = plot_extrapolation(df, tmp_path / "plots")
+    assert files and all(Path(f).stat().st_size > 1000 for f in files)
