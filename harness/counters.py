@@ -189,10 +189,21 @@ def count_flops(fn: Callable[[], object]) -> FlopCount:
     return FlopCount(total, by_op, uncounted, complete=not uncounted, notes=notes)
 
 
+def _decomposes(packet) -> bool:
+    """True for composite ops (aten.linear, aten.einsum, aten.matmul): FlopCounterMode
+    decomposes them and counts the mm/bmm they become, so they are not a gap."""
+    try:
+        return any(torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
+                   for op in (getattr(packet, o) for o in packet.overloads()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _is_heavy(packet) -> bool:
     name = _packet_name(packet)
     namespace = name.split(".", 1)[0]
-    return namespace not in _PLAIN_NAMESPACES or bool(_HEAVY_OP.search(name.split(".", 1)[-1]))
+    heavy = namespace not in _PLAIN_NAMESPACES or bool(_HEAVY_OP.search(name.split(".", 1)[-1]))
+    return heavy and not _decomposes(packet)
 
 
 __all__ = ["MemoryPeak", "peak_memory", "FlopCount", "count_flops", "EXTRA_FLOP_FORMULAS", "flop_registry"]

@@ -138,6 +138,15 @@ def test_count_flops_matmul_exact():
     assert count.as_row() == {"flops": 65536, "flops_complete": True, "flops_uncounted": ""}
 
 
+def test_composite_ops_are_counted_through_their_decomposition():
+    # nn.Linear and einsum reach the counter as aten.linear / aten.einsum; they decompose
+    # into addmm / bmm, which are counted, so the count is complete (no false gap).
+    lin, x = torch.nn.Linear(64, 32), torch.randn(8, 64)
+    count = count_flops(lambda: torch.einsum("ij,kj->ik", lin(x), lin(x)))
+    assert count.flops == 2 * (2 * 8 * 64 * 32) + 2 * 8 * 8 * 32
+    assert count.complete and not count.uncounted_ops
+
+
 def test_count_flops_counts_cpu_sdpa_forward_and_backward():
     b, h, length, d = 1, 2, 32, 8
     q = torch.randn(b, h, length, d, requires_grad=True)
