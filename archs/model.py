@@ -66,7 +66,7 @@ class LanguageModel(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         nn.init.normal_(self.embed.weight, std=cfg.embed_std)
-        self.positions = absolute_positions(cfg.pos_encoding, cfg.d_model, cfg.max_seq_len)
+        self.positions = absolute_positions(cfg.pos_encoding, cfg.d_model, cfg.max_seq_len, cfg.embed_std)
         for i, mixer in enumerate(mixers):
             mixer.layer_idx = i
         self.blocks = nn.ModuleList(Block(cfg.d_model, m, f, cfg.norm) for m, f in zip(mixers, mlps))

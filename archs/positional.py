@@ -40,26 +40,33 @@ def sinusoidal_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -
 
 
 class SinusoidalPositions(nn.Module):
-    """Fixed, unbounded: computed for whatever positions are asked."""
+    """Fixed, unbounded: computed for whatever positions are asked, times ``scale``.
 
-    def __init__(self, dim: int, base: float = 10000.0):
+    The raw table has per-dimension RMS 1/sqrt(2). Vaswani et al. scale the token
+    embeddings up by sqrt(d) so that tokens and positions enter at the same magnitude; we
+    keep the GPT-2 token initialisation and scale the table down instead (the LM passes
+    ``scale = embed_std * sqrt(2)``, so both have RMS ``embed_std``). Unscaled, positions
+    outweigh tokens ~35:1 at the usual std of 0.02 and a small model barely learns.
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0, scale: float = 1.0):
         super().__init__()
-        self.dim, self.base = dim, base
+        self.dim, self.base, self.scale = dim, base, scale
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return sinusoidal_table(positions, self.dim, self.base)
+        return self.scale * sinusoidal_table(positions, self.dim, self.base)
 
 
 class LearnedPositions(nn.Module):
     """A trained table of ``max_seq_len`` rows; positions past it are an error, not a crash."""
 
-    def __init__(self, dim: int, max_seq_len: int):
+    def __init__(self, dim: int, max_seq_len: int, std: float = 0.02):
         super().__init__()
         if max_seq_len is None or max_seq_len <= 0:
             raise ValueError("pos_encoding='learned' needs a positive max_seq_len (the table size)")
         self.max_seq_len = max_seq_len
         self.table = nn.Embedding(max_seq_len, dim)
-        nn.init.normal_(self.table.weight, std=0.02)
+        nn.init.normal_(self.table.weight, std=std)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         last = int(positions.max()) if positions.numel() else -1
@@ -71,11 +78,13 @@ class LearnedPositions(nn.Module):
         return self.table(positions)
 
 
-def absolute_positions(name: str, dim: int, max_seq_len: int | None) -> nn.Module | None:
+def absolute_positions(name: str, dim: int, max_seq_len: int | None,
+                       embed_std: float = 0.02) -> nn.Module | None:
+    """The module the LM adds to its token embeddings, at the token table's scale."""
     if name == "sinusoidal":
-        return SinusoidalPositions(dim)
+        return SinusoidalPositions(dim, scale=embed_std * math.sqrt(2))
     if name == "learned":
-        return LearnedPositions(dim, max_seq_len)
+        return LearnedPositions(dim, max_seq_len, std=embed_std)
     return None
 
 
