@@ -90,6 +90,8 @@ class EvalConfig:
     chunk_len: Optional[int] = 4096            # longer sequences run in state-carrying chunks
     seed: int = 1234                           # eval data differ from training data
     time_budget_s: float = 900.0               # per length; over it: timeout, longer lengths skipped
+    cpu_memory_limit_gb: Optional[float] = None  # RLIMIT_DATA on CPU: past it an allocation is an
+                                               # OOM (batch halved, then an `oom` row), not the OOM killer
 
 
 @dataclass
@@ -166,6 +168,8 @@ def validate_eval(e: EvalConfig | DictConfig) -> None:
         _fail("eval.time_budget_s", f"must be positive, got {e.time_budget_s}")
     if e.chunk_len is not None and e.chunk_len <= 0:
         _fail("eval.chunk_len", f"must be positive or null, got {e.chunk_len}")
+    if e.cpu_memory_limit_gb is not None and e.cpu_memory_limit_gb <= 0:
+        _fail("eval.cpu_memory_limit_gb", f"must be positive or null, got {e.cpu_memory_limit_gb}")
 
 
 def resolve_device(name: str) -> torch.device:

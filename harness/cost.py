@@ -18,7 +18,6 @@ Launchers: the basic one (sequential; right for timing), joblib, submitit_local/
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from typing import Any
 
@@ -34,7 +33,7 @@ from harness.config import (DTYPES, BenchConfig, CostConfig, register_configs, r
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
 from harness.results import ResultStore, load_rows, make_row, point_key
-from harness.timing import classify_exception, free_memory, run_with_timeout
+from harness.timing import classify_exception, free_memory, limit_cpu_memory, run_with_timeout
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -45,16 +44,6 @@ def _as_schema(cfg: DictConfig | CostConfig) -> CostConfig:
         return cfg
     merged = OmegaConf.merge(OmegaConf.structured(CostConfig), cfg)
     return OmegaConf.to_object(merged)
-
-
-def _limit_cpu_memory(gb: float | None) -> None:
-    """Cap the data segment so a CPU allocation past it raises (an ``oom`` row) instead of
-    summoning the kernel's OOM killer, which would take the whole sweep down."""
-    if gb is None:
-        return
-    limit = int(gb * 2**30)
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 
 
 class Sweep:
@@ -187,7 +176,7 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
     if cfg.bench.threads:
         torch.set_num_threads(cfg.bench.threads)
     if resolve_device(cfg.device).type == "cpu":
-        _limit_cpu_memory(cfg.bench.cpu_memory_limit_gb)
+        limit_cpu_memory(cfg.bench.cpu_memory_limit_gb)
     torch.manual_seed(cfg.seed)
     sweep = Sweep(cfg)
     if cfg.bench.search == "max_len":

@@ -38,8 +38,12 @@ def logits_for(model, inputs: torch.Tensor, chunk_len: int | None, amp=None) -> 
 @torch.no_grad()
 def evaluate(model, task: Task, seq_len: int, *, n_sequences: int, batch_size: int,
              generator: torch.Generator, chunk_len: int | None = None, amp=None,
-             device: torch.device | str = "cpu") -> dict:
+             device: torch.device | str = "cpu", micro_batch: int | None = None) -> dict:
     """Metrics of ``model`` on ``n_sequences`` fresh sequences of ``seq_len`` tokens.
+
+    Sequences are drawn ``batch_size`` at a time; the model sees them ``micro_batch`` at a
+    time (default: all of them), so shrinking ``micro_batch`` to fit memory leaves the
+    sequences, and hence the metrics, exactly as they were.
 
     Raises SequenceTooLongError before any compute if the model cannot represent the
     length (e.g. a learned position table) - the harness records that as ``skipped``.
@@ -59,7 +63,8 @@ def evaluate(model, task: Task, seq_len: int, *, n_sequences: int, batch_size: i
                                      f"{n_sequences - done} more sequences of {seq_len} tokens")
         b = min(batch_size, n_sequences - done)
         batch = task.sample(b, seq_len, generator, split="eval").to(device)
-        scores = scores + score_logits(logits_for(model, batch.inputs, chunk_len, amp), batch.targets)
+        for inputs, targets in zip(batch.inputs.split(micro_batch or b), batch.targets.split(micro_batch or b)):
+            scores = scores + score_logits(logits_for(model, inputs, chunk_len, amp), targets)
         done += b
     metrics = task.metrics(scores)
     out = {"loss": metrics["loss"], "accuracy": metrics.get("acc", math.nan),

@@ -34,7 +34,7 @@ from harness.env import device_name
 from harness.evaluate import evaluate
 from harness.results import ResultStore, config_hash, load_rows, make_row, point_key
 from harness.tasks import Task, get_task
-from harness.timing import classify_exception, free_memory, run_with_timeout
+from harness.timing import classify_exception, free_memory, limit_cpu_memory, run_with_timeout
 from harness.train import TrainResult, autocast_dtype, load_checkpoint, save_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -122,22 +122,33 @@ class Experiment:
         return max(1, min(self.cfg.eval.n_sequences, self.cfg.eval.batch_tokens // eval_len))
 
     def evaluate_at(self, eval_len: int, trained: TrainResult) -> dict:
+        """One length's row. An OOM halves the batch the model sees and retries (the
+        sequences drawn stay the same, so do the metrics); at 1 it is an ``oom`` row."""
         e = self.cfg.eval
-        start = time.perf_counter()
-        gen = torch.Generator().manual_seed(e.seed)
-        try:
-            metrics = run_with_timeout(lambda: evaluate(
-                self.model, self.task, eval_len, n_sequences=e.n_sequences, batch_size=self._eval_batch(eval_len),
-                generator=gen, chunk_len=e.chunk_len, amp=self.amp, device=self.device), e.time_budget_s)
-            if "loss" in metrics and math.isfinite(metrics["loss"]):
-                metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
-            return self.row(eval_len, trained, time_ms=1e3 * (time.perf_counter() - start), **metrics)
-        except SequenceTooLongError as exc:
-            return self.row(eval_len, trained, "skipped", str(exc))
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a row
-            status, reason = classify_exception(exc)
-            free_memory(exc)
-            return self.row(eval_len, trained, status, reason)
+        batch = micro = self._eval_batch(eval_len)
+        while True:
+            start = time.perf_counter()
+            gen = torch.Generator().manual_seed(e.seed)
+            try:
+                metrics = run_with_timeout(lambda: evaluate(
+                    self.model, self.task, eval_len, n_sequences=e.n_sequences, batch_size=batch,
+                    micro_batch=micro, generator=gen, chunk_len=e.chunk_len, amp=self.amp,
+                    device=self.device), e.time_budget_s)
+                if "loss" in metrics and math.isfinite(metrics["loss"]):
+                    metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+                return self.row(eval_len, trained, time_ms=1e3 * (time.perf_counter() - start),
+                                micro_batch=micro, **metrics)
+            except SequenceTooLongError as exc:
+                return self.row(eval_len, trained, "skipped", str(exc))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+                status, reason = classify_exception(exc)
+                free_memory(exc)
+                if status == "oom" and micro > 1:
+                    log.info("%s L=%d: out of memory at micro-batch %d, retrying with %d",
+                             self.built.label, eval_len, micro, micro // 2)
+                    micro //= 2
+                    continue
+                return self.row(eval_len, trained, status, reason, micro_batch=micro)
 
     def run(self) -> None:
         lengths = sorted(set(self.cfg.eval.seq_lens))
@@ -172,6 +183,8 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
         raise ValueError(f"eval.seq_lens has {too_short}, shorter than the task's min_len={task.min_len()} "
                          f"for {task.params()}")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or task.vocab_size, validate_only=True)
+    if resolve_device(cfg.device).type == "cpu":
+        limit_cpu_memory(cfg.eval.cpu_memory_limit_gb)
     torch.manual_seed(cfg.train.seed)
     experiment = Experiment(cfg)
     experiment.run()

@@ -9,8 +9,8 @@ training step, one decode step ...) and knows nothing about architectures.
   ``harness.counters``, which documents the CPU method).
 * ``count_flops``    - FLOPs seen by ``FlopCounterMode``, with a list of ops it
   could not count (also from ``harness.counters``).
-* ``is_oom`` / ``classify_exception`` / ``free_memory`` - failure handling so one
-  point's OOM becomes a row with status=oom and the sweep goes on.
+* ``is_oom`` / ``classify_exception`` / ``free_memory`` / ``limit_cpu_memory`` - failure
+  handling so one point's OOM becomes a row with status=oom and the sweep goes on.
 * ``run_with_timeout`` / ``Deadline`` / ``PointTimeout`` - a cooperative per-point
   time budget (see ``run_with_timeout`` for what it can and cannot stop).
 * ``device_peak`` (from ``harness.devices``) - datasheet peaks for frac-of-peak.
@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import gc
 import re
+import resource
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -284,6 +285,17 @@ def is_oom(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def limit_cpu_memory(gb: float | None) -> None:
+    """Cap this process's data segment (RLIMIT_DATA) at ``gb`` GiB, so a CPU allocation past
+    it raises (an ``oom`` row) instead of summoning the kernel's OOM killer, which would
+    take the whole sweep down. ``None`` leaves the limit as it is; never raises the hard one."""
+    if gb is None:
+        return
+    limit = int(gb * 2**30)
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:

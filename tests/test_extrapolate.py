@@ -124,6 +124,24 @@ def test_oom_at_a_length_then_longer_lengths_skipped(tmp_path, failing_arch):
     assert df.set_index("eval_seq_len")["status"].to_dict() == {32: "ok", 64: "oom", 128: "skipped"}
 
 
+def test_eval_oom_halves_the_model_batch_and_the_metrics_do_not_change(tmp_path, failing_arch):
+    # eval=smoke: 4 sequences, batch_tokens=256 -> batch 4 at 64 tokens, 2 at 128.
+    overrides = ["eval.seq_lens=[64,128]", "model.d_model=4", "eval.chunk_len=null"]
+    roomy = _run(tmp_path / "roomy", overrides, arch={"name": failing_arch, "fail_at": 10**6})
+    tight = _run(tmp_path / "tight", overrides,
+                 arch={"name": failing_arch, "fail_at": 10**6, "max_eval_tokens": 128})
+    roomy, tight = roomy.set_index("eval_seq_len"), tight.set_index("eval_seq_len")
+    assert (tight["status"] == "ok").all()
+    assert roomy["micro_batch"].to_dict() == {64: 4, 128: 2}
+    assert tight["micro_batch"].to_dict() == {64: 2, 128: 1}
+    assert tight["loss"].to_numpy() == pytest.approx(roomy["loss"].to_numpy(), rel=1e-5)
+
+
+def test_eval_cpu_memory_limit_is_validated(tmp_path):
+    with pytest.raises(Exception, match="eval.cpu_memory_limit_gb"):
+        _run(tmp_path, ["eval.cpu_memory_limit_gb=0"])
+
+
 @pytest.mark.parametrize("override,match", [
     ("task=mqar task.num_kv_pairs=64", "seq_len=32 is shorter than min_len"),
     ("task.vocab=1", "vocab must be >= 2"),
