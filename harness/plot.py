@@ -12,8 +12,9 @@ evaluation length (log2 axis), a dashed line at the training length, the mean an
 95% band over seeds. Points that failed (oom, timeout, error, skipped, diverged) are
 drawn as × at the bottom edge of their panel, and listed in the report.
 
-Each curve keeps one colour in every figure: ``series_palette`` assigns colours by the
-sorted names of all curves in the data set (computed once, passed to every figure).
+Each curve keeps one colour in every figure: ``series_palette`` gives the built-in
+architectures canonical colours (the same in every experiment) and the other curves
+free colours by sorted name (computed once per data set, passed to every figure).
 Figures are drawn on ``matplotlib.figure.Figure`` objects, so no pyplot state or GUI
 backend is involved (safe on headless machines and inside notebooks).
 """
@@ -52,13 +53,36 @@ def series_names(df: pd.DataFrame) -> pd.Series:
     return names
 
 
+# The built-in architectures keep one colour across every experiment's figures (tab20
+# index; a family shares a hue: dark = the main variant, light = its sibling). Labels not
+# listed here take the unused colours in sorted order.
+CANONICAL_COLOURS: dict[str, int] = {
+    "transformer": 0, "transformer_rope": 0, "transformer_math": 1,
+    "mamba": 6, "mamba2": 2, "jamba": 10, "samba": 11, "hybrid": 11,
+    "linear_attention": 4, "retnet": 5, "sliding_window": 18, "infini_attention": 12,
+    "transformer_alibi": 8, "transformer_learned": 9, "transformer_nope": 14,
+    "transformer_sinusoidal": 16, "lstm": 3,
+}
+
+
 def series_palette(names: Iterable[str]) -> dict[str, Color]:
-    """A fixed colour per name, assigned in sorted order (colour-blind safe for <= 10)."""
+    """A fixed colour per name: the built-in architectures' canonical colours, the others
+    (and a second name on an already-taken colour) from the free ones in sorted order, so
+    the same set of names always maps the same way."""
     names = sorted(set(map(str, names)))
-    n = len(names)
-    base = "colorblind" if n <= 10 else "tab20" if n <= 20 else "husl"
-    colours = sns.color_palette(base, max(n, 10) if base == "colorblind" else n)
-    return {name: tuple(colours[i]) for i, name in enumerate(names)}
+    index: dict[str, int] = {}
+    for name in names:
+        if name in CANONICAL_COLOURS and CANONICAL_COLOURS[name] not in index.values():
+            index[name] = CANONICAL_COLOURS[name]
+    others = [n for n in names if n not in index]
+    free = [i for i in range(20) if i not in set(CANONICAL_COLOURS.values()) | set(index.values())]
+    free += [i for i in range(20) if i not in index.values() and i not in free]  # then unused canonical
+    if len(others) > len(free):  # more curves than tab20 has colours: distinctness first
+        colours = sns.color_palette("husl", len(names))
+        return {name: tuple(colours[i]) for i, name in enumerate(names)}
+    index.update(zip(others, free))
+    tab20 = sns.color_palette("tab20", 20)
+    return {name: tuple(tab20[index[name]]) for name in names}
 
 
 def split_kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -64,6 +64,19 @@ def test_palette_is_stable_and_distinct():
     assert len(set(a.values())) == 3
     many = series_palette([f"arch{i}" for i in range(15)])
     assert len(set(many.values())) == 15
+    crowd = series_palette([f"arch{i}" for i in range(25)])
+    assert len(set(crowd.values())) == 25
+
+
+def test_builtin_architectures_keep_their_colour_across_experiments():
+    cost = series_palette(["transformer", "transformer_math", "mamba", "mamba2", "linear_attention", "lstm"])
+    induction = series_palette(["transformer_rope", "transformer_nope", "mamba", "mamba2", "lstm", "my_plugin"])
+    for name in ("mamba", "mamba2", "lstm"):
+        assert cost[name] == induction[name], name
+    assert len(set(induction.values())) == 6
+    # two names sharing a canonical colour in one figure still get distinct colours
+    both = series_palette(["transformer", "transformer_rope", "samba", "hybrid"])
+    assert len(set(both.values())) == 4
 
 
 def test_same_arch_same_colour_in_every_figure(rows):
