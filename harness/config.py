@@ -90,8 +90,8 @@ class EvalConfig:
     chunk_len: Optional[int] = 4096            # longer sequences run in state-carrying chunks
     seed: int = 1234                           # eval data differ from training data
     time_budget_s: float = 900.0               # per length; over it: timeout, longer lengths skipped
-    cpu_memory_limit_gb: Optional[float] = None  # RLIMIT_DATA on CPU: past it an allocation is an
-                                               # OOM (batch halved, then an `oom` row), not the OOM killer
+    cpu_memory_limit_gb: Optional[float] = None  # RLIMIT_DATA on CPU: past it an allocation is an OOM
+                                               # (micro-batch halved, then an `oom` row), not the OOM killer
 
 
 @dataclass

@@ -75,8 +75,9 @@ def series_palette(names: Iterable[str]) -> dict[str, Color]:
         if name in CANONICAL_COLOURS and CANONICAL_COLOURS[name] not in index.values():
             index[name] = CANONICAL_COLOURS[name]
     others = [n for n in names if n not in index]
-    free = [i for i in range(20) if i not in set(CANONICAL_COLOURS.values()) | set(index.values())]
-    free += [i for i in range(20) if i not in index.values() and i not in free]  # then unused canonical
+    taken, reserved = set(index.values()), set(CANONICAL_COLOURS.values())
+    # never-canonical colours first, then canonical ones no curve here uses
+    free = [i for i in range(20) if i not in reserved] + [i for i in sorted(reserved) if i not in taken]
     if len(others) > len(free):  # more curves than tab20 has colours: distinctness first
         colours = sns.color_palette("husl", len(names))
         return {name: tuple(colours[i]) for i, name in enumerate(names)}
