@@ -9,8 +9,8 @@
 Families live in sub-packages (attention/, mamba/, ...) and register on first registry
 use; nothing here imports an optional GPU package.
 """
-from archs._registry import (ArchInfo, arch_info, create_arch, list_archs, plugin_errors,
-                             register_arch)
+from archs._registry import (ArchInfo, arch_colors, arch_info, create_arch, list_archs,
+                             mixer_letters, plugin_errors, register_arch, register_mixer_letter)
 from archs.backends import BackendUnavailableError
 from archs.mixer import Mixer, tensor_bytes
 from archs.model import LanguageModel, LMConfig, ModelState, build_lm
@@ -18,6 +18,6 @@ from archs.positional import SequenceTooLongError
 
 __all__ = [
     "ArchInfo", "BackendUnavailableError", "LMConfig", "LanguageModel", "Mixer", "ModelState",
-    "SequenceTooLongError", "arch_info", "build_lm", "create_arch", "list_archs", "plugin_errors",
-    "register_arch", "tensor_bytes",
+    "SequenceTooLongError", "arch_colors", "arch_info", "build_lm", "create_arch", "list_archs",
+    "mixer_letters", "plugin_errors", "register_arch", "register_mixer_letter", "tensor_bytes",
 ]

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "archbench.archs"
 # The keywords every architecture accepts, so one call shape builds any of them.
 COMMON_KWARGS = ("vocab_size", "d_model", "n_layers")
+# matplotlib's "tab20" palette (pairs: dark, light), for the built-ins' default colours
+# (a family shares a hue: dark = the main variant, light = its sibling).
+TAB20 = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728",
+         "#ff9896", "#9467bd", "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2",
+         "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d", "#17becf", "#9edae5")
 
 
 @dataclass(frozen=True)
@@ -38,13 +43,20 @@ class ArchInfo:
     builder: Callable[..., nn.Module] = field(repr=False)
     # Keyword defaults layered under the caller's (a named variant of a builder).
     defaults: dict[str, Any] = field(default_factory=dict)
-    # Optional packages the fused backends need (never needed to list or run on CPU).
-    requires: tuple[str, ...] = ()
+    # The backend words it accepts (archs.backends), read from its mixer class when given.
     backends: tuple[str, ...] = ("ref",)
     # Longest sequence the architecture can process; None = unbounded.
     max_seq_len: int | None = None
     # Small keyword overrides that make a seconds-on-CPU model (tests, conformance, demo).
     tiny: dict[str, Any] = field(default_factory=dict)
+    # The mixer class every block uses (None for hybrids, which mix several).
+    mixer: type | None = field(default=None, repr=False)
+    # Its letter in hybrid layer patterns ("A", "M", ...), if it has one.
+    letter: str | None = None
+    # Default plot colour of its curves (any matplotlib colour), and of the labelled
+    # variants the shipped configs give it (``label:`` in conf/arch/*.yaml).
+    color: str | None = None
+    label_colors: dict[str, str] = field(default_factory=dict)
     # Where it was registered: "module:function" (for duplicate-name errors).
     source: str = ""
 
@@ -58,8 +70,26 @@ class ArchInfo:
             names += [f.name for f in dataclasses.fields(LMConfig)]
         return sorted(set(names))
 
+    def builder_defaults(self) -> dict[str, Any]:
+        """What each keyword is when not given: the builder's signature under ``defaults``."""
+        params = inspect.signature(self.builder).parameters.values()
+        own = {p.name: p.default for p in params if p.default is not p.empty}
+        return {**own, **self.defaults}
+
+
+@dataclass(frozen=True)
+class MixerLetter:
+    """A letter of the hybrid layer-pattern language: one mixer class."""
+    letter: str
+    description: str
+    mixer: type = field(repr=False)
+
+    def build(self, d_model: int, kwargs: dict[str, Any]) -> nn.Module:
+        return self.mixer.build(d_model, **kwargs)
+
 
 _REGISTRY: dict[str, ArchInfo] = {}
+_LETTERS: dict[str, MixerLetter] = {}
 _LOADED = False
 _LOADING = threading.RLock()
 _PLUGIN_ERRORS: dict[str, str] = {}
@@ -69,22 +99,57 @@ def _source_of(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
+def register_mixer_letter(letter: str, description: str, mixer: type) -> None:
+    """Give ``mixer`` (a Mixer subclass) a letter in hybrid layer patterns.
+
+    ``register_arch(..., mixer=..., letter=...)`` calls this; call it directly only for a
+    mixer that has no architecture of its own. Re-registering the same class is a no-op.
+    """
+    if len(letter) != 1 or not letter.isalpha() or not letter.isupper():
+        raise ValueError(f"a mixer letter is one upper-case letter, got {letter!r}")
+    if not hasattr(mixer, "build"):
+        raise TypeError(f"mixer letter {letter!r}: {mixer!r} is not a Mixer subclass "
+                        f"(it needs Mixer.build(d_model, **kwargs))")
+    old = _LETTERS.get(letter)
+    if old is not None and old.mixer is not mixer:
+        raise ValueError(f"mixer letter {letter!r} already means {old.description} "
+                         f"({_source_of(old.mixer)}); choose another letter")
+    _LETTERS[letter] = MixerLetter(letter, description, mixer)
+
+
+def mixer_letters() -> dict[str, MixerLetter]:
+    """Every hybrid-pattern letter: {letter: MixerLetter}, built-ins and plugins."""
+    ensure_loaded()
+    return dict(sorted(_LETTERS.items()))
+
+
 def register_arch(name: str, *, family: str, description: str = "",
-                  defaults: dict[str, Any] | None = None, requires: tuple[str, ...] = (),
-                  backends: tuple[str, ...] = ("ref",), max_seq_len: int | None = None,
+                  defaults: dict[str, Any] | None = None, mixer: type | None = None,
+                  letter: str | None = None, color: str | None = None,
+                  label_colors: dict[str, str] | None = None,
+                  backends: tuple[str, ...] | None = None, max_seq_len: int | None = None,
                   tiny: dict[str, Any] | None = None) -> Callable:
     """Decorator: register ``builder(vocab_size, d_model, n_layers, **own) -> LanguageModel``.
 
-    Re-registering the same builder under the same name is a no-op (plugins' register()
-    may run twice); a different builder under a taken name is an error naming both.
+    The one registration point: ``mixer`` (the Mixer subclass its blocks use) gives the
+    backends (``mixer.backends``); ``letter`` makes that mixer usable in hybrid patterns;
+    ``color`` is its default plot colour. Re-registering the same builder under the same
+    name is a no-op (plugins' register() may run twice); a different builder under a taken
+    name is an error naming both.
     """
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"architecture name {name!r} must be non-empty letters, digits, '_' or '-'")
+    if letter is not None and mixer is None:
+        raise ValueError(f"architecture {name!r}: letter={letter!r} needs mixer= (the class the "
+                         f"letter builds)")
+    if backends is None:
+        backends = tuple(getattr(mixer, "backends", ("ref",)))
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         info = ArchInfo(name=name, family=family, description=description or (builder.__doc__ or "").strip(),
-                        builder=builder, defaults=dict(defaults or {}), requires=tuple(requires),
-                        backends=tuple(backends), max_seq_len=max_seq_len, tiny=dict(tiny or {}),
+                        builder=builder, defaults=dict(defaults or {}), backends=tuple(backends),
+                        max_seq_len=max_seq_len, tiny=dict(tiny or {}), mixer=mixer, letter=letter,
+                        color=color, label_colors=dict(label_colors or {}),
                         source=_source_of(builder))
         old = _REGISTRY.get(name)
         if old is not None:
@@ -92,10 +157,23 @@ def register_arch(name: str, *, family: str, description: str = "",
                 return builder
             raise ValueError(f"architecture {name!r} is already registered by {old.source}; "
                              f"{info.source} tried to register it again. Rename one of them.")
+        if letter is not None:
+            register_mixer_letter(letter, f"{name} ({mixer.__name__})", mixer)
         _REGISTRY[name] = info
         return builder
 
     return decorator
+
+
+def arch_colors() -> dict[str, str]:
+    """Default plot colours: {architecture name or configured label: colour}."""
+    ensure_loaded()
+    colors: dict[str, str] = {}
+    for info in _REGISTRY.values():
+        if info.color is not None:
+            colors[info.name] = info.color
+        colors.update(info.label_colors)
+    return colors
 
 
 def _import_builtin_families() -> None:

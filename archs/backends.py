@@ -1,22 +1,87 @@
-"""Backend selection shared by every family, so no family copies dispatch code.
+"""The ONE backend vocabulary and dispatch shared by every family.
 
-Rules (the same everywhere, and recorded in every result row):
-  * an explicitly requested backend runs or raises - never a silent fallback;
-  * "auto" picks the fused kernel when its package imports and the device supports it,
-    otherwise the named pure-PyTorch path; ``resolve_backend`` returns which one.
+Every mixer takes ``backend = "ref" | "chunked" | "fused" | "auto"``, meaning the same
+thing in every family (fla's layout: ``ref.py`` / ``chunked.py`` / ``fused.py``):
+
+  ref      the definition in plain PyTorch, written for reading: the numerical truth
+           (attention: explicit L x L scores; linear attention: the L x L masked form;
+           Mamba / Mamba-2: the step-by-step recurrence);
+  chunked  the blocked PyTorch form, exact vs ref and linear in L (Mamba's cache-blocked
+           scan, the chunked SSD of linear attention / Mamba-2, sliding-window blocks);
+  fused    a fused kernel: PyTorch's own ``scaled_dot_product_attention`` for the
+           attention families (FlashAttention / memory-efficient / cuDNN on a GPU, a fused
+           C++ kernel on the CPU; it needs no optional package), ``torch.nn.LSTM`` (cuDNN
+           on a GPU), or an optional CUDA package (mamba_ssm, causal_conv1d, fla);
+  auto     the fastest that runs here, resolved per device (and, for sliding windows, per
+           length); ``Mixer.resolved_backend`` reports the choice, recorded in every row.
+
+A family implements the subset that exists for it (``Mixer.backends``). Attention also
+accepts ``flash_attn``: the flash-attn package's kernel, a second fused kernel asked for by
+name only (``auto`` never depends on an optional package there).
+
+Rules: an explicitly requested backend runs or raises ``BackendUnavailableError`` (with the
+one install hint) - never a silent fallback. The words used before this vocabulary
+(``math``, ``naive``, ``sdpa``, ``fast``, ``blocked``, ``torch``, ``cudnn``) are accepted
+as deprecated aliases with a one-time warning, so old configs keep working.
 """
 from __future__ import annotations
 
 import functools
 import importlib
 import importlib.util
+import warnings
 from types import ModuleType
 
 import torch
 
+REF, CHUNKED, FUSED, AUTO = "ref", "chunked", "fused", "auto"
+VOCABULARY = (REF, CHUNKED, FUSED, AUTO)
 
-class BackendUnavailableError(RuntimeError):
-    """A backend was requested explicitly but cannot run here."""
+# Old word -> new word. Same meaning in every family that used the old word.
+DEPRECATED_ALIASES = {
+    "math": REF,        # attention: explicit scores
+    "naive": REF,       # linear attention: the L x L masked form
+    "sdpa": FUSED,      # torch's fused attention kernel
+    "fast": FUSED,      # mamba_ssm / causal_conv1d / fla kernels
+    "blocked": CHUNKED,  # sliding-window blocks
+    "torch": FUSED,     # torch.nn.LSTM (ATen / cuDNN kernel)
+    "cudnn": FUSED,
+}
+
+INSTALL_HINT = ("install the fused kernels with `pip install archbench[gpu]` on a CUDA machine "
+                "(mamba-ssm, causal-conv1d, flash-linear-attention; flash-attn separately: "
+                "`pip install flash-attn --no-build-isolation`; see the README for build "
+                "flags), or use backend='auto', which records what it ran")
+
+
+class BackendUnavailableError(RuntimeError, ImportError):
+    """A backend was requested explicitly but cannot run here (missing package or device).
+
+    Also an ImportError, so code that caught the old per-family ImportErrors still does.
+    """
+
+
+_WARNED: set[str] = set()
+
+
+def canonical_backend(word: str) -> str:
+    """Map a deprecated backend word to the current one (warning once per word)."""
+    new = DEPRECATED_ALIASES.get(word)
+    if new is None:
+        return word
+    if word not in _WARNED:
+        _WARNED.add(word)
+        warnings.warn(f"backend {word!r} is deprecated; use {new!r} (same code path)",
+                      FutureWarning, stacklevel=3)
+    return new
+
+
+def check_backend(requested: str, allowed: tuple[str, ...], owner: str) -> str:
+    """Canonicalise ``requested`` and check the mixer offers it; ValueError naming the choices."""
+    word = canonical_backend(requested)
+    if word not in allowed:
+        raise ValueError(f"{owner}: unknown backend {requested!r}; choose one of {list(allowed)}")
+    return word
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,28 +99,57 @@ def optional_import(module: str) -> ModuleType | None:
         return None
 
 
+def available(*modules: str) -> bool:
+    """True when every module imports (does not check for a GPU)."""
+    return all(optional_import(m) is not None for m in modules)
+
+
+# Import name -> pip name of the optional kernel packages.
+PIP_NAMES = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d",
+             "fla": "flash-linear-attention", "flash_attn": "flash-attn"}
+
+
+def require(owner: str, *modules: str, backend: str = FUSED) -> list[ModuleType]:
+    """The imported modules, or BackendUnavailableError naming the missing ones and the fix."""
+    missing = [m for m in modules if optional_import(m) is None]
+    if missing:
+        names = ", ".join(f"`{m}` ({PIP_NAMES.get(m.split('.')[0], m.split('.')[0])})"
+                          for m in missing)
+        raise BackendUnavailableError(
+            f"{owner}: backend {backend!r} needs {names}, which could not be imported; "
+            f"{INSTALL_HINT}")
+    return [optional_import(m) for m in modules]
+
+
 def is_cuda(device: torch.device | str | None) -> bool:
     return device is not None and torch.device(device).type == "cuda"
 
 
+def require_cuda(owner: str, *tensors: torch.Tensor | None) -> None:
+    """The fused CUDA/Triton kernels take CUDA tensors only."""
+    for t in tensors:
+        if t is not None and not t.is_cuda:
+            raise BackendUnavailableError(
+                f"{owner}: backend 'fused' runs CUDA kernels, got a tensor on '{t.device}'; "
+                f"move the model to a GPU or use backend='chunked' (or 'auto')")
+
+
 def resolve_backend(requested: str, *, allowed: tuple[str, ...], fallback: str,
-                    fast: str = "fast", fast_ok: bool = False, why_not: str = "",
-                    owner: str = "mixer") -> str:
+                    fused_ok: bool = False, why_not: str = "", owner: str = "mixer",
+                    fused: str = FUSED) -> str:
     """Turn a requested backend into the one that runs.
 
     requested: what the user asked for; allowed: the mixer's backends (incl. "auto");
     fallback: the pure-PyTorch backend "auto" uses when the fused one can't run;
-    fast: the name of the fused backend; fast_ok: whether it can run on this device;
+    fused_ok: whether the fused backend (named ``fused``) can run on this device;
     why_not: the reason it can't (put in the error message).
     """
-    if requested not in allowed:
-        raise ValueError(f"{owner}: unknown backend {requested!r}; choose one of {list(allowed)}")
-    if requested == "auto":
-        return fast if fast_ok else fallback
-    if requested == fast and not fast_ok:
+    requested = check_backend(requested, allowed, owner)
+    if requested == AUTO:
+        return fused if fused_ok else fallback
+    if requested == fused and not fused_ok:
         raise BackendUnavailableError(
-            f"{owner}: backend {fast!r} was requested but cannot run: {why_not}. "
-            f"Use backend='auto' to fall back to {fallback!r} (recorded in results), "
-            f"or install the fused kernels with `pip install archbench[gpu]` on a CUDA machine."
-        )
+            f"{owner}: backend {fused!r} was requested but cannot run: {why_not}. "
+            f"Use backend='auto' to fall back to {fallback!r} (recorded in results), or "
+            f"{INSTALL_HINT}")
     return requested

@@ -1,6 +1,8 @@
 """Building blocks of the LM shell: norms, MLPs, a top-k routed MoE, and the residual Block."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -10,6 +12,18 @@ from archs.mixer import Mixer, State
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu", "none")
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """softplus^-1(x) = x + log(1 - exp(-x)), written with expm1 for small x."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def sample_dt_bias(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tensor:
+    """The Mamba / Mamba-2 step-size bias init: softplus(bias) ~ log-uniform[dt_min, dt_max],
+    no step below ``floor`` (so softplus^-1 stays finite)."""
+    dt = torch.empty(n).uniform_(math.log(dt_min), math.log(dt_max)).exp()
+    return inverse_softplus(dt.clamp(min=floor))
 
 
 def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:

@@ -49,13 +49,27 @@ class Mixer(nn.Module):
     """Base class for sequence mixers. Subclasses implement forward, init_state, step.
 
     Class attributes describe the mixer to the registry and the harness:
-      backends:      the backend names this mixer accepts ("ref", "fast", "auto", ...)
+      backends:      the backend words this mixer accepts, from archs.backends' vocabulary
+                     ("ref", "chunked", "fused", "auto"); the registry reads them from here
       state_growth:  "constant" if the decode state is independent of context length,
                      "linear" if it grows with it (a KV cache), "window" if bounded.
+      relative_positions: whether it takes ``pos_encoding`` (rope / alibi act inside it);
+                     a hybrid passes its pos_encoding on to such layers
+      config_class:  the dataclass ``build`` fills from keyword arguments (None: the
+                     constructor takes ``(d_model, **kwargs)`` itself)
     """
 
     backends: tuple[str, ...] = ("ref",)
     state_growth: str = "constant"
+    relative_positions: bool = False
+    config_class: type | None = None
+
+    @classmethod
+    def build(cls, d_model: int, **kwargs: Any) -> "Mixer":
+        """One mixer from keyword arguments (how hybrid layer patterns build each layer)."""
+        if cls.config_class is None:
+            return cls(d_model, **kwargs)
+        return cls(cls.config_class(d_model, **kwargs))
 
     def __init__(self) -> None:
         super().__init__()

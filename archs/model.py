@@ -104,8 +104,8 @@ class LanguageModel(nn.Module):
         return total
 
     def backends(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
-        """The code paths that run on ``device`` for a ``seq_len``-token input, e.g. "sdpa",
-        or "chunked+sdpa" for a hybrid."""
+        """The code paths that run on ``device`` for a ``seq_len``-token input, e.g. "fused",
+        or "chunked+fused" for a hybrid (words from archs.backends)."""
         names = dict.fromkeys(m.resolved_backend(device, seq_len) for m in self.mixers)
         return "+".join(names)
 

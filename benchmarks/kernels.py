@@ -32,7 +32,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from archs.attention.fast import attention_flash, attention_sdpa, flash_attn_available  # noqa: E402
+from archs.attention.fused import attention_flash, attention_sdpa, flash_attn_available  # noqa: E402
 from archs.attention.ref import attention_math  # noqa: E402
 from harness.config import DTYPES  # noqa: E402
 from harness.env import device_name  # noqa: E402
@@ -126,7 +126,7 @@ class Bench:
 
     def scan_vs_attention(self) -> None:
         from archs.mamba import mamba_ssm_available, selective_scan_chunked
-        from archs.mamba.fast import selective_scan_fast
+        from archs.mamba.fused import selective_scan_fused as selective_scan_fast
         a = self.args
         d_inner, n = a.hidden, a.d_state
         fused = self.device.type == "cuda" and mamba_ssm_available()

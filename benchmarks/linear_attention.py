@@ -55,7 +55,7 @@ def linear_attention_cases(d_model: int, n_heads: int) -> list[Case]:
         return make
 
     # naive: about ten (H, L, L) float32 tensors alive across forward and backward
-    return [Case("linear_attention", "naive", build("naive"), n_heads,
+    return [Case("linear_attention", "naive", build("ref"), n_heads,
                  lambda L: 10 * n_heads * L * L * 4, is_ref=True),
             Case("linear_attention", "chunked", build("chunked"), n_heads,
                  lambda L: 40 * L * d_model * 4)]

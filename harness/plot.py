@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
+from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
@@ -53,37 +54,34 @@ def series_names(df: pd.DataFrame) -> pd.Series:
     return names
 
 
-# The built-in architectures keep one colour across every experiment's figures (tab20
-# index; a family shares a hue: dark = the main variant, light = its sibling). Labels not
-# listed here take the unused colours in sorted order.
-CANONICAL_COLOURS: dict[str, int] = {
-    "transformer": 0, "transformer_rope": 0, "transformer_math": 1,
-    "mamba": 6, "mamba2": 2, "jamba": 10, "samba": 11, "hybrid": 11,
-    "linear_attention": 4, "retnet": 5, "sliding_window": 18, "infini_attention": 12,
-    "transformer_alibi": 8, "transformer_learned": 9, "transformer_nope": 14,
-    "transformer_sinusoidal": 16, "lstm": 3,
-}
+def canonical_colours() -> dict[str, Color]:
+    """The registered architectures' default colours (``register_arch(color=...)``), which
+    they keep across every experiment's figures; other labels take the unused ones."""
+    from archs import arch_colors
+
+    return {name: tuple(mcolors.to_rgb(c)) for name, c in arch_colors().items()}
 
 
 def series_palette(names: Iterable[str]) -> dict[str, Color]:
-    """A fixed colour per name: the built-in architectures' canonical colours, the others
+    """A fixed colour per name: the registered architectures' default colours, the others
     (and a second name on an already-taken colour) from the free ones in sorted order, so
     the same set of names always maps the same way."""
     names = sorted(set(map(str, names)))
-    index: dict[str, int] = {}
+    canonical = canonical_colours()
+    tab20 = [tuple(c) for c in sns.color_palette("tab20", 20)]
+    chosen: dict[str, Color] = {}
     for name in names:
-        if name in CANONICAL_COLOURS and CANONICAL_COLOURS[name] not in index.values():
-            index[name] = CANONICAL_COLOURS[name]
-    others = [n for n in names if n not in index]
-    taken, reserved = set(index.values()), set(CANONICAL_COLOURS.values())
+        if name in canonical and canonical[name] not in chosen.values():
+            chosen[name] = canonical[name]
+    others = [n for n in names if n not in chosen]
+    taken, reserved = set(chosen.values()), set(canonical.values())
     # never-canonical colours first, then canonical ones no curve here uses
-    free = [i for i in range(20) if i not in reserved] + [i for i in sorted(reserved) if i not in taken]
+    free = [c for c in tab20 if c not in reserved] + [c for c in tab20 if c in reserved and c not in taken]
     if len(others) > len(free):  # more curves than tab20 has colours: distinctness first
         colours = sns.color_palette("husl", len(names))
         return {name: tuple(colours[i]) for i, name in enumerate(names)}
-    index.update(zip(others, free))
-    tab20 = sns.color_palette("tab20", 20)
-    return {name: tuple(tab20[index[name]]) for name in names}
+    chosen.update(zip(others, free))
+    return chosen
 
 
 def split_kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -6,7 +6,7 @@ import torch
 
 from archs import create_arch
 from archs.attention import Attention, AttentionConfig, KVCache
-from archs.attention.fast import attention_sdpa
+from archs.attention.fused import attention_sdpa
 from archs.attention.ref import attention_math, causal_mask
 
 
@@ -66,11 +66,11 @@ def test_causal_mask_offsets_for_chunks():
 def test_model_math_and_sdpa_backends_agree(pe, n_kv_heads):
     kw = dict(vocab_size=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, pos_encoding=pe)
     torch.manual_seed(1)
-    a = create_arch("transformer", backend="math", **kw)
+    a = create_arch("transformer", backend="ref", **kw)
     torch.manual_seed(1)
-    b = create_arch("transformer", backend="sdpa", **kw)
+    b = create_arch("transformer", backend="fused", **kw)
     x = torch.randint(0, 32, (2, 17))
-    assert a.backends() == "math" and b.backends() == "sdpa"
+    assert a.backends() == "ref" and b.backends() == "fused"
     assert torch.allclose(a(x), b(x), atol=1e-5)
 
 
@@ -96,7 +96,7 @@ def test_flash_attn_backend_is_explicit_and_fails_clearly_without_cuda():
         model.backends("cpu")
     with pytest.raises(BackendUnavailableError, match="flash"):
         model(torch.zeros(1, 4, dtype=torch.long))
-    assert create_arch("transformer", vocab_size=16, d_model=16, n_layers=1, n_heads=2).backends("cuda") == "sdpa"
+    assert create_arch("transformer", vocab_size=16, d_model=16, n_layers=1, n_heads=2).backends("cuda") == "fused"
 
 
 @pytest.mark.gpu

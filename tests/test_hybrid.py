@@ -4,7 +4,9 @@ import torch
 
 from archs import create_arch
 from archs.blocks import MLP, MoE
-from archs.hybrid.pattern import MIXER_LETTERS, is_moe_layer, parse_pattern, register_mixer_letter
+from archs import mixer_letters, register_mixer_letter
+from archs.hybrid.pattern import is_moe_layer, parse_pattern
+from archs.mamba import MambaMixer
 
 
 def _hybrid(**kw):
@@ -34,6 +36,21 @@ def test_relative_positions_reach_attention_layers():
     assert _hybrid(pattern="AR", mixer_kwargs={"A": {"n_heads": 2}}).mixers[0].rope is None  # NoPE default
 
 
+@pytest.mark.parametrize("letter,kwargs", [
+    ("A", {"n_heads": 2}), ("W", {"n_heads": 2, "window": 4, "n_sink": 1}),
+    ("I", {"n_heads": 2, "segment_len": 4}),
+])
+@pytest.mark.parametrize("pe", ["rope", "alibi"])
+def test_relative_positions_reach_every_layer_that_takes_them(letter, kwargs, pe):
+    # Which layers take positions comes from the mixer class (relative_positions), not a
+    # hand-kept letter list: Infini-attention ("I") layers used to get none.
+    model = _hybrid(pattern=letter + "R", pos_encoding=pe, mixer_kwargs={letter: kwargs})
+    layer = model.mixers[0]
+    assert layer.cfg.pos_encoding == pe
+    assert (layer.rope is not None) == (pe == "rope") and (layer.alibi is not None) == (pe == "alibi")
+    assert not hasattr(model.mixers[1], "rope")  # the LSTM takes none
+
+
 @pytest.mark.parametrize("pattern,n_layers,match", [
     ("MAX", None, r"unknown letter\(s\) \['X'\]"),
     ("MAa", None, r"unknown letter\(s\) \['a'\]"),
@@ -50,12 +67,16 @@ def test_kwargs_for_unused_letters_rejected():
         _hybrid(pattern="AR", mixer_kwargs={"M": {"d_state": 4}})
 
 
-def test_letters_are_documented_and_plugins_can_add_one():
-    assert {"A", "M", "D", "L", "W", "I", "R"} <= set(MIXER_LETTERS)
+def test_letters_come_from_the_registry_and_cannot_be_taken_twice():
+    letters = mixer_letters()
+    assert {"A", "M", "D", "L", "W", "I", "R"} <= set(letters)
+    assert letters["M"].mixer is MambaMixer
     with pytest.raises(ValueError, match="already means"):
-        register_mixer_letter("A", "something else", "x:y")
+        register_mixer_letter("A", "something else", MambaMixer)
     with pytest.raises(ValueError, match="one upper-case letter"):
-        register_mixer_letter("ab", "two letters", "x:y")
+        register_mixer_letter("ab", "two letters", MambaMixer)
+    with pytest.raises(TypeError, match="not a Mixer subclass"):
+        register_mixer_letter("Z", "not a mixer", object)
 
 
 @pytest.mark.parametrize("letter,kwargs", [

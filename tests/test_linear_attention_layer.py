@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archs.linear_attention import LinearAttentionConfig, LinearAttentionMixer, fast
+from archs.linear_attention import LinearAttentionConfig, LinearAttentionMixer, fused
 
 D_MODEL, BATCH, L = 24, 2, 21
 
@@ -24,7 +24,7 @@ VARIANTS = [dict(decay="none"), dict(decay="fixed"), dict(decay="gated"),
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
-@pytest.mark.parametrize("backend", ["naive", "chunked"])
+@pytest.mark.parametrize("backend", ["ref", "chunked"])
 def test_forward_equals_steps_equals_two_prefills(backend, variant):
     m, x = _mixer(backend, **variant), _x()
     y = m(x)
@@ -44,7 +44,7 @@ def test_forward_equals_steps_equals_two_prefills(backend, variant):
 def test_naive_and_chunked_backends_agree_with_gradients(decay):
     x = _x()
     outs = []
-    for backend in ("naive", "chunked"):
+    for backend in ("ref", "chunked"):
         m = _mixer(backend, decay=decay)
         y = m(x)
         y.pow(2).sum().backward()
@@ -56,7 +56,7 @@ def test_naive_and_chunked_backends_agree_with_gradients(decay):
         torch.testing.assert_close(g_a[name], g_b[name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["naive", "chunked"])
+@pytest.mark.parametrize("backend", ["ref", "chunked"])
 def test_causal(backend):
     m, x = _mixer(backend, decay="gated"), _x()
     x2 = x.clone()
@@ -96,15 +96,15 @@ def test_auto_resolves_to_chunked_on_cpu():
     assert m.resolved_backend() == "chunked"
 
 
-@pytest.mark.skipif(fast.fla_available(), reason="fla is installed here")
+@pytest.mark.skipif(fused.fla_available(), reason="fla is installed here")
 def test_fast_backend_without_fla_raises_clear_error():
     with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
-        _mixer("fast")
+        _mixer("fused")
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(d_model=10, n_heads=3), "not divisible by n_heads"),
-    (dict(d_model=12, backend="flash"), "backend='flash' is not one of"),
+    (dict(d_model=12, backend="flash"), "unknown backend 'flash'"),
     (dict(d_model=12, decay="alibi"), "decay='alibi' is not one of"),
     (dict(d_model=12, feature_map="identity"), "needs a positive feature map"),
     (dict(d_model=12, chunk_size=0), "must all be >= 1"),

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archs.linear_attention import fast
+from archs.linear_attention import fused
+from archs.linear_attention.chunked import linear_attn_chunked
 from archs.linear_attention.ref import (
-    linear_attn_chunked,
     linear_attn_naive,
     linear_attn_recurrent,
     linear_attn_step,
@@ -161,22 +161,22 @@ def test_bad_shapes_raise():
         linear_attn_naive(q, k[:, :, :1], v)
 
 
-@pytest.mark.skipif(fast.fla_available(), reason="fla is installed here")
+@pytest.mark.skipif(fused.fla_available(), reason="fla is installed here")
 def test_fast_without_fla_names_the_install():
     (q, k, v, _), _ = _inputs(4, "none", True)
     with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
-        fast.linear_attn_fast(q, k, v)
+        fused.linear_attn_fused(q, k, v)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and fast.fla_available()),
+@pytest.mark.skipif(not (torch.cuda.is_available() and fused.fla_available()),
                     reason="needs CUDA and flash-linear-attention")
 @pytest.mark.parametrize("decay", DECAYS)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_fast_matches_reference_on_gpu(decay, normalize):
     (q, k, v, ld), s0 = _inputs(200, decay, normalize)
     cuda = [t if t is None else t.cuda() for t in (q, k, v, ld, s0)]
-    o, s = fast.linear_attn_fast(*cuda, True, normalize=normalize)
+    o, s = fused.linear_attn_fused(*cuda, True, normalize=normalize)
     o_ref, s_ref = linear_attn_chunked(q, k, v, ld, s0, True, normalize=normalize)
     torch.testing.assert_close(o.cpu(), o_ref, rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(s.cpu(), s_ref, rtol=2e-3, atol=2e-3)

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archs.mamba2 import fast
-from archs.mamba2.ref import segsum, ssd_chunked, ssd_naive, ssd_recurrent, ssd_step
+from archs.mamba2 import fused
+from archs.mamba2.chunked import ssd_chunked
+from archs.mamba2.ref import segsum, ssd_naive, ssd_recurrent, ssd_step
 
 BATCH, H, P, G, N, CHUNK = 2, 4, 3, 2, 5, 8
 FORMS = {"naive": ssd_naive, "chunked": functools.partial(ssd_chunked, chunk_size=CHUNK)}
@@ -134,19 +135,19 @@ def test_bad_shapes_raise():
         ssd_recurrent(x, dt, A, B, C, D, torch.zeros(BATCH, H, N, P))
 
 
-@pytest.mark.skipif(fast.fast_available(), reason="mamba_ssm and causal_conv1d installed")
+@pytest.mark.skipif(fused.fused_available(), reason="mamba_ssm and causal_conv1d installed")
 def test_fast_without_packages_names_the_install():
     x, dt, A, B, C, D, _ = _inputs(4)
     with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
-        fast.ssd_fast(x, dt, A, B, C, D)
+        fused.ssd_fused(x, dt, A, B, C, D)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and fast.fast_available()),
+@pytest.mark.skipif(not (torch.cuda.is_available() and fused.fused_available()),
                     reason="needs CUDA, mamba_ssm and causal_conv1d")
 def test_fast_matches_reference_on_gpu():
     x, dt, A, B, C, D, s0 = _inputs(200)
-    y, s = fast.ssd_fast(*(t.cuda() for t in (x, dt, A, B, C, D, s0)), True, chunk_size=64)
+    y, s = fused.ssd_fused(*(t.cuda() for t in (x, dt, A, B, C, D, s0)), True, chunk_size=64)
     y_ref, s_ref = ssd_chunked(x, dt, A, B, C, D, s0, True, chunk_size=64)
     torch.testing.assert_close(y.cpu(), y_ref, rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(s.cpu(), s_ref, rtol=2e-3, atol=2e-3)

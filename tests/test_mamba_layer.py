@@ -14,7 +14,7 @@ from archs.mamba import (
     MambaMixer,
     mamba_ssm_available,
 )
-from archs.mamba import fast
+from archs.mamba import fused
 
 ATOL, RTOL = 1e-5, 1e-4
 TINY = dict(d_state=4, d_conv=4, expand=2)
@@ -128,7 +128,7 @@ def test_auto_resolves_to_chunked_on_cpu() -> None:
 
 
 def test_bad_config_raises() -> None:
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
         MambaConfig(d_model=8, backend="cuda")
     with pytest.raises(ValueError, match="dt_rank"):
         MambaConfig(d_model=8, dt_rank=0)
@@ -140,20 +140,20 @@ def test_bad_config_raises() -> None:
 def test_fast_backend_without_mamba_ssm_raises_clear_error() -> None:
     assert not mamba_ssm_available()
     with pytest.raises(FastKernelsUnavailable, match=r"pip install archbench\[gpu\]"):
-        tiny_mixer("fast")
+        tiny_mixer("fused")
     x = torch.randn(1, 4, 3)
     with pytest.raises(ImportError, match=r"archbench\[gpu\]"):
-        fast.selective_scan_fast(x, x, torch.zeros(4, 2), torch.zeros(1, 2, 3),
+        fused.selective_scan_fused(x, x, torch.zeros(4, 2), torch.zeros(1, 2, 3),
                                  torch.zeros(1, 2, 3))
     with pytest.raises(ImportError, match=r"archbench\[gpu\]"):
-        fast.causal_conv1d_fast(x, torch.zeros(4, 4))
+        fused.causal_conv1d_fused(x, torch.zeros(4, 4))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and mamba_ssm_available()),
                     reason="needs CUDA and mamba_ssm")
 def test_fast_backend_matches_chunked_on_cuda() -> None:  # pragma: no cover - GPU only
-    fast_m, chunked = tiny_mixer("fast").cuda(), tiny_mixer("chunked").cuda()
+    fast_m, chunked = tiny_mixer("fused").cuda(), tiny_mixer("chunked").cuda()
     x = torch.randn(2, 64, 16, device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(fast_m(x), chunked(x), atol=1e-4, rtol=1e-3)
@@ -170,7 +170,7 @@ def test_fast_backend_matches_chunked_on_cuda() -> None:  # pragma: no cover - G
 # -- pieces checked against independent implementations ----------------------------------------
 @pytest.mark.parametrize("taps", [1, 2, 4])
 def test_channels_last_conv_matches_conv1d_with_prefix(taps: int) -> None:
-    from archs.mamba.conv import causal_conv1d_channels_last
+    from archs._conv import causal_conv1d_channels_last
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 9, 5, generator=g, requires_grad=True)
@@ -205,7 +205,7 @@ def test_short_conv_widths_step_equals_forward(d_conv: int) -> None:
 
 
 def test_fast_path_initial_state_superposition() -> None:
-    """selective_scan_fast adds h0's decayed contribution to a zero-state kernel run; check
+    """selective_scan_fused adds h0's decayed contribution to a zero-state kernel run; check
     that identity on the reference (runs on CPU, no mamba_ssm needed)."""
     from archs.mamba.ref import discretize_dt, selective_scan_ref
 
@@ -217,6 +217,6 @@ def test_fast_path_initial_state_superposition() -> None:
     kw = dict(delta_bias=bias, delta_softplus=True, return_last_state=True)
     want, want_last = selective_scan_ref(u, delta, A, B, C, initial_state=h0, **kw)
     zero, zero_last = selective_scan_ref(u, delta, A, B, C, **kw)
-    y_h0, last_h0 = fast._initial_state_term(discretize_dt(delta, bias, True), A, C, h0, chunk=4)
+    y_h0, last_h0 = fused._initial_state_term(discretize_dt(delta, bias, True), A, C, h0, chunk=4)
     torch.testing.assert_close(zero + y_h0, want, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(zero_last + last_h0, want_last, atol=ATOL, rtol=RTOL)

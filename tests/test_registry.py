@@ -20,9 +20,60 @@ def test_arch_info_metadata():
     info = arch_info("transformer_learned")
     assert info.family == "attention"
     assert info.max_seq_len == 1024 and arch_info("transformer").max_seq_len is None
-    assert set(info.backends) == {"math", "sdpa", "flash_attn", "auto"}
-    assert info.requires == () and info.description
+    assert set(info.backends) == {"ref", "fused", "flash_attn", "auto"}
+    assert info.description and info.mixer is archs.attention.Attention
     assert "d_model" in info.accepted_kwargs() and "n_heads" in info.accepted_kwargs()
+
+
+def test_one_registration_gives_backends_letter_and_colour():
+    # backends come from the mixer class; the letter and the colour from the same call
+    for name in list_archs():
+        info = arch_info(name)
+        if info.mixer is not None:
+            assert info.backends == info.mixer.backends, name
+        assert info.color is not None, f"built-in {name!r} has no plot colour"
+    letters = archs.mixer_letters()
+    assert {k: v.mixer.__name__ for k, v in letters.items()} == {
+        "A": "Attention", "D": "Mamba2Mixer", "I": "InfiniAttention", "L": "LinearAttentionMixer",
+        "M": "MambaMixer", "R": "LSTMMixer", "W": "SlidingWindowAttention"}
+    colors = archs.arch_colors()
+    assert colors["transformer_math"] != colors["transformer"] == colors["transformer_rope"]
+    assert len({colors[n] for n in list_archs()}) == len(list_archs())  # distinct per arch
+
+
+def test_backend_words_are_one_vocabulary_with_deprecated_aliases():
+    from archs import backends
+    from archs.backends import VOCABULARY, canonical_backend
+    for name in list_archs():
+        extra = set(arch_info(name).backends) - set(VOCABULARY)
+        assert extra <= {"flash_attn"}, (name, extra)  # attention's second, named kernel
+    model_kw = dict(vocab_size=16, d_model=16, n_layers=1)
+    for old, new, arch in [("math", "ref", "transformer"), ("sdpa", "fused", "transformer"),
+                           ("naive", "ref", "linear_attention"), ("blocked", "chunked", "sliding_window"),
+                           ("torch", "fused", "lstm")]:
+        kw = {"n_heads": 2} if arch != "lstm" else {}
+        backends._WARNED.discard(old)  # warned once per process: forget earlier uses
+        with pytest.warns(FutureWarning, match=f"backend {old!r} is deprecated; use {new!r}"):
+            model = create_arch(arch, backend=old, **model_kw, **kw)
+        assert model.backends("cpu", 64) == new
+        assert canonical_backend(old) == new
+
+
+def test_alias_warns_only_once():
+    from archs import backends
+    backends._WARNED.discard("fast")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backends.canonical_backend("fast")
+        backends.canonical_backend("fast")
+    assert len([w for w in caught if issubclass(w.category, FutureWarning)]) == 1
+
+
+def test_unavailable_kernel_is_one_error_type_with_one_hint():
+    from archs.backends import BackendUnavailableError, require
+    with pytest.raises(BackendUnavailableError, match=r"`no_such_kernel_pkg`.*pip install archbench\[gpu\]"):
+        require("test", "no_such_kernel_pkg")
+    assert issubclass(BackendUnavailableError, ImportError)  # old except ImportError still catches it
 
 
 def test_unknown_arch_lists_known_and_close_matches():

@@ -6,7 +6,7 @@ import torch
 
 from archs import create_arch
 from archs.attention import Attention, AttentionConfig
-from archs.attention.fast import attention_sdpa
+from archs.attention.fused import attention_sdpa
 from archs.attention.ref import attention_math, causal_mask
 from archs.blocks import heads_merge
 from archs.sliding_window import (SlidingWindowAttention, SlidingWindowConfig, WindowCache,
@@ -15,7 +15,7 @@ from archs.sliding_window import (SlidingWindowAttention, SlidingWindowConfig, W
 D, H = 16, 4
 
 
-def _layer(window=4, n_sink=1, backend="math", pos="rope", n_kv_heads=None, block_size=None, seed=0):
+def _layer(window=4, n_sink=1, backend="ref", pos="rope", n_kv_heads=None, block_size=None, seed=0):
     torch.manual_seed(seed)
     cfg = SlidingWindowConfig(D, H, n_kv_heads, pos, backend=backend, window=window, n_sink=n_sink,
                               block_size=block_size)
@@ -29,7 +29,7 @@ def _x(length, batch=2, seed=1, grad=False):
 
 # --- the mask: who influences whom ------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["math", "sdpa", "blocked"])
+@pytest.mark.parametrize("backend", ["ref", "fused", "chunked"])
 def test_token_outside_window_has_no_influence_but_sink_does(backend):
     window, n_sink, length = 4, 1, 15
     layer = _layer(window, n_sink, backend, block_size=3)
@@ -51,13 +51,13 @@ def test_without_sinks_the_first_token_is_forgotten():
     assert torch.equal(layer(x)[:, 3:], layer(bumped)[:, 3:])
 
 
-@pytest.mark.parametrize("backend", ["math", "sdpa", "blocked"])
+@pytest.mark.parametrize("backend", ["ref", "fused", "chunked"])
 @pytest.mark.parametrize("n_sink", [0, 3])
 @pytest.mark.parametrize("pos", ["rope", "alibi"])
 def test_window_at_least_length_is_full_causal_attention(backend, n_sink, pos):
     length = 11
     window_layer = _layer(window=length, n_sink=n_sink, backend=backend, pos=pos, block_size=4)
-    dense = Attention(AttentionConfig(D, H, pos_encoding=pos, backend="math"))
+    dense = Attention(AttentionConfig(D, H, pos_encoding=pos, backend="ref"))
     dense.load_state_dict(window_layer.state_dict())
     x = _x(length)
     assert torch.allclose(window_layer(x), dense(x), atol=1e-5)
@@ -76,14 +76,14 @@ def test_window_at_least_length_is_full_causal_attention(backend, n_sink, pos):
 @pytest.mark.parametrize("pos,n_kv_heads", [("rope", None), ("alibi", 2), ("none", 1)])
 def test_math_sdpa_blocked_agree_outputs_and_gradients(length, window, n_sink, block_size, pos, n_kv_heads):
     results = {}
-    for backend in ("math", "sdpa", "blocked"):
+    for backend in ("ref", "fused", "chunked"):
         layer = _layer(window, n_sink, backend, pos, n_kv_heads, block_size)
         x = _x(length, grad=True)
         y = layer(x)
         grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
         results[backend] = (y, grads)
-    ref_y, ref_grads = results["math"]
-    for backend in ("sdpa", "blocked"):
+    ref_y, ref_grads = results["ref"]
+    for backend in ("fused", "chunked"):
         y, grads = results[backend]
         assert torch.allclose(y, ref_y, atol=1e-5), backend
         for a, b in zip(grads, ref_grads):
@@ -123,7 +123,7 @@ def test_blocked_form_never_builds_length_squared_scores():
 
 # --- decoding -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["auto", "math"])
+@pytest.mark.parametrize("backend", ["auto", "ref"])
 def test_decode_cache_stays_bounded_and_matches_parallel_over_200_steps(backend):
     window, n_sink, steps = 6, 2, 200
     layer = _layer(window, n_sink, backend).eval()
@@ -143,7 +143,7 @@ def test_decode_cache_stays_bounded_and_matches_parallel_over_200_steps(backend)
 
 
 @pytest.mark.parametrize("splits", [(1, 2, 3), (5, 5), (13, 14), (2, 30)])
-@pytest.mark.parametrize("backend", ["auto", "sdpa", "blocked"])
+@pytest.mark.parametrize("backend", ["auto", "fused", "chunked"])
 def test_prefill_in_chunks_matches_parallel(splits, backend):
     layer = _layer(window=5, n_sink=3, backend=backend, block_size=2).eval()
     x = _x(41)
@@ -172,19 +172,19 @@ def test_ring_cache_keeps_sinks_and_the_last_window_in_order():
 
 def test_auto_picks_blocked_for_long_inputs_and_reports_it():
     layer = _layer(window=4, backend="auto")
-    assert layer.resolved_backend() == "sdpa|blocked"
-    assert layer.resolved_backend(seq_len=15) == "sdpa" and layer.resolved_backend(seq_len=16) == "blocked"
+    assert layer.resolved_backend() == "fused|chunked"
+    assert layer.resolved_backend(seq_len=15) == "fused" and layer.resolved_backend(seq_len=16) == "chunked"
     layer(_x(20))
-    assert layer.resolved_backend() == "blocked"
+    assert layer.resolved_backend() == "chunked"
     layer(_x(5))
-    assert layer.resolved_backend() == "sdpa"
-    assert _layer(backend="math").resolved_backend(seq_len=10**6) == "math"
+    assert layer.resolved_backend() == "fused"
+    assert _layer(backend="ref").resolved_backend(seq_len=10**6) == "ref"
 
 
 def test_registered_model_and_its_tiny_variant():
     model = create_arch("sliding_window", vocab_size=32, d_model=32, n_layers=2, window=4, n_sink=1,
-                        backend="blocked")
-    assert model.backends() == "blocked"
+                        backend="chunked")
+    assert model.backends() == "chunked"
     assert model(torch.zeros(1, 9, dtype=torch.long)).shape == (1, 9, 32)
     assert model.expected_state_bytes(1, 10_000) == model.expected_state_bytes(1, 5)
 

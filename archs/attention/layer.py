@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from archs.attention.cache import KVCache
-from archs.attention.fast import SDPA_KERNELS, attention_flash, attention_sdpa, flash_attn_available
+from archs.attention.fused import SDPA_KERNELS, attention_flash, attention_sdpa, flash_attn_available
 from archs.attention.ref import attention_math
-from archs.backends import is_cuda, resolve_backend
+from archs.backends import check_backend, is_cuda, resolve_backend
 from archs.blocks import heads_merge, heads_split
 from archs.mixer import Mixer
 from archs.positional import ALiBi, RotaryEmbedding, check_positional
@@ -23,7 +23,7 @@ class AttentionConfig:
     pos_encoding: str = "none"       # only the relative ones (rope, alibi) act here
     rope_base: float = 10000.0
     bias: bool = False
-    backend: str = "auto"            # math | sdpa | flash_attn | auto (= sdpa)
+    backend: str = "auto"            # ref | fused (SDPA) | flash_attn | auto (= fused)
     sdpa_backend: str | None = None  # force one SDPA kernel: flash | efficient | cudnn | math
 
     def __post_init__(self) -> None:
@@ -48,17 +48,20 @@ class AttentionConfig:
 
 
 class Attention(Mixer):
-    # auto = sdpa everywhere: on a GPU SDPA itself dispatches to its FlashAttention kernel,
-    # so auto never depends on an optional package; flash_attn must be asked for by name.
-    backends = ("math", "sdpa", "flash_attn", "auto")
+    # ref = explicit L x L scores; fused = torch's scaled_dot_product_attention. auto =
+    # fused everywhere: on a GPU SDPA itself dispatches to its FlashAttention kernel, so
+    # auto never depends on an optional package; flash_attn must be asked for by name.
+    backends = ("ref", "fused", "flash_attn", "auto")
     state_growth = "linear"  # the KV cache holds every past token
+    relative_positions = True  # takes pos_encoding: rope / alibi act inside the layer (and
+    # in every subclass: sliding-window and Infini-attention layers)
+    config_class = AttentionConfig
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.backend not in self.backends:
-            raise ValueError(f"attention: unknown backend {cfg.backend!r}; choose one of {list(self.backends)}")
-        self.backend = "sdpa" if cfg.backend == "auto" else cfg.backend
+        backend = check_backend(cfg.backend, self.backends, type(self).__name__)
+        self.backend = "fused" if backend == "auto" else backend
         kv_dim = cfg.n_kv_heads * cfg.head_dim
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.kv_proj = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
@@ -68,8 +71,8 @@ class Attention(Mixer):
 
     def resolved_backend(self, device=None, seq_len=None) -> str:
         if self.backend == "flash_attn":
-            resolve_backend("flash_attn", allowed=self.backends, fallback="sdpa", fast="flash_attn",
-                            fast_ok=flash_attn_available() and is_cuda(device),
+            resolve_backend("flash_attn", allowed=self.backends, fallback="fused", fused="flash_attn",
+                            fused_ok=flash_attn_available() and is_cuda(device),
                             why_not="it needs the flash-attn package and a CUDA device", owner="attention")
         return self.backend
 
@@ -90,7 +93,7 @@ class Attention(Mixer):
         if self.alibi is not None and self.backend != "flash_attn":
             k_pos = torch.arange(lk, device=q.device)
             bias = self.alibi(k_pos[lk - lq:], k_pos)
-        if self.backend == "math":
+        if self.backend == "ref":
             return attention_math(q, k, v, bias=bias)
         if self.backend == "flash_attn":
             return attention_flash(q, k, v, alibi_slopes=None if self.alibi is None else self.alibi.slopes)
@@ -124,6 +127,3 @@ class Attention(Mixer):
         return 2 * batch_size * self.cfg.n_kv_heads * context_len * self.cfg.head_dim * itemsize
 
 
-def make_attention(d_model: int, **kwargs) -> Attention:
-    """Factory used by hybrid layer patterns (letter "A")."""
-    return Attention(AttentionConfig(d_model, **kwargs))

@@ -1,7 +1,7 @@
 """Causal softmax attention, the textbook way: materialise the (Lq, Lk) score matrix.
 
 This is the numerical truth the fused paths are compared with, and the honest
-quadratic-memory baseline the cost harness measures as backend "math".
+quadratic-memory baseline the cost harness measures as backend "ref" (formerly "math").
 
 Layout: q (B, H, Lq, Dh); k, v (B, Hkv, Lk, Dh) with H a multiple of Hkv (grouped-query
 attention). Queries are the *last* Lq positions of the Lk keys (a decode step or a

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from archs._registry import register_arch
+from archs._registry import TAB20 as _TAB20
+from archs._registry import mixer_letters, register_arch, register_mixer_letter
 from archs.blocks import MLP, MoE
-from archs.hybrid.pattern import (MIXER_LETTERS, build_mixers, is_moe_layer, parse_pattern,
-                                  register_mixer_letter)
+from archs.hybrid.pattern import build_mixers, is_moe_layer, parse_pattern
 from archs.model import LanguageModel, LMConfig
 from archs.positional import RELATIVE
-
-# Letters whose mixers take a pos_encoding keyword (relative encodings act inside them).
-_POSITIONAL_LETTERS = ("A", "W")
 
 
 def hybrid(vocab_size: int = 256, d_model: int = 128, n_layers: int | None = None, *,
@@ -28,9 +25,11 @@ def hybrid(vocab_size: int = 256, d_model: int = 128, n_layers: int | None = Non
         raise ValueError(f"moe_every must be >= 0 (0 = no MoE), got {moe_every}")
     cfg = LMConfig(vocab_size, d_model, len(layout), pos_encoding=pos_encoding, **shell)
     kwargs = {k: dict(v) for k, v in (mixer_kwargs or {}).items()}
-    if pos_encoding in RELATIVE:
-        for letter in set(layout) & set(_POSITIONAL_LETTERS):
-            kwargs.setdefault(letter, {}).setdefault("pos_encoding", pos_encoding)
+    if pos_encoding in RELATIVE:  # relative encodings act inside the layers that take them
+        letters = mixer_letters()
+        for letter in sorted(set(layout)):
+            if letters[letter].mixer.relative_positions:
+                kwargs.setdefault(letter, {}).setdefault("pos_encoding", pos_encoding)
     mixers = build_mixers(layout, d_model, kwargs)
     mlps = []
     for i in range(len(layout)):
@@ -43,16 +42,18 @@ def hybrid(vocab_size: int = 256, d_model: int = 128, n_layers: int | None = Non
     return model
 
 
-_BACKENDS = ("ref", "chunked", "fast", "auto")
+# The backend words its layers may take (each layer's through mixer_kwargs[letter]).
+_BACKENDS = ("ref", "chunked", "fused", "auto")
 
-register_arch("jamba", family="hybrid", description="Jamba (Lieber et al. 2024): Mamba + attention "
+register_arch("jamba", family="hybrid", color=_TAB20[10], description="Jamba (Lieber et al. 2024): Mamba + attention "
               "at 7:1 (attention at layer 4 of each 8-layer block), MoE MLP on every other layer, no PE",
-              backends=_BACKENDS, requires=("mamba_ssm", "causal_conv1d"),
+              backends=_BACKENDS,
               defaults=dict(pattern="MMMMAMMM", moe_every=2, moe_offset=1, n_experts=16, top_k=2),
               tiny=dict(d_model=32, pattern="MA", n_layers=2, n_experts=4, top_k=2,
                         mixer_kwargs={"M": {"d_state": 8, "block_len": 8}}))(hybrid)
 register_arch("hybrid", family="hybrid", description="any layer pattern of mixers, e.g. pattern='DDDA'",
-              backends=_BACKENDS, defaults=dict(pattern="AR"),
+              backends=_BACKENDS, color=_TAB20[11], label_colors={"samba": _TAB20[11]},
+              defaults=dict(pattern="AR"),
               tiny=dict(d_model=32, pattern="AR", n_layers=2))(hybrid)
 
-__all__ = ["MIXER_LETTERS", "hybrid", "parse_pattern", "register_mixer_letter"]
+__all__ = ["hybrid", "mixer_letters", "parse_pattern", "register_mixer_letter"]

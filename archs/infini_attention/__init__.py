@@ -1,7 +1,7 @@
 """Infini-attention (Munkhdalai et al. 2024): segment-local attention + a compressive memory."""
 from __future__ import annotations
 
-from archs._registry import register_arch
+from archs._registry import TAB20, register_arch
 from archs.infini_attention.layer import InfiniAttention, InfiniAttentionConfig, InfiniState
 from archs.infini_attention.ref import feature_map, memory_read, memory_write
 from archs.model import LanguageModel, LMConfig, build_lm
@@ -10,7 +10,8 @@ from archs.model import LanguageModel, LMConfig, build_lm
 _TINY = dict(d_model=32, n_layers=2, n_heads=4, segment_len=8)
 
 
-@register_arch("infini_attention", family="infini_attention", backends=InfiniAttention.backends,
+@register_arch("infini_attention", family="infini_attention", mixer=InfiniAttention, letter="I",
+               color=TAB20[12],
                description="Infini-attention: causal attention within segments plus a linear-attention "
                            "compressive memory of past segments, mixed by a learned per-head gate",
                tiny=_TINY)

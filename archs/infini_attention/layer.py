@@ -73,9 +73,10 @@ class InfiniState:
 
 
 class InfiniAttention(Attention):
-    """Reuses the dense layer's projections, positional encodings and math/sdpa dispatch."""
+    """Reuses the dense layer's projections, positional encodings and ref/fused dispatch."""
 
     state_growth = "window"  # a segment buffer bounded by segment_len, plus a fixed-size memory
+    config_class = InfiniAttentionConfig
 
     def __init__(self, cfg: InfiniAttentionConfig):
         super().__init__(cfg)
@@ -170,8 +171,3 @@ class InfiniAttention(Attention):
         buffer = 2 * batch_size * h * min(context_len, self.cfg.segment_len) * d * itemsize
         memory = batch_size * h * (d * d + d) * 4  # float32 M and z
         return buffer + memory
-
-
-def make_infini_attention(d_model: int, **kwargs) -> InfiniAttention:
-    """Factory used by hybrid layer patterns (letter "I")."""
-    return InfiniAttention(InfiniAttentionConfig(d_model, **kwargs))

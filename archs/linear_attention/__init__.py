@@ -1,18 +1,18 @@
 """Causal linear attention (Katharopoulos et al. 2020), optionally decayed (RetNet / GLA).
 
-Importable on a CPU-only machine: the fla kernels in ``fast`` are imported lazily.
+Importable on a CPU-only machine: the fla kernels in ``fused`` are imported lazily.
 """
 from archs.linear_attention.layer import LinearAttentionConfig, LinearAttentionMixer
 from archs.linear_attention.ref import (
-    linear_attn_chunked,
     linear_attn_naive,
     linear_attn_recurrent,
     linear_attn_step,
     retnet_log_decay,
     state_shape,
 )
-from archs.linear_attention.fast import fla_available, linear_attn_fast, linear_attn_fast_step
-from archs._registry import register_arch
+from archs.linear_attention.chunked import linear_attn_chunked
+from archs.linear_attention.fused import fla_available, linear_attn_fused, linear_attn_fused_step
+from archs._registry import TAB20, register_arch
 from archs.model import LanguageModel, LMConfig, build_lm
 
 
@@ -31,16 +31,16 @@ _TINY = dict(d_model=32, n_layers=2, n_heads=4, chunk_size=8)
 register_arch("linear_attention", family="linear_attention",
               description="causal linear attention, elu(x)+1 features with normaliser "
                           "(Katharopoulos et al. 2020)",
-              backends=LinearAttentionMixer.backends, requires=("fla",), tiny=_TINY)(linear_attention)
+              mixer=LinearAttentionMixer, letter="L", color=TAB20[4], tiny=_TINY)(linear_attention)
 register_arch("retnet", family="linear_attention",
               description="retention: linear attention with fixed per-head decay and "
                           "per-head norm (Sun et al. 2023)",
               defaults=dict(feature_map="identity", decay="fixed", normalize=False),
-              backends=LinearAttentionMixer.backends, requires=("fla",), tiny=_TINY)(linear_attention)
+              mixer=LinearAttentionMixer, color=TAB20[5], tiny=_TINY)(linear_attention)
 
 __all__ = [
     "LinearAttentionConfig", "LinearAttentionMixer",
     "linear_attn_naive", "linear_attn_recurrent", "linear_attn_chunked", "linear_attn_step",
     "retnet_log_decay", "state_shape",
-    "fla_available", "linear_attn_fast", "linear_attn_fast_step",
+    "fla_available", "linear_attn_fused", "linear_attn_fused_step",
 ]

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from archs.linear_attention import fast, ref
+from archs.backends import check_backend
+from archs.linear_attention import chunked, fused, ref
 from archs.mixer import Mixer, State
 
-BACKENDS = ("naive", "chunked", "fast", "auto")
+BACKENDS = ("ref", "chunked", "fused", "auto")
 FEATURE_MAPS = ("elu", "identity")
 DECAYS = ("none", "fixed", "gated")
 
@@ -33,7 +34,7 @@ class LinearAttentionConfig:
     eps: float = 1e-6  # keeps the denominator away from zero at the first tokens
     chunk_size: int = 64  # chunked form: quadratic inside, so 64 keeps it cheap and matmul-sized
     gate_logit_normalizer: float = 16.0  # GLA's tau: gated decays start near 1 (long memory)
-    backend: str = "auto"  # "naive" | "chunked" | "fast" (fla) | "auto" (fast on CUDA if present)
+    backend: str = "auto"  # "ref" (L x L) | "chunked" | "fused" (fla) | "auto" (fused on CUDA if present)
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -41,9 +42,9 @@ class LinearAttentionConfig:
                 raise ValueError(f"d_model={self.d_model} is not divisible by n_heads="
                                  f"{self.n_heads}; pick n_heads dividing d_model or set head_dim")
             self.head_dim = self.d_model // self.n_heads
+        self.backend = check_backend(self.backend, BACKENDS, "linear attention")
         for name, value, allowed in (("feature_map", self.feature_map, FEATURE_MAPS),
-                                     ("decay", self.decay, DECAYS),
-                                     ("backend", self.backend, BACKENDS)):
+                                     ("decay", self.decay, DECAYS)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {allowed}")
         if min(self.d_model, self.n_heads, self.head_dim, self.chunk_size) < 1:
@@ -73,13 +74,14 @@ class HeadRMSNorm(nn.Module):
 class LinearAttentionMixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
+    config_class = LinearAttentionConfig
 
     def __init__(self, config: LinearAttentionConfig) -> None:
         super().__init__()
         self.config = c = config
         self.backend = c.backend
-        if c.backend == "fast":
-            fast._fla_ops()  # fail now, with the install hint, rather than mid-run
+        if c.backend == "fused":
+            fused._fla_ops()  # fail now, with the install hint, rather than mid-run
         inner = c.n_heads * c.head_dim
         self.q_proj = nn.Linear(c.d_model, inner, bias=False)
         self.k_proj = nn.Linear(c.d_model, inner, bias=False)
@@ -95,7 +97,7 @@ class LinearAttentionMixer(Mixer):
         if self.backend != "auto":
             return self.backend
         device = torch.device(device) if device is not None else self.param_device
-        return "fast" if device.type == "cuda" and fast.fla_available() else "chunked"
+        return "fused" if device.type == "cuda" and fused.fla_available() else "chunked"
 
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(x) + 1.0 if self.config.feature_map == "elu" else x
@@ -129,12 +131,12 @@ class LinearAttentionMixer(Mixer):
         c, backend = self.config, self.resolved_backend(x.device)
         kw = dict(initial_state=state, return_final_state=want_state,
                   normalize=c.normalize, eps=c.eps)
-        if backend == "fast":
-            o, new_state = fast.linear_attn_fast(q, k, v, log_decay, **kw)
-        elif backend == "naive":
+        if backend == "fused":
+            o, new_state = fused.linear_attn_fused(q, k, v, log_decay, **kw)
+        elif backend == "ref":
             o, new_state = ref.linear_attn_naive(q, k, v, log_decay, **kw)
         else:
-            o, new_state = ref.linear_attn_chunked(q, k, v, log_decay, chunk_size=c.chunk_size,
+            o, new_state = chunked.linear_attn_chunked(q, k, v, log_decay, chunk_size=c.chunk_size,
                                                    **kw)
         return self._out(o), new_state
 
@@ -152,7 +154,7 @@ class LinearAttentionMixer(Mixer):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, log_decay = self._qkv(x_t)  # (B, H, d)
-        step = (fast.linear_attn_fast_step if self.resolved_backend(x_t.device) == "fast"
+        step = (fused.linear_attn_fused_step if self.resolved_backend(x_t.device) == "fused"
                 else ref.linear_attn_step)
         o, kv = step(q, k, v, log_decay, state["kv"], self.config.normalize, self.config.eps)
         return self._out(o), {"kv": kv}
@@ -180,8 +182,3 @@ class LinearAttentionMixer(Mixer):
         intra = (c.chunk_size + 1) * (dk + dv)  # 2 FLOPs x (C+1)/2 keys x (dk + dv)
         state = 2 * 2 * dk * dv
         return batch_size * seq_len * c.n_heads * (intra + state)
-
-
-def make_linear_attention(d_model: int, **kwargs) -> LinearAttentionMixer:
-    """Factory used by hybrid layer patterns (letter "L")."""
-    return LinearAttentionMixer(LinearAttentionConfig(d_model, **kwargs))

@@ -1,9 +1,9 @@
 """Mamba-1 (selective state space) mixer family; importable without mamba_ssm."""
-from archs.mamba.fast import FastKernelsUnavailable, causal_conv1d_available, mamba_ssm_available
+from archs.mamba.fused import FastKernelsUnavailable, causal_conv1d_available, mamba_ssm_available
 from archs.mamba.layer import MambaConfig, MambaMixer
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
-from archs.mamba.scan import selective_scan_chunked, selective_scan_chunked_bld
-from archs._registry import register_arch
+from archs.mamba.chunked import selective_scan_chunked, selective_scan_chunked_bld
+from archs._registry import TAB20, register_arch
 from archs.model import LanguageModel, LMConfig, build_lm
 
 
@@ -19,7 +19,7 @@ def mamba(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_sta
 
 register_arch("mamba", family="mamba", description="Mamba-1 selective SSM (Gu & Dao 2023): "
               "fast chunked PyTorch scan, or mamba_ssm's fused CUDA kernels",
-              backends=MambaMixer.backends, requires=("mamba_ssm", "causal_conv1d"),
+              mixer=MambaMixer, letter="M", color=TAB20[6],
               tiny=dict(d_model=32, n_layers=2, d_state=8, block_len=8))(mamba)
 
 __all__ = [

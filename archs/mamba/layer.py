@@ -9,11 +9,11 @@ State Spaces", Fig. 3) as a sequence mixer:
     out = out_proj(y * silu(z))
 
 Backends: "ref" (sequential loop, the truth), "chunked" (cache-blocked PyTorch scan,
-the CPU default), "fast" (mamba_ssm's CUDA scan; the fused mamba_inner_fn when
-causal_conv1d is installed too), "auto" (fast when mamba_ssm imports and the input is on
+the CPU default), "fused" (mamba_ssm's CUDA scan; the fused mamba_inner_fn when
+causal_conv1d is installed too), "auto" (fused when mamba_ssm imports and the input is on
 CUDA, else chunked). The backend that runs is what ``resolved_backend`` reports; a
 requested backend that cannot run raises. prefill always takes the unfused path: mamba_ssm's
-kernel has no initial-state input, so fast.selective_scan_fast adds the carried state's
+kernel has no initial-state input, so fused.selective_scan_fused adds the carried state's
 contribution in PyTorch.
 """
 from __future__ import annotations
@@ -26,13 +26,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from archs.mamba import fast
-from archs.mamba.conv import causal_conv1d_channels_last
+from archs._conv import causal_conv1d_channels_last
+from archs.backends import check_backend, require_cuda
+from archs.blocks import sample_dt_bias
+from archs.mamba import fused
+from archs.mamba.chunked import selective_scan_chunked_bld
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
-from archs.mamba.scan import selective_scan_chunked_bld
 from archs.mixer import Mixer
 
-BACKENDS = ("ref", "chunked", "fast", "auto")
+BACKENDS = ("ref", "chunked", "fused", "auto")
 
 
 @dataclass
@@ -48,12 +50,11 @@ class MambaConfig:
     dt_scale: float = 1.0  # dt_proj weight ~ U(+-dt_scale / sqrt(dt_rank)) (mamba_ssm)
     conv_bias: bool = True  # mamba_ssm default
     bias: bool = False  # in/out projection bias (mamba_ssm default)
-    backend: str = "auto"  # ref | chunked | fast | auto; see module doc
+    backend: str = "auto"  # ref | chunked | fused | auto; see module doc
     block_len: int | None = None  # chunked scan's steps per cache block; None = from shapes
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        self.backend = check_backend(self.backend, BACKENDS, "Mamba")
         for name in ("d_model", "d_state", "d_conv", "expand"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -69,11 +70,6 @@ class MambaConfig:
         return self.expand * self.d_model
 
 
-def _inverse_softplus(x: Tensor) -> Tensor:
-    # softplus^-1(x) = x + log(1 - exp(-x)), written with expm1 for small x
-    return x + torch.log(-torch.expm1(-x))
-
-
 class MambaMixer(Mixer):
     """Mamba-1 mixer: (B, L, d_model) -> (B, L, d_model); constant-size decode state."""
 
@@ -83,8 +79,8 @@ class MambaMixer(Mixer):
     def __init__(self, d_model: int, **kwargs) -> None:
         super().__init__()
         cfg = self.config = MambaConfig(d_model=d_model, **kwargs)
-        if cfg.backend == "fast":
-            fast.require_mamba_ssm()  # fail at build time, not at the first forward
+        if cfg.backend == "fused":
+            fused.require_mamba_ssm()  # fail at build time, not at the first forward
         self.backend = cfg.backend
         d_inner, n = cfg.d_inner, cfg.d_state
         self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=cfg.bias)
@@ -107,23 +103,21 @@ class MambaMixer(Mixer):
         cfg = self.config
         std = cfg.dt_scale * cfg.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
-        log_dt = torch.empty(cfg.d_inner).uniform_(math.log(cfg.dt_min), math.log(cfg.dt_max))
-        dt = log_dt.exp().clamp(min=cfg.dt_init_floor)
-        self.dt_proj.bias.copy_(_inverse_softplus(dt))
+        self.dt_proj.bias.copy_(sample_dt_bias(cfg.d_inner, cfg.dt_min, cfg.dt_max,
+                                               cfg.dt_init_floor))
         self.dt_proj.bias._no_reinit = True  # mamba_ssm convention: LM init must not zero it
 
     # -- backend bookkeeping ---------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
         dev = torch.device(device) if device is not None else self.param_device
         if self.backend == "auto":
-            return "fast" if dev.type == "cuda" and fast.mamba_ssm_available() else "chunked"
+            return "fused" if dev.type == "cuda" and fused.mamba_ssm_available() else "chunked"
         return self.backend
 
     def _backend_for(self, x: Tensor) -> str:
         backend = self.resolved_backend(x.device)
-        if backend == "fast" and not x.is_cuda:
-            raise ValueError(f"backend='fast' runs only on CUDA tensors, got {x.device}; "
-                             f"use backend='chunked' (or 'auto') on CPU")
+        if backend == "fused":
+            require_cuda("Mamba", x)
         return backend
 
     @property
@@ -154,7 +148,7 @@ class MambaMixer(Mixer):
             res = selective_scan_chunked_bld(u, delta, self.A, B, C, z=z,
                                              block_len=self.config.block_len, **args)
         else:
-            scan = selective_scan_ref if backend == "ref" else fast.selective_scan_fast
+            scan = selective_scan_ref if backend == "ref" else fused.selective_scan_fused
             res = scan(u.transpose(1, 2), delta.transpose(1, 2), self.A, B.transpose(1, 2),
                        C.transpose(1, 2), z=z.transpose(1, 2), **args)
             res = (res[0].transpose(1, 2), res[1]) if want_last else res.transpose(1, 2)
@@ -164,9 +158,9 @@ class MambaMixer(Mixer):
     def forward(self, x: Tensor) -> Tensor:
         """(B, L, d_model) -> (B, L, d_model), parallel over the sequence."""
         backend = self._backend_for(x)
-        if backend == "fast" and fast.causal_conv1d_available():
+        if backend == "fused" and fused.causal_conv1d_available():
             return self._forward_fused(x)
-        # without causal_conv1d, "fast" still runs mamba_ssm's scan kernel (as mamba_ssm's
+        # without causal_conv1d, "fused" still runs mamba_ssm's scan kernel (as mamba_ssm's
         # own Mamba module does), with the short conv in PyTorch
         y, _ = self._forward_from(backend, x, None)
         return y
@@ -190,7 +184,7 @@ class MambaMixer(Mixer):
                        "d (b l) -> b d l", l=seqlen)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
-        return fast.mamba_inner_fast(
+        return fused.mamba_inner_fused(
             xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
             self.out_proj.weight, self.out_proj.bias, self.A, self.D.float(),
             self.dt_proj.bias.float())
@@ -222,16 +216,15 @@ class MambaMixer(Mixer):
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
         weight = self.conv1d.weight[:, 0, :]  # (E, K)
         conv_state = state["conv"].clone()
-        if backend == "fast" and fast.causal_conv1d_available():
-            u = fast.causal_conv1d_update_fast(u, conv_state, weight, self.conv1d.bias)
+        if backend == "fused" and fused.causal_conv1d_available():
+            u = fused.causal_conv1d_update_fused(u, conv_state, weight, self.conv1d.bias)
         else:
-            window = torch.cat([conv_state, u.unsqueeze(-1).to(conv_state.dtype)], -1)
-            conv_state = window[:, :, 1:]  # (B, E, K-1)
-            u = (window * weight).sum(-1)
-            u = F.silu(u + self.conv1d.bias if self.conv1d.bias is not None else u)
+            # (B, E) -> (B, 1, E): the conv over a one-token sequence
+            u, conv_state = self._conv(u[:, None], conv_state)
+            u = u[:, 0]
         delta, B, C = self._ssm_params(u)
         ssm = state["ssm"].clone()
-        update = (fast.selective_state_update_fast if backend == "fast"
+        update = (fused.selective_state_update_fused if backend == "fused"
                   else selective_state_update_ref)
         y = update(ssm, u, delta, self.A, B, C, self.D.float(), z=z,
                    dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
@@ -260,8 +253,3 @@ class MambaMixer(Mixer):
         c = self.config
         return (f"d_model={c.d_model}, d_inner={c.d_inner}, d_state={c.d_state}, "
                 f"d_conv={c.d_conv}, dt_rank={c.dt_rank}, backend={c.backend!r}")
-
-
-def make_mamba(d_model: int, **kwargs) -> MambaMixer:
-    """Factory used by hybrid layer patterns (letter "M")."""
-    return MambaMixer(d_model, **kwargs)

@@ -13,7 +13,7 @@ Per channel d and state n the recurrence is
     h_t   = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
     y_t   = <C_t, h_t> + D * u_t ;   out_t = y_t * silu(z_t)
 
-Everything here is written for reading, not speed; ``scan.py`` is the fast version and
+Everything here is written for reading, not speed; ``chunked.py`` is the fast version and
 is tested against this file.
 """
 from __future__ import annotations

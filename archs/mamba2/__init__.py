@@ -1,11 +1,12 @@
 """Mamba-2 / SSD (Dao & Gu 2024, "Transformers are SSMs").
 
-Importable on a CPU-only machine: mamba_ssm / causal_conv1d in ``fast`` load lazily.
+Importable on a CPU-only machine: mamba_ssm / causal_conv1d in ``fused`` load lazily.
 """
 from archs.mamba2.layer import GatedRMSNorm, Mamba2Config, Mamba2Mixer
-from archs.mamba2.ref import segsum, ssd_chunked, ssd_naive, ssd_recurrent, ssd_step
-from archs.mamba2.fast import fast_available, ssd_fast, ssd_step_fast
-from archs._registry import register_arch
+from archs.mamba2.ref import segsum, ssd_naive, ssd_recurrent, ssd_step
+from archs.mamba2.chunked import ssd_chunked
+from archs.mamba2.fused import fused_available, ssd_fused, ssd_step_fused
+from archs._registry import TAB20, register_arch
 from archs.model import LanguageModel, LMConfig, build_lm
 
 
@@ -20,11 +21,11 @@ def mamba2(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_st
 
 register_arch("mamba2", family="mamba2", description="Mamba-2: SSD with scalar decay per head "
               "(Dao & Gu 2024), chunked PyTorch or mamba_ssm Triton kernels",
-              backends=Mamba2Mixer.backends, requires=("mamba_ssm", "causal_conv1d"),
+              mixer=Mamba2Mixer, letter="D", color=TAB20[2],
               tiny=dict(d_model=32, n_layers=2, d_state=8, headdim=8, chunk_size=8))(mamba2)
 
 __all__ = [
     "Mamba2Config", "Mamba2Mixer", "GatedRMSNorm",
     "segsum", "ssd_naive", "ssd_recurrent", "ssd_chunked", "ssd_step",
-    "fast_available", "ssd_fast", "ssd_step_fast",
+    "fused_available", "ssd_fused", "ssd_step_fused",
 ]

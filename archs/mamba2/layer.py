@@ -7,7 +7,6 @@ SSM state (B, H, P, N) in float32: constant in context length.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -15,10 +14,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from archs.mamba2 import fast, ref
+from archs._conv import causal_conv1d_channels_last
+from archs.backends import check_backend
+from archs.blocks import sample_dt_bias
+from archs.mamba2 import chunked, fused, ref
 from archs.mixer import Mixer, State
 
-BACKENDS = ("ref", "chunked", "fast", "auto")
+BACKENDS = ("ref", "chunked", "fused", "auto")
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Mamba2Config:
     headdim: int = 64  # P: the paper's default head dimension
     ngroups: int = 1  # B/C shared by all heads (like multi-value attention); >1 for TP
     chunk_size: int = 64  # chunked SSD: quadratic inside a chunk, so keep it small on CPU
-    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fast" (mamba_ssm) | "auto"
+    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" (mamba_ssm) | "auto"
     A_init_range: tuple[float, float] = (1.0, 16.0)  # A = -uniform[1, 16], as in mamba2
     dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max] (paper)
     dt_max: float = 0.1
@@ -63,8 +65,7 @@ class Mamba2Config:
         if self.nheads % self.ngroups:
             raise ValueError(f"nheads = {self.nheads} (d_inner / headdim) is not divisible by "
                              f"ngroups={self.ngroups}; choose ngroups dividing {self.nheads}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}")
+        self.backend = check_backend(self.backend, BACKENDS, "Mamba-2")
         lo, hi = self.A_init_range
         if not 0 < lo <= hi:
             raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
@@ -90,26 +91,22 @@ class GatedRMSNorm(nn.Module):
         return (h * self.weight.float()).to(y.dtype)
 
 
-def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
-    return y + torch.log(-torch.expm1(-y))
-
-
 class Mamba2Mixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
+    config_class = Mamba2Config
 
     def __init__(self, config: Mamba2Config) -> None:
         super().__init__()
         self.config = c = config
         self.backend = c.backend
-        if c.backend == "fast":
-            fast.require_fast()  # fail now, with the install hint, rather than mid-run
+        if c.backend == "fused":
+            fused.require_fused()  # fail now, with the install hint, rather than mid-run
         # order of the projection: [z, xBC, dt]
         self.in_proj = nn.Linear(c.d_model, c.d_inner + c.conv_dim + c.nheads, bias=c.bias)
         self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
                                 bias=c.conv_bias)
-        dt = torch.exp(torch.empty(c.nheads).uniform_(math.log(c.dt_min), math.log(c.dt_max)))
-        self.dt_bias = nn.Parameter(_inverse_softplus(dt.clamp(min=c.dt_init_floor)))
+        self.dt_bias = nn.Parameter(sample_dt_bias(c.nheads, c.dt_min, c.dt_max, c.dt_init_floor))
         self.A_log = nn.Parameter(torch.log(torch.empty(c.nheads).uniform_(*c.A_init_range)))
         self.D = nn.Parameter(torch.ones(c.nheads))
         self.norm = GatedRMSNorm(c.d_inner, c.d_inner // c.ngroups, eps=c.norm_eps)
@@ -120,7 +117,7 @@ class Mamba2Mixer(Mixer):
         if self.backend != "auto":
             return self.backend
         device = torch.device(device) if device is not None else self.param_device
-        return "fast" if device.type == "cuda" and fast.fast_available() else "chunked"
+        return "fused" if device.type == "cuda" and fused.fused_available() else "chunked"
 
     def _split(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
@@ -144,13 +141,9 @@ class Mamba2Mixer(Mixer):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise conv + SiLU over xBC (B, L, C) continuing from conv_state
         (B, C, W-1) (None: zeros); returns (out (B, L, C), new conv_state)."""
-        W = self.config.d_conv
-        xt = rearrange(xBC, "b l c -> b c l")
-        if conv_state is None:
-            conv_state = xt.new_zeros(*xt.shape[:2], W - 1)
-        window = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)  # (b, c, W-1+L)
-        out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=xt.shape[1])
-        return F.silu(rearrange(out, "b c l -> b l c")), window[..., window.shape[-1] - (W - 1):]
+        weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
+        out, new_state = causal_conv1d_channels_last(xBC, weight, self.conv1d.bias, conv_state)
+        return F.silu(out), new_state
 
     def _mix(self, u: torch.Tensor, state: State | None, want_state: bool
              ) -> tuple[torch.Tensor, State | None]:
@@ -158,19 +151,19 @@ class Mamba2Mixer(Mixer):
         z, xBC, dt = self._split(u)
         conv_state = None if state is None else state["conv"]
         ssm_state = None if state is None else state["ssm"]
-        if backend == "fast":
+        if backend == "fused":
             weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
-            xBC, new_conv = fast.conv1d_silu_fast(xBC, weight, self.conv1d.bias, conv_state)
+            xBC, new_conv = fused.conv1d_silu_fused(xBC, weight, self.conv1d.bias, conv_state)
         else:
             xBC, new_conv = self._conv(xBC, conv_state)
         x, B, C = self._ssm_inputs(xBC)
         kw = dict(D=self.D, initial_state=ssm_state, return_final_state=want_state)
-        if backend == "fast":
-            y, new_ssm = fast.ssd_fast(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
+        if backend == "fused":
+            y, new_ssm = fused.ssd_fused(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
         elif backend == "ref":
             y, new_ssm = ref.ssd_recurrent(x, dt, self._A(), B, C, **kw)
         else:
-            y, new_ssm = ref.ssd_chunked(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
+            y, new_ssm = chunked.ssd_chunked(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
         y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
         new_state = {"conv": new_conv, "ssm": new_ssm} if want_state else None
         return self.out_proj(y), new_state
@@ -192,10 +185,10 @@ class Mamba2Mixer(Mixer):
 
     def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xBC, dt = self._split(u_t)  # u_t (B, D)
-        if self.resolved_backend(u_t.device) == "fast":
+        if self.resolved_backend(u_t.device) == "fused":
             weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
-            xBC, conv = fast.conv1d_silu_step_fast(xBC, weight, self.conv1d.bias, state["conv"])
-            ssd_step = fast.ssd_step_fast
+            xBC, conv = fused.conv1d_silu_step_fused(xBC, weight, self.conv1d.bias, state["conv"])
+            ssd_step = fused.ssd_step_fused
         else:
             # (B, C) -> (B, 1, C): the conv over a one-token sequence
             xBC, conv = self._conv(xBC[:, None], state["conv"])
@@ -229,8 +222,3 @@ class Mamba2Mixer(Mixer):
         per_head = (q + 1) * (n + p) + 2 * 2 * n * p
         conv = 2 * c.conv_dim * c.d_conv
         return batch_size * seq_len * (c.nheads * per_head + conv)
-
-
-def make_mamba2(d_model: int, **kwargs) -> Mamba2Mixer:
-    """Factory used by hybrid layer patterns (letter "D")."""
-    return Mamba2Mixer(Mamba2Config(d_model, **kwargs))

@@ -1,8 +1,8 @@
 """Recurrent baselines: the LSTM the Transformer replaced, so every plot shows where RNNs stand."""
-from archs._registry import register_arch
-from archs.rnn.lstm import LSTMMixer, lstm
+from archs._registry import TAB20, register_arch
+from archs.rnn.layer import LSTMMixer, lstm
 
 register_arch("lstm", family="rnn", description="LSTM layers (torch.nn.LSTM, cuDNN on GPU) as the mixer",
-              backends=LSTMMixer.backends, tiny=dict(d_model=32, n_layers=2))(lstm)
+              mixer=LSTMMixer, letter="R", color=TAB20[3], tiny=dict(d_model=32, n_layers=2))(lstm)
 
 __all__ = ["LSTMMixer", "lstm"]

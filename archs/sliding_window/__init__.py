@@ -1,18 +1,19 @@
 """Sliding-window attention with attention sinks (Mistral-style local attention; StreamingLLM sinks)."""
 from __future__ import annotations
 
-from archs._registry import register_arch
+from archs._registry import TAB20, register_arch
 from archs.model import LanguageModel, LMConfig, build_lm
-from archs.sliding_window.blocked import windowed_attention
+from archs.sliding_window.chunked import windowed_attention
 from archs.sliding_window.cache import WindowCache
 from archs.sliding_window.layer import SlidingWindowAttention, SlidingWindowConfig
 
 # window=4 and n_sink=1 so the conformance length (21) runs past the window and the sink
-# matters; auto then takes the blocked path (21 >= 4 · 4).
+# matters; auto then takes the chunked path (21 >= 4 · 4).
 _TINY = dict(d_model=32, n_layers=2, n_heads=4, window=4, n_sink=1)
 
 
-@register_arch("sliding_window", family="attention", backends=SlidingWindowAttention.backends,
+@register_arch("sliding_window", family="attention", mixer=SlidingWindowAttention, letter="W",
+               color=TAB20[18],
                description="Sliding-window softmax attention with StreamingLLM attention sinks; "
                            "bounded KV cache (n_sink + window tokens)",
                tiny=_TINY)

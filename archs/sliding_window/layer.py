@@ -13,9 +13,9 @@ decode function differ from any parallel pass, which this harness requires to ag
 absolute positions, local keys are always within ``window`` of the query (a trained
 distance whenever training used L >= window); sink distances grow with the context.
 
-Backends: "math" (masked L×L scores, the reference), "sdpa" (the same mask, fused),
-"blocked" (query blocks against the keys they can see: O(L·window) memory, linear cost)
-and "auto": blocked once L >= blocked_min_ratio · window, else sdpa.
+Backends: "ref" (masked L×L scores, the reference), "fused" (the same mask through SDPA),
+"chunked" (query blocks against the keys they can see: O(L·window) memory, linear cost)
+and "auto": chunked once L >= blocked_min_ratio · window, else fused.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from archs.attention.fast import attention_sdpa
+from archs.attention.fused import attention_sdpa
 from archs.attention.layer import Attention, AttentionConfig
 from archs.attention.ref import attention_math, causal_mask
 from archs.blocks import heads_merge
-from archs.sliding_window.blocked import Kernel, windowed_attention
+from archs.sliding_window.chunked import Kernel, windowed_attention
 from archs.sliding_window.cache import WindowCache
 
 
@@ -61,13 +61,14 @@ def _is_int(x) -> bool:
 class SlidingWindowAttention(Attention):
     """Reuses the dense layer's projections and positional encodings; attends through a window."""
 
-    backends = ("math", "sdpa", "blocked", "auto")
+    backends = ("ref", "fused", "chunked", "auto")
     state_growth = "window"  # the cache stops growing at n_sink + window tokens
+    config_class = SlidingWindowConfig
 
     def __init__(self, cfg: SlidingWindowConfig):
         super().__init__(cfg)
         self.cfg: SlidingWindowConfig = cfg
-        # Attention.__init__ validated the request and resolved "auto" to "sdpa"; for this
+        # Attention.__init__ validated the request and resolved "auto" to "fused"; for this
         # layer auto also depends on the length, decided per call by `backend_for`.
         self.auto = cfg.backend == "auto"
         self.block_size = cfg.block_size or cfg.window
@@ -75,22 +76,22 @@ class SlidingWindowAttention(Attention):
 
     # -- backend choice ---------------------------------------------------------------------
     def backend_for(self, n_queries: int) -> str:
-        """The path a call with ``n_queries`` queries takes (auto: blocked for long inputs)."""
+        """The path a call with ``n_queries`` queries takes (auto: chunked for long inputs)."""
         if not self.auto:
             return self.backend
-        return "blocked" if n_queries >= self.cfg.blocked_min_ratio * self.cfg.window else "sdpa"
+        return "chunked" if n_queries >= self.cfg.blocked_min_ratio * self.cfg.window else "fused"
 
     def resolved_backend(self, device=None, seq_len: int | None = None) -> str:
         """Explicit backends report themselves; auto reports the choice for ``seq_len`` if given,
-        else the path the last forward/prefill took, else both candidates ("sdpa|blocked")."""
+        else the path the last forward/prefill took, else both candidates ("fused|chunked")."""
         if not self.auto:
             return self.backend
         if seq_len is not None:
             return self.backend_for(seq_len)
-        return self.last_backend or "sdpa|blocked"
+        return self.last_backend or "fused|chunked"
 
     def _kernel(self, backend: str) -> Kernel:
-        if backend == "math":
+        if backend == "ref":
             return attention_math
         return functools.partial(attention_sdpa, kernel=self.cfg.sdpa_backend)
 
@@ -102,9 +103,9 @@ class SlidingWindowAttention(Attention):
         q, k, v = self._project(x, 0)  # each (B, H or Hkv, L, Dh), positions 0..L-1
         length, window, n_sink = x.shape[1], self.cfg.window, self.cfg.n_sink
         backend = self.last_backend = self.backend_for(length)
-        if backend == "blocked":
+        if backend == "chunked":
             out = windowed_attention(q, k, v, k[:, :, :n_sink], v[:, :, :n_sink], run_start=0,
-                                     window=window, kernel=self._kernel("sdpa"),
+                                     window=window, kernel=self._kernel("fused"),
                                      block_size=self.block_size, slopes=self._slopes())
         else:
             # The reference: the full L×L mask of archs.attention.
@@ -133,11 +134,11 @@ class SlidingWindowAttention(Attention):
         sink_k = torch.cat([sink_k, k[:, :, :new_sinks]], dim=2)
         sink_v = torch.cat([sink_v, v[:, :, :new_sinks]], dim=2)
         backend = self.last_backend = self.backend_for(n)
-        kernel = self._kernel("sdpa" if backend == "blocked" else backend)
+        kernel = self._kernel("fused" if backend == "chunked" else backend)
         out = windowed_attention(q.to(k.dtype), torch.cat([ring_k, k], dim=2), torch.cat([ring_v, v], dim=2),
                                  sink_k, sink_v, run_start=run_start, window=self.cfg.window,
                                  kernel=kernel, slopes=self._slopes(),
-                                 block_size=self.block_size if backend == "blocked" else None)
+                                 block_size=self.block_size if backend == "chunked" else None)
         state.write(k, v)
         return self.o_proj(heads_merge(out.to(x.dtype))), state
 
@@ -158,8 +159,3 @@ class SlidingWindowAttention(Attention):
         tokens = min(context_len, self.cfg.window + self.cfg.n_sink)
         itemsize = torch.empty((), dtype=dtype).element_size()
         return 2 * batch_size * self.cfg.n_kv_heads * tokens * self.cfg.head_dim * itemsize
-
-
-def make_sliding_window(d_model: int, **kwargs) -> SlidingWindowAttention:
-    """Factory used by hybrid layer patterns (letter "W")."""
-    return SlidingWindowAttention(SlidingWindowConfig(d_model, **kwargs))

@@ -1,4 +1,4 @@
-"""Block kernels of the chunked selective scan (see scan.py for the design).
+"""Block kernels of the chunked selective scan (see chunked.py for the design).
 
 All tensors are fp32 and time-major with channels innermost:
     dt, dtu, gy : (L, B, D)      At : (N, D)      Bt, Ct : (L, B, N, G)

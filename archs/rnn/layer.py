@@ -9,17 +9,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archs.backends import is_cuda
+from archs.backends import check_backend
 from archs.mixer import Mixer
 from archs.model import LanguageModel, LMConfig, build_lm
 
 
 class LSTMMixer(Mixer):
-    backends = ("torch",)
+    # torch.nn.LSTM is torch's own fused kernel (cuDNN on a GPU, ATen's on the CPU): the
+    # one backend there is, so "auto" and "fused" are the same path on every device.
+    backends = ("fused", "auto")
     state_growth = "constant"
 
-    def __init__(self, d_model: int, hidden_size: int | None = None):
+    def __init__(self, d_model: int, hidden_size: int | None = None, backend: str = "auto"):
         super().__init__()
+        check_backend(backend, self.backends, "LSTM")
         hidden_size = hidden_size or d_model
         if hidden_size <= 0:
             raise ValueError(f"hidden_size must be positive, got {hidden_size}")
@@ -29,7 +32,7 @@ class LSTMMixer(Mixer):
         self.out_proj = nn.Linear(hidden_size, d_model, bias=False) if hidden_size != d_model else nn.Identity()
 
     def resolved_backend(self, device=None, seq_len=None) -> str:
-        return "cudnn" if is_cuda(device) else "torch"
+        return "fused"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.lstm(x)[0])
@@ -58,12 +61,7 @@ class LSTMMixer(Mixer):
 
 
 def lstm(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *,
-         hidden_size: int | None = None, **shell) -> LanguageModel:
+         hidden_size: int | None = None, backend: str = "auto", **shell) -> LanguageModel:
     """LSTM language model: the shared LM shell with an LSTM mixer in every block."""
     cfg = LMConfig(vocab_size, d_model, n_layers, **shell)
-    return build_lm(cfg, lambda i: LSTMMixer(d_model, hidden_size))
-
-
-def make_lstm(d_model: int, **kwargs) -> LSTMMixer:
-    """Factory used by hybrid layer patterns (letter "R")."""
-    return LSTMMixer(d_model, **kwargs)
+    return build_lm(cfg, lambda i: LSTMMixer(d_model, hidden_size, backend))

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from archs.mamba import scan_blocks as blk
+from archs.mamba import chunked_blocks as blk
 from archs.mamba.ref import check_scan_inputs
 
 # Aim for ~256K floats (1 MiB) per block work tensor: a few of them fit in L2.

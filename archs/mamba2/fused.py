@@ -1,9 +1,9 @@
 """mamba_ssm's Triton SSD kernels and causal_conv1d's CUDA conv behind ``ref.py``'s contract.
 
-Both packages are optional GPU extras, imported lazily inside these functions (``import
+Both packages are optional GPU extras, imported lazily through ``archs.backends`` (``import
 mamba_ssm`` fails outright on a CPU-only machine because its ``__init__`` loads a compiled
-extension). A missing package raises an ImportError naming the fix - never a silent
-fallback to the reference.
+extension). A missing package raises ``BackendUnavailableError`` naming the fix - never a
+silent fallback to the reference.
 
 Facts relied on (mamba-ssm >= 2.2, causal-conv1d >= 1.4):
 * ``mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, ..., initial_states=None,
@@ -25,63 +25,41 @@ from __future__ import annotations
 import torch
 from einops import repeat
 
+from archs.backends import available, require, require_cuda
+
 Tensor = torch.Tensor
-INSTALL_HINT = ("install the optional GPU kernels with `pip install archbench[gpu]` "
-                "(mamba-ssm and causal-conv1d, need CUDA; see the README for build flags), "
-                "or use backend='chunked'")
-
-
-def _import_error(package: str, err: Exception) -> ImportError:
-    return ImportError(f"Mamba-2 backend 'fast' needs `{package}`, which could not be "
-                       f"imported ({err!r}); {INSTALL_HINT}")
+OWNER = "Mamba-2"
+SSD_MODULES = ("mamba_ssm.ops.triton.ssd_combined", "mamba_ssm.ops.triton.selective_state_update")
+CONV_MODULE = "causal_conv1d"
 
 
 def _ssd_ops():
-    try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception as err:  # ImportError, or the compiled extension failing to load
-        raise _import_error("mamba_ssm", err) from err
-    return mamba_chunk_scan_combined, selective_state_update
+    combined, update = require(OWNER, *SSD_MODULES)
+    return combined.mamba_chunk_scan_combined, update.selective_state_update
 
 
 def _conv_ops():
-    try:
-        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-    except Exception as err:
-        raise _import_error("causal_conv1d", err) from err
-    return causal_conv1d_fn, causal_conv1d_update
+    (conv,) = require(OWNER, CONV_MODULE)
+    return conv.causal_conv1d_fn, conv.causal_conv1d_update
 
 
-def fast_available() -> bool:
+def fused_available() -> bool:
     """True if both kernel packages import (does not check for a GPU)."""
-    try:
-        _ssd_ops()
-        _conv_ops()
-    except ImportError:
-        return False
-    return True
+    return available(*SSD_MODULES, CONV_MODULE)
 
 
-def require_fast() -> None:
+def require_fused() -> None:
     """Raise the install hint now if the kernels are missing (used at construction)."""
-    _ssd_ops()
-    _conv_ops()
+    require(OWNER, *SSD_MODULES, CONV_MODULE)
 
 
-def _require_cuda(t: Tensor) -> None:
-    if t.device.type != "cuda":
-        raise ValueError(f"Mamba-2 backend 'fast' runs CUDA/Triton kernels; got tensors on "
-                         f"'{t.device}'. Move the model to a GPU or use backend='chunked'.")
-
-
-def ssd_fast(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def ssd_fused(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
              D: Tensor | None = None, initial_state: Tensor | None = None,
              return_final_state: bool = False, chunk_size: int = 64
              ) -> tuple[Tensor, Tensor | None]:
-    """Same contract as ``ref.ssd_chunked``, via ``mamba_chunk_scan_combined``."""
+    """Same contract as ``chunked.ssd_chunked``, via ``mamba_chunk_scan_combined``."""
     mamba_chunk_scan_combined, _ = _ssd_ops()
-    _require_cuda(x)
+    require_cuda(OWNER, x)
     out = mamba_chunk_scan_combined(
         x, dt, A.float(), B, C, chunk_size, D=None if D is None else D.float(),
         initial_states=None if initial_state is None else initial_state.contiguous(),
@@ -92,11 +70,11 @@ def ssd_fast(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     return out, None
 
 
-def ssd_step_fast(x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor,
+def ssd_step_fused(x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor,
                   state: Tensor, D: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Same contract as ``ref.ssd_step``, via ``selective_state_update`` (on a copy)."""
     _, selective_state_update = _ssd_ops()
-    _require_cuda(x_t)
+    require_cuda(OWNER, x_t)
     p, n = x_t.shape[-1], state.shape[-1]
     new_state = state.clone()
     # the kernel is written for per-channel dt / A / D: broadcast the head scalars
@@ -107,12 +85,12 @@ def ssd_step_fast(x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor
     return y, new_state
 
 
-def conv1d_silu_fast(x: Tensor, weight: Tensor, bias: Tensor | None,
+def conv1d_silu_fused(x: Tensor, weight: Tensor, bias: Tensor | None,
                      conv_state: Tensor | None) -> tuple[Tensor, Tensor]:
     """Depthwise causal conv + SiLU over x (B, L, D) continuing from conv_state
     (B, D, W-1) (None: zeros); returns (y (B, L, D), new conv_state (B, D, W-1))."""
     causal_conv1d_fn, _ = _conv_ops()
-    _require_cuda(x)
+    require_cuda(OWNER, x)
     if conv_state is not None:
         # (B, D, W-1) with the channel axis contiguous, as the kernel requires
         conv_state = conv_state.to(x.dtype).transpose(1, 2).contiguous().transpose(1, 2)
@@ -122,11 +100,11 @@ def conv1d_silu_fast(x: Tensor, weight: Tensor, bias: Tensor | None,
     return y.transpose(1, 2), final.contiguous()
 
 
-def conv1d_silu_step_fast(x_t: Tensor, weight: Tensor, bias: Tensor | None,
+def conv1d_silu_step_fused(x_t: Tensor, weight: Tensor, bias: Tensor | None,
                           conv_state: Tensor) -> tuple[Tensor, Tensor]:
     """One token x_t (B, D) through the conv; returns (y_t, new conv_state) (on a copy)."""
     _, causal_conv1d_update = _conv_ops()
-    _require_cuda(x_t)
+    require_cuda(OWNER, x_t)
     new_state = conv_state.to(x_t.dtype).clone()
     y = causal_conv1d_update(x_t, new_state, weight, bias, "silu")
     return y, new_state

@@ -1,8 +1,8 @@
 """flash-linear-attention (fla) Triton kernels behind the signature of ``ref.py``.
 
-fla is an optional GPU package: it is imported lazily inside these functions, never at
-module import, and a missing package raises an ImportError that says how to get it
-(there is no silent fallback to the reference).
+fla is an optional GPU package: it is imported lazily (through ``archs.backends``), never
+at module import, and a missing package raises ``BackendUnavailableError`` with the one
+install hint (there is no silent fallback to the reference).
 
 Facts this wrapper relies on (fla >= 0.2, where inputs are ``[B, T, H, ...]`` by default):
 * ``fla.ops.simple_gla.chunk_simple_gla(q, k, v, g=None, scale=None, initial_state=None,
@@ -18,38 +18,23 @@ from __future__ import annotations
 
 import torch
 
+from archs.backends import available, require, require_cuda
 from archs.linear_attention.ref import _log_decay, state_shape
 
 Tensor = torch.Tensor
-INSTALL_HINT = ("install the optional GPU kernels with `pip install archbench[gpu]` "
-                "(flash-linear-attention, needs CUDA + Triton), or use backend='chunked'")
+OWNER = "linear attention"
+FLA = "fla.ops.simple_gla"
 
 
 def _fla_ops():
-    """Import fla's simple-GLA kernels or raise an ImportError naming the fix."""
-    try:
-        from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
-    except Exception as err:  # ImportError, or Triton failing to initialise without CUDA
-        raise ImportError(f"linear attention backend 'fast' needs flash-linear-attention "
-                          f"(`fla`), which could not be imported ({err!r}); "
-                          f"{INSTALL_HINT}") from err
-    return chunk_simple_gla, fused_recurrent_simple_gla
+    """fla's simple-GLA kernels, or BackendUnavailableError with the install hint."""
+    (ops,) = require(OWNER, FLA)
+    return ops.chunk_simple_gla, ops.fused_recurrent_simple_gla
 
 
 def fla_available() -> bool:
     """True if fla's kernels import (does not check for a GPU)."""
-    try:
-        _fla_ops()
-    except ImportError:
-        return False
-    return True
-
-
-def _require_cuda(t: Tensor) -> None:
-    if t.device.type != "cuda":
-        raise ValueError(f"linear attention backend 'fast' runs fla's Triton kernels on CUDA "
-                         f"tensors; got device '{t.device}'. Move the model to a GPU or use "
-                         f"backend='chunked'.")
+    return available(FLA)
 
 
 def _with_ones(v: Tensor, normalize: bool) -> Tensor:
@@ -73,13 +58,13 @@ def _state0(initial_state: Tensor | None, q: Tensor, d_value: int, normalize: bo
     return initial_state.float().contiguous()
 
 
-def linear_attn_fast(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None,
+def linear_attn_fused(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None,
                      initial_state: Tensor | None = None, return_final_state: bool = False,
                      normalize: bool = True, eps: float = 1e-6
                      ) -> tuple[Tensor, Tensor | None]:
-    """Same contract as ``ref.linear_attn_chunked``, via fla's ``chunk_simple_gla``."""
+    """Same contract as ``chunked.linear_attn_chunked``, via fla's ``chunk_simple_gla``."""
     chunk_simple_gla, _ = _fla_ops()
-    _require_cuda(q)
+    require_cuda(OWNER, q)
     g = _log_decay(log_decay, q).float().contiguous()  # (B, L, H)
     o, final = chunk_simple_gla(
         q=q, k=k, v=_with_ones(v, normalize), g=g, scale=1.0,
@@ -89,12 +74,12 @@ def linear_attn_fast(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None =
     return _divide(o, normalize, eps, v.dtype), final
 
 
-def linear_attn_fast_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay_t: Tensor | None,
+def linear_attn_fused_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay_t: Tensor | None,
                           state: Tensor, normalize: bool = True, eps: float = 1e-6
                           ) -> tuple[Tensor, Tensor]:
     """Same contract as ``ref.linear_attn_step``, via fla's ``fused_recurrent_simple_gla``."""
     _, fused_recurrent_simple_gla = _fla_ops()
-    _require_cuda(q_t)
+    require_cuda(OWNER, q_t)
     b, h = q_t.shape[:2]
     if log_decay_t is None:
         g = q_t.new_zeros(b, 1, h, dtype=torch.float32)

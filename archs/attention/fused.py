@@ -1,4 +1,4 @@
-"""Fused attention: torch's scaled_dot_product_attention (FlashAttention / memory-efficient
+"""Fused attention (backend "fused"): torch's scaled_dot_product_attention (FlashAttention / memory-efficient
 / cuDNN kernels on a GPU, a fused C++ kernel on the CPU), same signature as the reference.
 
 ``sdpa_backend`` forces one SDPA kernel ("flash", "efficient", "cudnn", "math") so users
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from archs.attention.ref import causal_mask
+from archs.backends import BackendUnavailableError, available, require
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 
@@ -48,9 +49,7 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 
 def flash_attn_available() -> bool:
-    from archs.backends import optional_import
-
-    return optional_import("flash_attn") is not None
+    return available("flash_attn")
 
 
 def attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -61,15 +60,10 @@ def attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     aligned when Lq < Lk (since v2.1), which is our convention for chunks after a cache,
     and it applies ALiBi itself from the per-head slopes.
     """
-    from archs.backends import BackendUnavailableError, optional_import
-
-    fa = optional_import("flash_attn")
-    if fa is None:
-        raise BackendUnavailableError("backend 'flash_attn' needs the flash-attn package: "
-                                      "pip install flash-attn --no-build-isolation (CUDA only)")
+    (fa,) = require("attention", "flash_attn", backend="flash_attn")
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
         raise BackendUnavailableError(f"flash-attn runs fp16/bf16 on CUDA, got {q.dtype} on {q.device}; "
-                                      f"use backend='sdpa' (or 'auto') here")
+                                      f"use backend='fused' (or 'auto') here")
     # flash-attn wants (B, L, H, Dh)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     out = fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=True,

@@ -1,72 +1,45 @@
 """Guarded wrappers around the fused CUDA kernels of mamba_ssm and causal_conv1d.
 
 Nothing here imports a GPU package at module import time: each wrapper imports lazily
-and a missing package raises ``FastKernelsUnavailable`` (an ImportError) naming
-``pip install archbench[gpu]``, never a silent fallback. Signatures follow the packages'
+through ``archs.backends`` and a missing package raises ``BackendUnavailableError`` (also
+an ImportError) naming ``pip install archbench[gpu]``, never a silent fallback. Signatures follow the packages'
 documented ones (mamba_ssm/ops/selective_scan_interface.py, ops/triton/
 selective_state_update.py, causal_conv1d/causal_conv1d_interface.py).
 
-``selective_scan_fast`` keeps ``selective_scan_ref``'s signature, including
+``selective_scan_fused`` keeps ``selective_scan_ref``'s signature, including
 ``initial_state`` which mamba_ssm's kernel lacks: the scan is linear in its initial
 state, so the kernel runs from zero and the initial state's decayed contribution
 C_t . exp(A * cumsum(dt)_t) h0 is added in PyTorch (chunked over L to bound memory).
 """
 from __future__ import annotations
 
-import functools
-import importlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from archs.backends import BackendUnavailableError, available, require, require_cuda
 from archs.mamba.ref import discretize_dt, expand_groups
 
-INSTALL_HINT = ("install the fused kernels with `pip install archbench[gpu]` (mamba-ssm and "
-                "causal-conv1d; see the README for CUDA build flags), or use backend='chunked'")
-
-
-class FastKernelsUnavailable(ImportError):
-    """A fused-kernel backend was requested but its package does not import."""
-
-
-@functools.lru_cache(maxsize=None)
-def _try_import(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except Exception:  # ImportError, or OSError / RuntimeError from a broken CUDA build
-        return False
-    return True
+OWNER = "Mamba"
+SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
+UPDATE_MODULE = "mamba_ssm.ops.triton.selective_state_update"
+CONV_MODULE = "causal_conv1d"
+# The old name of the one error type (kept so existing imports keep working).
+FastKernelsUnavailable = BackendUnavailableError
 
 
 def mamba_ssm_available() -> bool:
     """True when mamba_ssm's compiled selective-scan kernel imports (never on CPU-only)."""
-    return _try_import("mamba_ssm.ops.selective_scan_interface")
+    return available(SCAN_MODULE)
 
 
 def causal_conv1d_available() -> bool:
     """True when the causal_conv1d CUDA package imports."""
-    return _try_import("causal_conv1d")
+    return available(CONV_MODULE)
 
 
 def require_mamba_ssm() -> None:
-    if not mamba_ssm_available():
-        raise FastKernelsUnavailable(
-            f"backend='fast' needs mamba_ssm's CUDA kernels, which do not import here; "
-            f"{INSTALL_HINT}")
-
-
-def _require_causal_conv1d() -> None:
-    if not causal_conv1d_available():
-        raise FastKernelsUnavailable(f"causal_conv1d does not import here; {INSTALL_HINT}")
-
-
-def _require_cuda(*tensors: Tensor) -> None:
-    for t in tensors:
-        if t is not None and not t.is_cuda:
-            raise ValueError(f"the fused mamba_ssm kernels run only on CUDA tensors, got a "
-                             f"{t.device} tensor; move the model to CUDA or use "
-                             f"backend='chunked'")
+    require(OWNER, SCAN_MODULE)
 
 
 # -- selective scan ----------------------------------------------------------------------
@@ -85,15 +58,15 @@ def _initial_state_term(dt: Tensor, A: Tensor, C: Tensor, h0: Tensor,
     return torch.cat(ys, dim=-1), last
 
 
-def selective_scan_fast(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                         D: Tensor | None = None, z: Tensor | None = None,
                         delta_bias: Tensor | None = None, delta_softplus: bool = False,
                         initial_state: Tensor | None = None, return_last_state: bool = False,
                         ) -> Tensor | tuple[Tensor, Tensor]:
     """mamba_ssm ``selective_scan_fn`` with ``selective_scan_ref``'s signature (CUDA only)."""
-    require_mamba_ssm()
-    _require_cuda(u, delta, A, B, C)
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    (scan,) = require(OWNER, SCAN_MODULE)
+    require_cuda(OWNER, u, delta, A, B, C)
+    selective_scan_fn = scan.selective_scan_fn
 
     if initial_state is None:
         return selective_scan_fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
@@ -111,7 +84,7 @@ def selective_scan_fast(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     return (out, last.float() + last_h0) if return_last_state else out
 
 
-def mamba_inner_fast(xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None,
+def mamba_inner_fused(xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None,
                      x_proj_weight: Tensor, delta_proj_weight: Tensor, out_proj_weight: Tensor,
                      out_proj_bias: Tensor | None, A: Tensor, D: Tensor,
                      delta_bias: Tensor) -> Tensor:
@@ -120,46 +93,38 @@ def mamba_inner_fast(xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | No
     conv1d_weight is nn.Conv1d's (d_inner, 1, d_conv); B and C come from x_proj (input
     dependent) and dt from softplus(dt_proj(x) + delta_bias), as in the paper.
     """
-    require_mamba_ssm()
-    _require_causal_conv1d()  # mamba_inner_fn calls causal_conv1d's CUDA op directly
-    _require_cuda(xz)
-    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
-
-    return mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
+    # mamba_inner_fn calls causal_conv1d's CUDA op directly
+    scan, _ = require(OWNER, SCAN_MODULE, CONV_MODULE)
+    require_cuda(OWNER, xz)
+    return scan.mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
                           out_proj_weight, out_proj_bias, A, None, None, D,
                           delta_bias=delta_bias, delta_softplus=True)
 
 
-def selective_state_update_fast(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
+def selective_state_update_fused(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
                                 C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
                                 dt_bias: Tensor | None = None, dt_softplus: bool = False,
                                 ) -> Tensor:
     """mamba_ssm's Triton decode step; updates ``state`` (B, D, N) in place, returns (B, D)."""
-    require_mamba_ssm()
-    _require_cuda(state, x)
-    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-
-    return selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+    (update,) = require(OWNER, UPDATE_MODULE)
+    require_cuda(OWNER, state, x)
+    return update.selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                                   dt_softplus=dt_softplus)
 
 
 # -- short causal convolution ----------------------------------------------------------
-def causal_conv1d_fast(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+def causal_conv1d_fused(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                        activation: str | None = "silu") -> Tensor:
     """causal_conv1d_fn: x (B, D, L), weight (D, W) -> (B, D, L)."""
-    _require_causal_conv1d()
-    _require_cuda(x)
-    from causal_conv1d import causal_conv1d_fn
-
-    return causal_conv1d_fn(x, weight, bias, activation=activation)
+    (conv,) = require(OWNER, CONV_MODULE)
+    require_cuda(OWNER, x)
+    return conv.causal_conv1d_fn(x, weight, bias, activation=activation)
 
 
-def causal_conv1d_update_fast(x: Tensor, conv_state: Tensor, weight: Tensor,
+def causal_conv1d_update_fused(x: Tensor, conv_state: Tensor, weight: Tensor,
                               bias: Tensor | None = None, activation: str | None = "silu",
                               ) -> Tensor:
     """causal_conv1d_update: x (B, D); conv_state (B, D, >= W-1) is updated in place."""
-    _require_causal_conv1d()
-    _require_cuda(x, conv_state)
-    from causal_conv1d import causal_conv1d_update
-
-    return causal_conv1d_update(x, conv_state, weight, bias, activation)
+    (conv,) = require(OWNER, CONV_MODULE)
+    require_cuda(OWNER, x, conv_state)
+    return conv.causal_conv1d_update(x, conv_state, weight, bias, activation)
