@@ -1,6 +1,8 @@
 """Causal depthwise conv1d in the channels-last (B, L, E) layout, continuing a prefix.
 
-Mamba's short convolution (d_conv = 4 taps per channel). nn.Conv1d wants (B, E, L), i.e.
+The short convolution of Mamba and Mamba-2 (d_conv = 4 taps per channel), for the
+parallel form, prefill chunks and single decode steps alike (the one PyTorch version;
+``causal_conv1d``'s CUDA kernels are the fused one). nn.Conv1d wants (B, E, L), i.e.
 two transposes each way; autograd through K shifted multiply-adds allocates and
 zero-fills a full-size gradient per tap. This Function does K fused multiply-adds per
 direction into one buffer, and carries the K-1 inputs before x (the decode / prefill

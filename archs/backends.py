@@ -31,6 +31,7 @@ import importlib
 import importlib.util
 import warnings
 from types import ModuleType
+from typing import Callable
 
 import torch
 
@@ -132,6 +133,15 @@ def require_cuda(owner: str, *tensors: torch.Tensor | None) -> None:
             raise BackendUnavailableError(
                 f"{owner}: backend 'fused' runs CUDA kernels, got a tensor on '{t.device}'; "
                 f"move the model to a GPU or use backend='chunked' (or 'auto')")
+
+
+def resolve_auto(requested: str, device: torch.device | str | None,
+                 fused_available: Callable[[], bool]) -> str:
+    """What runs for a checked backend word: "auto" is the fused kernel on a CUDA device
+    when its package imports, else the chunked PyTorch form; any other word is itself."""
+    if requested != AUTO:
+        return requested
+    return FUSED if is_cuda(device) and fused_available() else CHUNKED
 
 
 def resolve_backend(requested: str, *, allowed: tuple[str, ...], fallback: str,

@@ -41,6 +41,25 @@ def mlp_hidden(kind: str, dim: int, ratio: float) -> int:
     return max(1, int(round(hidden)))
 
 
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(y * silu(z)) over groups of ``group_size`` channels, in float32 (mamba2's
+    norm, gate before norm); without z a plain RMSNorm per group (RetNet's per-head norm
+    with group_size = head_dim). nn.RMSNorm needs torch 2.4 and has no gate."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        h = y.float() if z is None else y.float() * F.silu(z.float())
+        # (..., g*s) -> (..., g, s): normalise each group on its own
+        h = rearrange(h, "... (g s) -> ... g s", s=self.group_size)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = rearrange(h, "... g s -> ... (g s)")
+        return (h * self.weight.float()).to(y.dtype)
+
 class MLP(nn.Module):
     """Position-wise feed-forward: GELU (d -> h -> d) or SwiGLU (silu(W1 x) * W3 x -> W2)."""
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from archs.backends import check_backend
+from archs.backends import check_backend, resolve_auto
+from archs.blocks import GatedRMSNorm
 from archs.linear_attention import chunked, fused, ref
 from archs.mixer import Mixer, State
 
@@ -57,20 +58,6 @@ class LinearAttentionConfig:
                              "feature_map='elu' or normalize=False")
 
 
-class HeadRMSNorm(nn.Module):
-    """RMSNorm over the last (head) dim, computed in float32 (nn.RMSNorm needs torch 2.4)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
-
-
 class LinearAttentionMixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
@@ -90,14 +77,12 @@ class LinearAttentionMixer(Mixer):
         # "gated": a per-head, per-token log decay logsigmoid(W x) / tau, as in GLA
         self.gate_proj = nn.Linear(c.d_model, c.n_heads, bias=True) if c.decay == "gated" else None
         # RetNet normalises the output per head instead of dividing by phi(q).z
-        self.out_norm = None if c.normalize else HeadRMSNorm(c.head_dim)
+        self.out_norm = None if c.normalize else GatedRMSNorm(c.head_dim, c.head_dim)
 
     # -- small pieces -------------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
-        if self.backend != "auto":
-            return self.backend
-        device = torch.device(device) if device is not None else self.param_device
-        return "fused" if device.type == "cuda" and fused.fla_available() else "chunked"
+        return resolve_auto(self.backend, self.param_device if device is None else device,
+                            fused.fla_available)
 
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(x) + 1.0 if self.config.feature_map == "elu" else x

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from archs._conv import causal_conv1d_channels_last
-from archs.backends import check_backend, require_cuda
+from archs.backends import check_backend, resolve_auto, require_cuda
 from archs.blocks import sample_dt_bias
 from archs.mamba import fused
 from archs.mamba.chunked import selective_scan_chunked_bld
@@ -109,10 +109,8 @@ class MambaMixer(Mixer):
 
     # -- backend bookkeeping ---------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
-        dev = torch.device(device) if device is not None else self.param_device
-        if self.backend == "auto":
-            return "fused" if dev.type == "cuda" and fused.mamba_ssm_available() else "chunked"
-        return self.backend
+        return resolve_auto(self.backend, self.param_device if device is None else device,
+                            fused.mamba_ssm_available)
 
     def _backend_for(self, x: Tensor) -> str:
         backend = self.resolved_backend(x.device)

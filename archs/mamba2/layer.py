@@ -15,8 +15,8 @@ from einops import rearrange
 from torch import nn
 
 from archs._conv import causal_conv1d_channels_last
-from archs.backends import check_backend
-from archs.blocks import sample_dt_bias
+from archs.backends import check_backend, resolve_auto
+from archs.blocks import GatedRMSNorm, sample_dt_bias
 from archs.mamba2 import chunked, fused, ref
 from archs.mixer import Mixer, State
 
@@ -73,24 +73,6 @@ class Mamba2Config:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 
 
-class GatedRMSNorm(nn.Module):
-    """RMSNorm(y * silu(z)) over groups of ``group_size`` channels (mamba2's norm, gate
-    before norm); computed in float32."""
-
-    def __init__(self, dim: int, group_size: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.group_size, self.eps = group_size, eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        h = y.float() * F.silu(z.float())
-        # (..., g*s) -> (..., g, s): normalise each group on its own
-        h = rearrange(h, "... (g s) -> ... g s", s=self.group_size)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        h = rearrange(h, "... g s -> ... (g s)")
-        return (h * self.weight.float()).to(y.dtype)
-
-
 class Mamba2Mixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
@@ -114,10 +96,8 @@ class Mamba2Mixer(Mixer):
 
     # -- small pieces -------------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
-        if self.backend != "auto":
-            return self.backend
-        device = torch.device(device) if device is not None else self.param_device
-        return "fused" if device.type == "cuda" and fused.fused_available() else "chunked"
+        return resolve_auto(self.backend, self.param_device if device is None else device,
+                            fused.fused_available)
 
     def _split(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
