@@ -48,7 +48,7 @@ _BACKENDS = ("ref", "chunked", "fused", "auto")
 register_arch("jamba", family="hybrid", color=_TAB20[10], description="Jamba (Lieber et al. 2024): Mamba + attention "
               "at 7:1 (attention at layer 4 of each 8-layer block), MoE MLP on every other layer, no PE",
               backends=_BACKENDS,
-              defaults=dict(pattern="MMMMAMMM", moe_every=2, moe_offset=1, n_experts=16, top_k=2),
+              defaults=dict(pattern="MMMMAMMM", n_layers=8, moe_every=2, moe_offset=1, n_experts=16, top_k=2),
               tiny=dict(d_model=32, pattern="MA", n_layers=2, n_experts=4, top_k=2,
                         mixer_kwargs={"M": {"d_state": 8, "block_len": 8}}))(hybrid)
 register_arch("hybrid", family="hybrid", description="any layer pattern of mixers, e.g. pattern='DDDA'",

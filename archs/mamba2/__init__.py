@@ -10,9 +10,13 @@ from archs._registry import TAB20, register_arch
 from archs.model import LanguageModel, LMConfig, build_lm
 
 
-def mamba2(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_state: int = 64,
-           d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
-           chunk_size: int = 64, backend: str = "auto", mlp: str = "none", **shell) -> LanguageModel:
+_C = Mamba2Config  # the one place the defaults live (with the why of each)
+
+
+def mamba2(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_state: int = _C.d_state,
+           d_conv: int = _C.d_conv, expand: int = _C.expand, headdim: int = _C.headdim,
+           ngroups: int = _C.ngroups, chunk_size: int = _C.chunk_size, backend: str = _C.backend,
+           mlp: str = "none", **shell) -> LanguageModel:
     """Mamba-2 LM: like Mamba, blocks are the mixer alone (no MLP) unless ``mlp`` says otherwise."""
     cfg = LMConfig(vocab_size, d_model, n_layers, mlp=mlp, **shell)
     mixer = Mamba2Config(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, backend)

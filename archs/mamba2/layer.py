@@ -29,7 +29,9 @@ class Mamba2Config:
     d_state: int = 64  # N: SSD makes a large state cheap (Mamba-1 used 16)
     d_conv: int = 4  # local conv width, as in Mamba-1/2
     expand: int = 2  # d_inner = expand * d_model, as in Mamba
-    headdim: int = 64  # P: the paper's default head dimension
+    # P. The paper uses 64; 32 keeps CPU-sized widths fine-grained for parameter matching
+    # (expand * d_model must be a multiple of it) - the value every shipped config uses.
+    headdim: int = 32
     ngroups: int = 1  # B/C shared by all heads (like multi-value attention); >1 for TP
     chunk_size: int = 64  # chunked SSD: quadratic inside a chunk, so keep it small on CPU
     backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" (mamba_ssm) | "auto"
