@@ -17,7 +17,8 @@ from harness.results import load_rows
 from harness.train import TrainResult
 from tests.fakes import failing
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT  # noqa: E402
+
 CONF = str(ROOT / "conf")
 SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
 REQUIRED = ["arch", "task", "train_seq_len", "eval_seq_len", "accuracy", "loss", "status"]

@@ -75,12 +75,18 @@ def test_learned_positions_beyond_table_raise_before_compute():
         _eval(model, task, 128)
 
 
-def test_mixed_length_training_runs():
+def test_mixed_length_training_samples_shorter_batches():
     task = get_task("induction_heads")
-    model = create_arch("lstm", vocab_size=task.vocab_size, d_model=16, n_layers=1)
-    result = train(model, task, TrainConfig(steps=4, batch_size=2, seq_len=40, warmup_steps=1,
-                                            mixed_length=True), progress=False)
-    assert result.status == "ok"
+    seen = {}
+    for mixed in (False, True):
+        model = create_arch("lstm", vocab_size=task.vocab_size, d_model=16, n_layers=1)
+        result = train(model, task, TrainConfig(steps=4, batch_size=2, seq_len=40, warmup_steps=1,
+                                                mixed_length=mixed), progress=False)
+        assert result.status == "ok" and result.steps_done == 4
+        seen[mixed] = result.tokens_seen
+    assert seen[False] == 4 * 2 * 40  # every batch at the full length
+    # lengths drawn from [task.min_len(), 40]: fewer tokens, at least the shortest draws
+    assert 4 * 2 * task.min_len() <= seen[True] < seen[False]
 
 
 def test_schedule_warmup_then_cosine_to_floor():

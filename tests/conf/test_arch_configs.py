@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from archs import arch_info, mixer_letters
-from harness import cost, extrapolate  # noqa: F401 - registers the config schemas
+from harness import cost, extrapolate
+from harness.build import build
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+from tests.paths import CONF  # noqa: E402
 ARCH = CONF / "arch"
 RESERVED = ("name", "label", "defaults")
 
@@ -35,7 +35,13 @@ def _options(folder: Path) -> list[str]:
 def _composed_arch(option: str, app: str = "cost") -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(app, overrides=[f"arch={option}"])
-    return OmegaConf.to_container(cfg.arch, resolve=True)
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    # the harness takes it: sizing to the app's default model, kwargs checked, no weights
+    built = build((cost if app == "cost" else extrapolate)._as_schema(cfg).arch,
+                  (cost if app == "cost" else extrapolate)._as_schema(cfg).model, 256,
+                  validate_only=True)
+    assert (built.name, built.label) == (arch["name"], arch.get("label", arch["name"]))
+    return arch
 
 
 def _own_keys(option: str) -> dict:

@@ -132,7 +132,7 @@ _KILLED_WRITER = textwrap.dedent("""
 
 
 def test_writer_killed_mid_write_leaves_no_result(tmp_path):
-    repo = Path(__file__).resolve().parents[2]
+    from tests.paths import ROOT as repo
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], cwd=repo,
                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(repo)})
     try:
