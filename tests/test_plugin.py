@@ -21,6 +21,8 @@ from hydra import compose, initialize_config_dir
 from harness.conformance import CHECKS, run_check
 model = archs.create_arch("mingru", vocab_size=16, d_model=8, n_layers=1)
 logits = model(torch.zeros(1, 5, dtype=torch.long))
+mixed = archs.create_arch("hybrid", pattern="GA", vocab_size=16, d_model=8,
+                          mixer_kwargs={"A": {"n_heads": 2}})
 with initialize_config_dir(config_dir=%(conf)r, version_base="1.3"):
     cfg = compose("cost", overrides=["arch=mingru"])
 print(json.dumps({
@@ -29,6 +31,10 @@ print(json.dumps({
     "shape": list(logits.shape),
     "failed": [r.check for r in (run_check("mingru", c) for c in CHECKS) if not r.passed],
     "arch_cfg": dict(cfg.arch),
+    "letter": archs.mixer_letters()["G"].mixer.__name__,
+    "hybrid_layers": [type(m).__name__ for m in mixed.mixers],
+    "backends": list(archs.arch_info("mingru").backends),
+    "color": archs.arch_colors()["mingru"],
     "plugin_errors": archs.plugin_errors(),
 }))
 """
@@ -62,6 +68,9 @@ def test_installed_plugin_is_listed_created_conformant_and_composable(installed)
     assert out["failed"] == []
     assert out["arch_cfg"] == {"name": "mingru", "expand": 1}
     assert out["plugin_errors"] == {}
+    # the same register_arch call gave it a hybrid letter, its backends and a plot colour
+    assert out["letter"] == "MinGRU" and out["hybrid_layers"] == ["MinGRU", "Attention"]
+    assert out["backends"] == ["ref"] and out["color"] == "#393b79"
 
 
 def test_without_the_plugin_it_is_absent():

@@ -9,9 +9,13 @@ from __future__ import annotations
 def register() -> None:
     # Imported here, not at module level, so listing plugins stays cheap and a broken
     # import is reported by archbench with this plugin's name.
-    from archbench_plugin_example.mingru import mingru
+    from archbench_plugin_example.mingru import MinGRU, mingru
     from archs import register_arch
 
+    # One call gives archbench everything: the builder, the mixer class (its backends),
+    # the letter "G" for hybrid layer patterns (e.g. hybrid pattern="GGGA") and the
+    # default plot colour of its curves.
     register_arch("mingru", family="rnn", description="minGRU: a gated linear RNN trained in "
                   "parallel with a log-space scan (Feng et al. 2024)",
-                  backends=("scan",), tiny=dict(d_model=32, n_layers=2))(mingru)
+                  mixer=MinGRU, letter="G", color="#393b79",
+                  tiny=dict(d_model=32, n_layers=2))(mingru)

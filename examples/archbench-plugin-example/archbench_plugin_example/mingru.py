@@ -23,7 +23,8 @@ def log_positive(x: torch.Tensor) -> torch.Tensor:
 
 
 class MinGRU(Mixer):
-    backends = ("scan",)
+    # the one path: the log-space parallel scan in plain PyTorch (archs.backends' "ref")
+    backends = ("ref",)
     state_growth = "constant"
 
     def __init__(self, d_model: int, expand: int = 1):
