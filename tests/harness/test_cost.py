@@ -18,6 +18,7 @@ from harness import cost
 from tests.fakes import failing
 from harness.results import CORE_COLUMNS, load_rows
 
+from tests.configs import assert_option_applied  # noqa: E402
 from tests.paths import ROOT  # noqa: E402
 
 CONF = str(ROOT / "conf")
@@ -54,7 +55,9 @@ def _group_options(group):
 @pytest.mark.parametrize("bench", _group_options("bench"))
 def test_every_bench_preset_composes_and_validates(bench):
     from harness.config import validate_bench
-    validate_bench(cost._as_schema(_compose([f"bench={bench}"])).bench)
+    raw = _compose([f"bench={bench}"])
+    assert_option_applied(raw.bench, ROOT / "conf" / "bench" / f"{bench}.yaml")
+    validate_bench(cost._as_schema(raw).bench)
 
 
 # --- measuring ---------------------------------------------------------------------------

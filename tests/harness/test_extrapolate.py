@@ -17,6 +17,7 @@ from harness.results import load_rows
 from harness.train import TrainResult
 from tests.fakes import failing
 
+from tests.configs import assert_option_applied  # noqa: E402
 from tests.paths import ROOT  # noqa: E402
 
 CONF = str(ROOT / "conf")
@@ -41,13 +42,15 @@ def _options(group):
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["task", "train", "eval"])
-def test_every_group_option_composes_and_validates(group):
+@pytest.mark.parametrize("group", ["task", "train", "eval", "model"])
+def test_every_group_option_composes_validates_and_applies(group):
     from harness.config import validate_eval
     from harness.tasks import get_task
     from harness.build import build
     for option in _options(group):
-        cfg = extrapolate._as_schema(_compose([f"{group}={option}"]))
+        raw = _compose([f"{group}={option}"])
+        assert_option_applied(raw[group], ROOT / "conf" / group / f"{option}.yaml")
+        cfg = extrapolate._as_schema(raw)
         validate_eval(cfg.eval)
         task = get_task(**dict(cfg.task))
         build(cfg.arch, cfg.model, task.vocab_size, validate_only=True)
