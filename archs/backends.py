@@ -77,6 +77,16 @@ def canonical_backend(word: str) -> str:
     return new
 
 
+def recorded_backend(label: str) -> str:
+    """A ``backend`` value as recorded in result rows, in today's words: rows written
+    before the vocabulary say e.g. "sdpa" or "chunked+sdpa" (a hybrid's paths joined by "+",
+    an undecided auto by "|"); this maps them without warning, so old and new rows of the
+    same code path fall on one curve."""
+    parts = (DEPRECATED_ALIASES.get(p, p) for p in label.replace("|", "+").split("+"))
+    joined = "+".join(dict.fromkeys(parts))
+    return joined.replace("+", "|") if "|" in label and "+" not in label else joined
+
+
 def check_backend(requested: str, allowed: tuple[str, ...], owner: str) -> str:
     """Canonicalise ``requested`` and check the mixer offers it; ValueError naming the choices."""
     word = canonical_backend(requested)
@@ -92,9 +102,9 @@ def optional_import(module: str) -> ModuleType | None:
     ``import mamba_ssm`` raises on CPU-only machines even when installed (its compiled
     extension is missing), so any exception counts as unavailable, not just ImportError.
     """
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        return None
     try:
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            return None
         return importlib.import_module(module)
     except Exception:  # noqa: BLE001 - a broken optional install is "unavailable"
         return None

@@ -168,3 +168,11 @@ def test_public_api_exports():
     assert isinstance(model, archs.LanguageModel)
     assert model.arch_name == "transformer" and model.arch_kwargs["pos_encoding"] == "rope"
     assert torch.is_tensor(model(torch.zeros(1, 3, dtype=torch.long)))
+
+
+def test_recorded_backend_labels_map_to_todays_words():
+    from archs.backends import recorded_backend
+    assert recorded_backend("chunked+sdpa") == "chunked+fused"
+    assert recorded_backend("sdpa+torch") == "fused"  # both now the fused path
+    assert recorded_backend("sdpa|blocked") == "fused|chunked"
+    assert recorded_backend("math") == "ref" and recorded_backend("chunked") == "chunked"
