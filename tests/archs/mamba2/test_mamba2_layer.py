@@ -163,3 +163,75 @@ def test_fast_mixer_matches_chunked_on_gpu():
         y_r, s_r = m_ref.step(x[:, t], s_r)
         torch.testing.assert_close(y_f, y_r, rtol=2e-3, atol=2e-3)
     assert not math.isnan(s_f["ssm"].sum().item())
+
+
+@pytest.fixture
+def fake_kernels(monkeypatch):
+    """mamba_ssm's SSD kernels and causal_conv1d stood in by the PyTorch forms (kernel
+    signatures as documented in archs/mamba2/fused.py), so the fused wiring - the guarded
+    imports, layouts, in-place state updates - runs on a CPU."""
+    import importlib.machinery
+    import sys
+    import types
+
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    from archs import backends
+    from archs._conv import causal_conv1d_channels_last
+    from archs.mamba2.ref import ssd_recurrent, ssd_step
+
+    def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, initial_states=None,
+                                  return_final_states=False):
+        y, final = ssd_recurrent(x, dt, A, B, C, D, initial_states, return_final_states)
+        return (y, final) if return_final_states else y
+
+    def selective_state_update(state, x, dt, A, B, C, D=None, dt_softplus=False):
+        y, new = ssd_step(x, dt[..., 0], A[:, 0, 0], B, C, state, None if D is None else D[:, 0])
+        state.copy_(new)
+        return y
+
+    def causal_conv1d_fn(x, weight, bias, initial_states=None, return_final_states=False,
+                         activation=None):
+        y, final = causal_conv1d_channels_last(rearrange(x, "b d l -> b l d"), weight, bias,
+                                               initial_states)
+        y = rearrange(F.silu(y), "b l d -> b d l")
+        return (y, final) if return_final_states else y
+
+    def causal_conv1d_update(x, conv_state, weight, bias, activation):
+        y, new = causal_conv1d_channels_last(x[:, None], weight, bias, conv_state)
+        conv_state.copy_(new)
+        return F.silu(y[:, 0])
+
+    fakes = {"mamba_ssm": {}, "mamba_ssm.ops": {}, "mamba_ssm.ops.triton": {},
+             "mamba_ssm.ops.triton.ssd_combined": {"mamba_chunk_scan_combined": mamba_chunk_scan_combined},
+             "mamba_ssm.ops.triton.selective_state_update": {"selective_state_update": selective_state_update},
+             "causal_conv1d": {"causal_conv1d_fn": causal_conv1d_fn,
+                               "causal_conv1d_update": causal_conv1d_update}}
+    for name, attrs in fakes.items():
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(fused, "require_cuda", lambda *a: None)
+    backends.optional_import.cache_clear()
+    yield
+    backends.optional_import.cache_clear()
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_fused_wiring_matches_chunked_with_stand_in_kernels(fake_kernels, ngroups):
+    assert fused.fused_available()
+    fast_m, ref_m = _mixer("fused", ngroups=ngroups), _mixer("chunked", ngroups=ngroups)
+    x = _x()
+    torch.testing.assert_close(fast_m(x), ref_m(x), rtol=1e-5, atol=1e-5)
+    s_f, s_r = fast_m.init_state(BATCH), ref_m.init_state(BATCH)
+    y_f, s_f = fast_m.prefill(x[:, :10], s_f)
+    y_r, s_r = ref_m.prefill(x[:, :10], s_r)
+    torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
+    for t in range(10, 14):
+        y_f, s_f = fast_m.step(x[:, t], s_f)
+        y_r, s_r = ref_m.step(x[:, t], s_r)
+        torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
+    for key in ("conv", "ssm"):
+        torch.testing.assert_close(s_f[key], s_r[key], rtol=1e-5, atol=1e-5)
