@@ -118,11 +118,8 @@ def test_bad_config_raises(kw, match):
 def fake_fla(monkeypatch):
     """fla's simple-GLA kernels stood in by the shared recurrence, so the fused wiring (the
     guarded import, layouts, the normaliser column, states) runs on a CPU."""
-    import importlib.machinery
-    import sys
-    import types
-
     from archs import _ssd, backends
+    from tests.kernels import install_fake_modules
 
     def chunk_simple_gla(q, k, v, g, scale, initial_state=None, output_final_state=False):
         state = initial_state if initial_state is not None else q.new_zeros(
@@ -130,30 +127,14 @@ def fake_fla(monkeypatch):
         o, final = _ssd.recurrent_core(q.float() * scale, k.float(), v.float(), g.float(), state)
         return o.to(v.dtype), (final if output_final_state else None)
 
-    ops = types.ModuleType("fla.ops.simple_gla")
-    ops.chunk_simple_gla = ops.fused_recurrent_simple_gla = chunk_simple_gla
-    for name, mod in [("fla", types.ModuleType("fla")), ("fla.ops", types.ModuleType("fla.ops")),
-                      ("fla.ops.simple_gla", ops)]:
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(fused, "require_cuda", lambda *a: None)
-    backends.optional_import.cache_clear()
+    ops = {"chunk_simple_gla": chunk_simple_gla, "fused_recurrent_simple_gla": chunk_simple_gla}
+    install_fake_modules(monkeypatch, {"fla": {}, "fla.ops": {}, "fla.ops.simple_gla": ops}, fused)
     yield
     backends.optional_import.cache_clear()
 
 
 @pytest.mark.parametrize("decay", ["none", "fixed", "gated"])
 def test_fused_wiring_matches_chunked_with_a_stand_in_kernel(fake_fla, decay):
+    from tests.kernels import assert_same_paths
     assert fused.fla_available()
-    fast_m, ref_m = _mixer("fused", decay=decay), _mixer("chunked", decay=decay)
-    x = _x()
-    torch.testing.assert_close(fast_m(x), ref_m(x), rtol=1e-5, atol=1e-5)
-    s_f, s_r = fast_m.init_state(BATCH), ref_m.init_state(BATCH)
-    y_f, s_f = fast_m.prefill(x[:, :10], s_f)
-    y_r, s_r = ref_m.prefill(x[:, :10], s_r)
-    torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
-    for t in range(10, 13):
-        y_f, s_f = fast_m.step(x[:, t], s_f)
-        y_r, s_r = ref_m.step(x[:, t], s_r)
-        torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(s_f["kv"], s_r["kv"], rtol=1e-5, atol=1e-5)
+    assert_same_paths(_mixer("fused", decay=decay), _mixer("chunked", decay=decay), _x(), split=10)

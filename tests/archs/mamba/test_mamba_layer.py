@@ -227,43 +227,23 @@ def fake_mamba_ssm(monkeypatch):
     """mamba_ssm's scan and decode kernels stood in by the references with the same
     signatures (causal_conv1d absent: the short conv stays in PyTorch, as on such installs),
     so the fused wiring and its initial-state handling run on a CPU."""
-    import importlib.machinery
-    import sys
-    import types
-
+    import archs.mamba.layer
     from archs import backends
     from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
+    from tests.kernels import install_fake_modules
 
-    fakes = {"mamba_ssm": {}, "mamba_ssm.ops": {}, "mamba_ssm.ops.triton": {},
-             "mamba_ssm.ops.selective_scan_interface": {"selective_scan_fn": selective_scan_ref},
-             "mamba_ssm.ops.triton.selective_state_update":
-                 {"selective_state_update": selective_state_update_ref}}
-    for name, attrs in fakes.items():
-        mod = types.ModuleType(name)
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        mod.__dict__.update(attrs)
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setitem(sys.modules, "causal_conv1d", None)  # import fails: not installed
-    monkeypatch.setattr(fused, "require_cuda", lambda *a: None)
-    monkeypatch.setattr("archs.mamba.layer.require_cuda", lambda *a: None)
-    backends.optional_import.cache_clear()
+    install_fake_modules(monkeypatch, {
+        "mamba_ssm": {}, "mamba_ssm.ops": {}, "mamba_ssm.ops.triton": {},
+        "mamba_ssm.ops.selective_scan_interface": {"selective_scan_fn": selective_scan_ref},
+        "mamba_ssm.ops.triton.selective_state_update": {"selective_state_update": selective_state_update_ref},
+        "causal_conv1d": None}, fused, archs.mamba.layer)
     yield
     backends.optional_import.cache_clear()
 
 
 def test_fused_wiring_matches_chunked_with_stand_in_kernels(fake_mamba_ssm):
+    from tests.kernels import assert_same_paths
     assert mamba_ssm_available() and not fused.causal_conv1d_available()
-    fast_m, ref_m = tiny_mixer("fused"), tiny_mixer("chunked")
     x = torch.randn(2, 13, 16, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(fast_m(x), ref_m(x), rtol=1e-5, atol=1e-5)
-    s_f, s_r = fast_m.init_state(2), ref_m.init_state(2)
-    y_f, s_f = fast_m.prefill(x[:, :7], s_f)  # the initial state enters in PyTorch here
-    y_r, s_r = ref_m.prefill(x[:, :7], s_r)
-    y_f, s_f = fast_m.prefill(x[:, 7:10], s_f)
-    y_r, s_r = ref_m.prefill(x[:, 7:10], s_r)
-    torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
-    for t in range(10, 13):
-        y_f, s_f = fast_m.step(x[:, t], s_f)
-        y_r, s_r = ref_m.step(x[:, t], s_r)
-        torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(s_f["ssm"], s_r["ssm"], rtol=1e-5, atol=1e-5)
+    # the second prefill runs the kernel from zero and adds the carried state in PyTorch
+    assert_same_paths(tiny_mixer("fused"), tiny_mixer("chunked"), x, split=10, keys=("ssm",))

@@ -170,16 +170,13 @@ def fake_kernels(monkeypatch):
     """mamba_ssm's SSD kernels and causal_conv1d stood in by the PyTorch forms (kernel
     signatures as documented in archs/mamba2/fused.py), so the fused wiring - the guarded
     imports, layouts, in-place state updates - runs on a CPU."""
-    import importlib.machinery
-    import sys
-    import types
-
     import torch.nn.functional as F
     from einops import rearrange
 
     from archs import backends
     from archs._conv import causal_conv1d_channels_last
     from archs.mamba2.ref import ssd_recurrent, ssd_step
+    from tests.kernels import install_fake_modules
 
     def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, initial_states=None,
                                   return_final_states=False):
@@ -208,30 +205,14 @@ def fake_kernels(monkeypatch):
              "mamba_ssm.ops.triton.selective_state_update": {"selective_state_update": selective_state_update},
              "causal_conv1d": {"causal_conv1d_fn": causal_conv1d_fn,
                                "causal_conv1d_update": causal_conv1d_update}}
-    for name, attrs in fakes.items():
-        mod = types.ModuleType(name)
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        mod.__dict__.update(attrs)
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(fused, "require_cuda", lambda *a: None)
-    backends.optional_import.cache_clear()
+    install_fake_modules(monkeypatch, fakes, fused)
     yield
     backends.optional_import.cache_clear()
 
 
 @pytest.mark.parametrize("ngroups", [1, 2])
 def test_fused_wiring_matches_chunked_with_stand_in_kernels(fake_kernels, ngroups):
+    from tests.kernels import assert_same_paths
     assert fused.fused_available()
-    fast_m, ref_m = _mixer("fused", ngroups=ngroups), _mixer("chunked", ngroups=ngroups)
-    x = _x()
-    torch.testing.assert_close(fast_m(x), ref_m(x), rtol=1e-5, atol=1e-5)
-    s_f, s_r = fast_m.init_state(BATCH), ref_m.init_state(BATCH)
-    y_f, s_f = fast_m.prefill(x[:, :10], s_f)
-    y_r, s_r = ref_m.prefill(x[:, :10], s_r)
-    torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
-    for t in range(10, 14):
-        y_f, s_f = fast_m.step(x[:, t], s_f)
-        y_r, s_r = ref_m.step(x[:, t], s_r)
-        torch.testing.assert_close(y_f, y_r, rtol=1e-5, atol=1e-5)
-    for key in ("conv", "ssm"):
-        torch.testing.assert_close(s_f[key], s_r[key], rtol=1e-5, atol=1e-5)
+    assert_same_paths(_mixer("fused", ngroups=ngroups), _mixer("chunked", ngroups=ngroups), _x(),
+                      split=14, keys=("conv", "ssm"))
