@@ -97,6 +97,9 @@ class LinearAttentionMixer(Mixer):
         device = torch.device(device) if device is not None else self.param_device
         return "fast" if device.type == "cuda" and fast.fla_available() else "chunked"
 
+    def tiles(self) -> dict[str, int]:
+        return {"chunk": self.config.chunk_size}
+
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(x) + 1.0 if self.config.feature_map == "elu" else x
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from archs.mamba import fast
 from archs.mamba.conv import causal_conv1d_channels_last
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
-from archs.mamba.scan import selective_scan_chunked_bld
+from archs.mamba.scan import default_block_len, selective_scan_chunked_bld
 from archs.mixer import Mixer
 
 BACKENDS = ("ref", "chunked", "fast", "auto")
@@ -118,6 +118,10 @@ class MambaMixer(Mixer):
         if self.backend == "auto":
             return "fast" if dev.type == "cuda" and fast.mamba_ssm_available() else "chunked"
         return self.backend
+
+    def tiles(self) -> dict[str, int]:
+        c = self.config  # block_len=None: chosen from shapes (here for batch 1)
+        return {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state), "conv": c.d_conv}
 
     def _backend_for(self, x: Tensor) -> str:
         backend = self.resolved_backend(x.device)

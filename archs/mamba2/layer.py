@@ -122,6 +122,9 @@ class Mamba2Mixer(Mixer):
         device = torch.device(device) if device is not None else self.param_device
         return "fast" if device.type == "cuda" and fast.fast_available() else "chunked"
 
+    def tiles(self) -> dict[str, int]:
+        return {"chunk": self.config.chunk_size, "conv": self.config.d_conv}
+
     def _split(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
         c = self.config
