@@ -73,14 +73,14 @@ def tiles_of(model: LanguageModel) -> dict[str, int]:
 
 
 def boundaries(tiles: dict[str, int], length: int) -> list[int]:
-    """Sampled tile boundaries b (a tile starts at b) inside (0, length): each size's first
-    three multiples, its power-of-two multiples, and its last multiple before ``length``."""
+    """Sampled tile boundaries b (a tile starts at b) inside (0, length - 1): for each size,
+    its first multiple, its first multiple from 512 on (where long-only bugs start) and its
+    last multiple before the end (the most past behind it)."""
     out = set()
     for s in set(tiles.values()):
-        last = (length - 1) // s
-        ks = {1, 2, 3, last} | {1 << i for i in range(last.bit_length())}
-        out |= {k * s for k in ks if 0 < k * s < length}
-    return sorted(out)
+        last = ((length - 2) // s) * s
+        out |= {s, -(-512 // s) * s, last}
+    return sorted(b for b in out if 0 < b < length - 1)
 
 
 def where(pos: int, tiles: dict[str, int]) -> str:

@@ -37,24 +37,22 @@ def _rows_per_pass(length: int) -> int:
     return max(1, ROW_BUDGET // length)
 
 
+def _around(tiles: dict[str, int], length: int) -> set[int]:
+    """Positions just before and at each sampled tile boundary."""
+    return {p for b in boundaries(tiles, length) for p in (b - 1, b)}
+
+
 def _grad_positions(tiles: dict[str, int], length: int) -> list[int]:
-    """Output positions t for the gradient test: on both sides of each tile size's last
-    boundary (the one with most past behind it), the middle, 511/512 and the next-to-last."""
-    ts = {length // 2, length - 2}
-    if length > 513:
-        ts |= {511, 512}
-    for s in set(tiles.values()):
-        b = ((length - 2) // s) * s
-        ts |= {b - 1, b}
+    """Output positions t for the gradient test: around the sampled boundaries, the middle,
+    position 512 and the next-to-last."""
+    ts = _around(tiles, length) | {length // 2, min(512, length - 2), length - 2}
     return sorted(t for t in ts if 0 <= t < length - 1)
 
 
 def _cut_positions(tiles: dict[str, int], length: int) -> list[int]:
-    """Cuts c for the perturbation test: just before and at each sampled boundary, and the
-    future half (c = L/2 - 1)."""
-    cs = {length // 2 - 1}
-    for b in boundaries(tiles, length):
-        cs |= {b - 1, b}
+    """Cuts c for the perturbation test: around the sampled boundaries, and the future
+    half (c = L/2 - 1)."""
+    cs = _around(tiles, length) | {length // 2 - 1}
     return sorted(c for c in cs if 0 <= c < length - 1)
 
 

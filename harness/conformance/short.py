@@ -156,7 +156,8 @@ def check_buffers(model: LanguageModel, rebuild: Callable[[int], LanguageModel] 
 def measured_state_bytes(state: Any, path: str = "state", seen: set | None = None) -> int:
     """Bytes of the tensors a state holds, walked directly (never the state's own nbytes()):
     dicts, lists, tuples, dataclasses and plain objects are walked; ints, floats, bools,
-    strings and None are metadata (0 B); anything else is refused."""
+    strings and None are metadata (0 B) as fields, refused inside lists (they can grow
+    uncounted); anything else is refused."""
     seen = set() if seen is None else seen
     if isinstance(state, torch.Tensor):
         key = (state.data_ptr(), tuple(state.shape), state.stride(), state.dtype)
@@ -169,6 +170,10 @@ def measured_state_bytes(state: Any, path: str = "state", seen: set | None = Non
     if isinstance(state, dict):
         return sum(measured_state_bytes(v, f"{path}[{k!r}]", seen) for k, v in state.items())
     if isinstance(state, (list, tuple)):
+        if any(isinstance(v, (bool, int, float, str)) for v in state):
+            raise ConformanceError(f"{path} is a {type(state).__name__} holding Python numbers, which "
+                                   f"the suite cannot count (it may grow with the context): keep "
+                                   f"them in a tensor")
         return sum(measured_state_bytes(v, f"{path}[{i}]", seen) for i, v in enumerate(state))
     if dataclasses.is_dataclass(state):
         return sum(measured_state_bytes(getattr(state, f.name), f"{path}.{f.name}", seen)
