@@ -193,3 +193,19 @@ def test_assert_conformance_names_the_failed_check_and_passes_the_clean_toy(regi
         assert_conformance(registered("toy_leak", LeakFrom512), lengths=LENGTHS)
     result = run_check("toy_leak", "causality")  # the short check alone misses it
     assert result.passed, result.detail
+
+
+def test_a_leak_planted_in_a_builtin_past_512_tokens_fails_the_suite(monkeypatch):
+    """The issue's first report: a built-in's parallel forward leaking only past 512 tokens."""
+    from archs.linear_attention.layer import LinearAttentionMixer
+
+    clean = LinearAttentionMixer.forward
+
+    def leaky(self, x):
+        y = clean(self, x)
+        return y if x.shape[1] <= 512 else torch.cat([y[:, :-1] + 0.1 * x[:, 1:], y[:, -1:]], 1)
+
+    monkeypatch.setattr(LinearAttentionMixer, "forward", leaky)
+    assert run_check("linear_attention", "causality").passed  # 21 tokens: unseen
+    result = run_check("linear_attention", "long_causality", lengths=LENGTHS)
+    assert not result.passed and "causality leak at length 1024" in result.detail, result.detail
