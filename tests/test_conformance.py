@@ -85,3 +85,8 @@ def test_cli_reports_and_exits_zero(capsys):
 def test_cli_unknown_arch_lists_known():
     with pytest.raises(KeyError, match="Known architectures: .*transformer"):
         main(["no_such_arch"])
+
+
+def test_reports_can_state_the_checked_lengths():
+    from harness.conformance import conformance_note
+    assert "1024, 4096 tokens" in conformance_note() and "16384 with --long" in conformance_note()

@@ -59,6 +59,13 @@ LONG_CHECKS: dict[str, Callable[..., str]] = {
 CHECKS: dict[str, Callable[..., str]] = {**SHORT_CHECKS, **LONG_CHECKS}
 
 
+def conformance_note(lengths: tuple[int, ...] = CHECKED_LENGTHS) -> str:
+    """One sentence for reports: which lengths the conformance suite checked."""
+    return (f"conformance: every built-in's causality and step/prefill == forward checked at "
+            f"{', '.join(map(str, lengths))} tokens (harness.conformance; "
+            f"{', '.join(map(str, LONG_LENGTHS))} with --long)")
+
+
 def _cannot_run_here(exc: Exception) -> bool:
     """A backend that needs a missing package or a CUDA device (explicit requests raise)."""
     return isinstance(exc, (BackendUnavailableError, ImportError)) or \
@@ -154,5 +161,5 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["BATCH", "CHECKED_LENGTHS", "CHECKS", "LENGTH", "LONG_CHECKS", "LONG_LENGTHS", "RTOL",
            "SHORT_CHECKS", "SPLIT", "VOCAB", "CheckResult", "ConformanceError", "assert_conformance",
-           "backends_here", "build_tiny", "main", "measured_state_bytes", "run_check",
+           "backends_here", "build_tiny", "conformance_note", "main", "measured_state_bytes", "run_check",
            *[f.__name__ for f in CHECKS.values()]]
