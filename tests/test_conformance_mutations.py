@@ -142,6 +142,7 @@ PLANTED = [
     (DriftFrom50, "long_decode", r"step from position 0 .* first disagreement at position 5[01]"),
     (PrefillDropsCarryAcrossChunks, "long_decode", r"prefill in chunks .* at length 1024"),
     (BatchNormalised, "batch_independence", r"output depends on other rows of the batch"),
+    (BatchNormalised, "long_causality", r"output depends on other rows of the batch: at length 1024"),
     (TrainDiffers, "train_eval", r"train mode differs from eval mode"),
     (WeightAsBuffer, "buffers", r"buffer 'blocks.0.mixer.gain' .*make it an nn.Parameter"),
     (HalvedState, "state_size", r"state_size_bytes says 64 B but its state's tensors hold 128 B"),
