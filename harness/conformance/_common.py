@@ -87,6 +87,8 @@ def where(pos: int, tiles: dict[str, int]) -> str:
     """'position 63 (last of chunk=8 #7, first of ...)' - where a position sits in each tile."""
     notes = []
     for name, s in tiles.items():
+        if s == 1:  # every position is a boundary: nothing to say
+            continue
         k, r = divmod(pos, s)
         if r == s - 1:
             notes.append(f"last of {name}={s} tile #{k}")
