@@ -57,12 +57,22 @@ class Mixer(nn.Module):
                      a hybrid passes its pos_encoding on to such layers
       config_class:  the dataclass ``build`` fills from keyword arguments (None: the
                      constructor takes ``(d_model, **kwargs)`` itself)
+      constant_buffers: names of floating-point buffers that are constants, not weights
+                     (tables computed from the config). The conformance suite fails any
+                     other floating-point buffer: a weight registered as a buffer is never
+                     trained and missing from ``num_params``.
+
+    Methods the conformance suite reads (override them; the defaults are honest but vague):
+      ``tiles()``             the sizes the forms tile the sequence by, so boundaries are
+                              tested on both sides instead of guessed;
+      ``resolved_backend()``  the code path that runs (recorded in every result row).
     """
 
     backends: tuple[str, ...] = ("ref",)
     state_growth: str = "constant"
     relative_positions: bool = False
     config_class: type | None = None
+    constant_buffers: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, d_model: int, **kwargs: Any) -> "Mixer":
@@ -114,11 +124,35 @@ class Mixer(nn.Module):
         products, a scan's recurrence, a convolution. None if undeclared."""
         return None
 
+    def tiles(self) -> dict[str, int]:
+        """The sizes (in tokens) this mixer's forms tile a sequence by: ``{name: size}``.
+
+        A chunked form's chunk, a scan's block, an attention window, a segment, a cache's
+        capacity or growth step, a length at which an "auto" backend switches path... Bugs
+        live at these boundaries, so the conformance suite checks causality and the
+        agreement of forward / prefill / step on both sides of every multiple it samples
+        (first few, powers of two, last before the checked length), and prefills in chunks
+        that straddle them. Declare every size the code path in use tiles by; {} = none.
+        """
+        return {}
+
     def resolved_backend(self, device: torch.device | str | None = None,
                          seq_len: int | None = None) -> str:
         """The code path that actually runs on ``device`` for a ``seq_len``-token input
-        (recorded in every result row; some "auto" choices depend on the length)."""
-        return getattr(self, "backend", "ref")
+        (recorded in every result row; some "auto" choices depend on the length).
+
+        Default: ``self.backend`` if the mixer sets one, else its single declared backend
+        (``backends = ("scan",)`` reports "scan"). A mixer declaring several backends and
+        no ``self.backend`` must override this (the harness never guesses a label).
+        """
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            return backend
+        if len(self.backends) == 1:
+            return self.backends[0]
+        raise NotImplementedError(
+            f"{type(self).__name__} declares backends {self.backends} but neither sets "
+            f"self.backend nor overrides resolved_backend(); say which one runs")
 
     def aux_loss(self) -> torch.Tensor | None:
         """An auxiliary training loss from the last forward (e.g. MoE balance), or None."""

@@ -16,6 +16,7 @@ EXAMPLE = ROOT / "examples" / "archbench-plugin-example"
 
 PROBE = """
 import json, archs, torch
+torch.set_num_threads(1)  # tiny models: one thread, immune to a loaded machine
 import harness.cost  # registers the config schemas the primary config extends
 from hydra import compose, initialize_config_dir
 from harness.conformance import CHECKS, run_check
@@ -29,6 +30,7 @@ print(json.dumps({
     "listed": archs.list_archs("min*"),
     "family": archs.arch_info("mingru").family,
     "shape": list(logits.shape),
+    "backend": model.backends(),
     "failed": [r.check for r in (run_check("mingru", c) for c in CHECKS) if not r.passed],
     "arch_cfg": dict(cfg.arch),
     "letter": archs.mixer_letters()["G"].mixer.__name__,
@@ -65,6 +67,7 @@ def test_installed_plugin_is_listed_created_conformant_and_composable(installed)
     assert out["listed"] == ["mingru"]
     assert out["family"] == "rnn"
     assert out["shape"] == [1, 5, 16]
+    assert out["backend"] == "ref"  # its single declared backend, reported without being told
     assert out["failed"] == []
     assert out["arch_cfg"] == {"name": "mingru", "expand": 1}
     assert out["plugin_errors"] == {}

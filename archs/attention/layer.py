@@ -76,6 +76,10 @@ class Attention(Mixer):
                             why_not="it needs the flash-attn package and a CUDA device", owner="attention")
         return self.backend
 
+    def tiles(self) -> dict[str, int]:
+        # KVCache allocates 16 slots, then doubles: every 16·2^k tokens a decode step copies.
+        return {"kv_cache_capacity": 16}
+
     def _project(self, x: torch.Tensor, first_pos: int):
         """(B, L, D) -> q (B, H, L, Dh), k and v (B, Hkv, L, Dh), positions applied."""
         k, v = self.kv_proj(x).chunk(2, dim=-1)

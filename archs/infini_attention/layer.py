@@ -83,6 +83,9 @@ class InfiniAttention(Attention):
         self.cfg: InfiniAttentionConfig = cfg
         self.beta = nn.Parameter(torch.full((cfg.n_heads,), float(cfg.gate_init)))
 
+    def tiles(self) -> dict[str, int]:
+        return {"segment": self.cfg.segment_len}
+
     def _raw_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, D) -> q, k, v each (B, H, L, Dh), no positions applied (Eq. 1)."""
         k, v = self.kv_proj(x).chunk(2, dim=-1)

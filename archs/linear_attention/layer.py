@@ -84,6 +84,9 @@ class LinearAttentionMixer(Mixer):
         return resolve_auto(self.backend, self.param_device if device is None else device,
                             fused.fla_available)
 
+    def tiles(self) -> dict[str, int]:
+        return {"chunk": self.config.chunk_size}
+
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(x) + 1.0 if self.config.feature_map == "elu" else x
 

@@ -30,7 +30,7 @@ from archs._conv import causal_conv1d_channels_last
 from archs.backends import check_backend, resolve_auto, require_cuda
 from archs.blocks import sample_dt_bias
 from archs.mamba import fused
-from archs.mamba.chunked import selective_scan_chunked_bld
+from archs.mamba.chunked import default_block_len, selective_scan_chunked_bld
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
 from archs.mixer import Mixer
 
@@ -111,6 +111,10 @@ class MambaMixer(Mixer):
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
         return resolve_auto(self.backend, self.param_device if device is None else device,
                             fused.mamba_ssm_available)
+
+    def tiles(self) -> dict[str, int]:
+        c = self.config  # block_len=None: chosen from shapes (here for batch 1)
+        return {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state), "conv": c.d_conv}
 
     def _backend_for(self, x: Tensor) -> str:
         backend = self.resolved_backend(x.device)

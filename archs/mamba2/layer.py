@@ -101,6 +101,9 @@ class Mamba2Mixer(Mixer):
         return resolve_auto(self.backend, self.param_device if device is None else device,
                             fused.fused_available)
 
+    def tiles(self) -> dict[str, int]:
+        return {"chunk": self.config.chunk_size, "conv": self.config.d_conv}
+
     def _split(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
         c = self.config

@@ -20,6 +20,7 @@ and "auto": chunked once L >= blocked_min_ratio · window, else fused.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,14 @@ class SlidingWindowAttention(Attention):
         if seq_len is not None:
             return self.backend_for(seq_len)
         return self.last_backend or "fused|chunked"
+
+    def tiles(self) -> dict[str, int]:
+        c = self.cfg
+        tiles = {"window": c.window, "n_sink": c.n_sink, "cache_capacity": c.n_sink + c.window,
+                 "query_block": self.block_size}
+        if self.auto:  # a call of this many queries or more takes the blocked path
+            tiles["auto_blocked_from"] = math.ceil(c.blocked_min_ratio * c.window)
+        return {k: v for k, v in tiles.items() if v > 0}
 
     def _kernel(self, backend: str) -> Kernel:
         if backend == "ref":

@@ -1,0 +1,5 @@
+import sys
+
+from harness.conformance import main
+
+sys.exit(main())
