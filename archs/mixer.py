@@ -52,10 +52,17 @@ class Mixer(nn.Module):
       backends:      the backend names this mixer accepts ("ref", "fast", "auto", ...)
       state_growth:  "constant" if the decode state is independent of context length,
                      "linear" if it grows with it (a KV cache), "window" if bounded.
+      accepts_initial_state: True if ``prefill(x, state)`` may start from ANY state of
+                     ``init_state``'s structure (a fixed-size recurrent state; the harness
+                     fills it with noise or a previous sequence's final state) and is
+                     differentiable w.r.t. the parameters, so training can run through it
+                     (``train.initial_state``). False (the default) for caches of past
+                     tokens, such as attention's KV cache.
     """
 
     backends: tuple[str, ...] = ("ref",)
     state_growth: str = "constant"
+    accepts_initial_state: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -73,6 +73,7 @@ class HeadRMSNorm(nn.Module):
 class LinearAttentionMixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
+    accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, config: LinearAttentionConfig) -> None:
         super().__init__()

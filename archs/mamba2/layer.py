@@ -97,6 +97,7 @@ def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
 class Mamba2Mixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
+    accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, config: Mamba2Config) -> None:
         super().__init__()

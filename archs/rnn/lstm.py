@@ -17,6 +17,7 @@ from archs.model import LanguageModel, LMConfig, build_lm
 class LSTMMixer(Mixer):
     backends = ("torch",)
     state_growth = "constant"
+    accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, d_model: int, hidden_size: int | None = None):
         super().__init__()
