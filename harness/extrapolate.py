@@ -160,9 +160,10 @@ class Experiment:
                 return self.row(eval_len, trained, status, reason, micro_batch=micro)
 
     def run(self) -> None:
-        """Every evaluation length, once per trigger distance (eval.trigger_distances; a
-        length too short to hold a distance is left out of that distance's points)."""
-        distances = self.cfg.eval.trigger_distances or [None]
+        """Every evaluation length with the task as configured (the length axis), then once
+        per eval.trigger_distances entry (a length too short to hold that distance is left
+        out of its points)."""
+        distances = [None, *(self.cfg.eval.trigger_distances or [])]
         trained = None
         for distance in distances:
             self.distance = distance
@@ -187,7 +188,8 @@ class Experiment:
                 if row["status"] in ("oom", "timeout"):
                     failed_at = (n, row["status"])
             self.store.write(row, row["point_key"])
-            log.info("%s %s L=%d: %s acc=%s", self.built.label, self.task.name, n, row["status"],
+            at = "" if self.distance is None else f" d={self.distance}"
+            log.info("%s %s L=%d%s: %s acc=%s", self.built.label, self.task.name, n, at, row["status"],
                      row.get("accuracy"))
 
 

@@ -11,10 +11,13 @@ from archs.model import LanguageModel, LMConfig, build_lm
 
 def mamba2(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_state: int = 64,
            d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
-           chunk_size: int = 64, backend: str = "auto", mlp: str = "none", **shell) -> LanguageModel:
-    """Mamba-2 LM: like Mamba, blocks are the mixer alone (no MLP) unless ``mlp`` says otherwise."""
+           chunk_size: int = 64, backend: str = "auto", mlp: str = "none", dt_min: float = 0.001,
+           dt_max: float = 0.1, **shell) -> LanguageModel:
+    """Mamba-2 LM: like Mamba, blocks are the mixer alone (no MLP) unless ``mlp`` says otherwise.
+    ``dt_min``/``dt_max``: the Δ initialisation range (log-uniform; the paper's 0.001-0.1)."""
     cfg = LMConfig(vocab_size, d_model, n_layers, mlp=mlp, **shell)
-    mixer = Mamba2Config(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, backend)
+    mixer = Mamba2Config(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, backend,
+                         dt_min=dt_min, dt_max=dt_max)
     return build_lm(cfg, lambda i: Mamba2Mixer(mixer))
 
 

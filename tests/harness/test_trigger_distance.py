@@ -128,7 +128,8 @@ def test_eval_axis_evaluates_the_task_at_each_distance(tmp_path, monkeypatch):
     monkeypatch.setattr(extrapolate, "evaluate", recording)
     extrapolate.run(_compose([*SMOKE, f"results_dir={tmp_path / 'res'}", "checkpoint_dir=null",
                               "eval.trigger_distances=[3,50]"]))
-    assert sorted(seen) == [(32, 3), (64, 3), (64, 50)]
+    # The length axis (the task as configured), then each distance where it fits.
+    assert seen == [(32, None), (64, None), (32, 3), (64, 3), (64, 50)]
 
 
 def test_eval_axis_refuses_a_task_without_the_knob(tmp_path):
