@@ -127,6 +127,10 @@ class Experiment:
             trigger_distance=self.distance, train_trigger_distance=getattr(self.task, "trigger_distance", None),
             **factor_columns(t), **metrics)
 
+    def eval_task(self) -> Task:
+        """The training task, with its trigger at ``self.distance`` when one is set."""
+        return self.task if self.distance is None else self.task.at_distance(self.distance)
+
     def _eval_batch(self, eval_len: int) -> int:
         return max(1, min(self.cfg.eval.n_sequences, self.cfg.eval.batch_tokens // eval_len))
 
@@ -140,7 +144,7 @@ class Experiment:
             gen = torch.Generator().manual_seed(e.seed)
             try:
                 metrics = run_with_timeout(lambda: evaluate(
-                    self.model, self.task.at_distance(self.distance) if self.distance else self.task, eval_len, n_sequences=e.n_sequences, batch_size=batch,
+                    self.model, self.eval_task(), eval_len, n_sequences=e.n_sequences, batch_size=batch,
                     micro_batch=micro, generator=gen, chunk_len=e.chunk_len, amp=self.amp,
                     device=self.device), e.time_budget_s)
                 if "loss" in metrics and math.isfinite(metrics["loss"]):
@@ -167,8 +171,7 @@ class Experiment:
         trained = None
         for distance in distances:
             self.distance = distance
-            task = self.task.at_distance(distance) if distance else self.task
-            lengths = sorted(n for n in set(self.cfg.eval.seq_lens) if n >= task.min_len())
+            lengths = sorted(n for n in set(self.cfg.eval.seq_lens) if n >= self.eval_task().min_len())
             todo = [n for n in lengths if self.cfg.force or not self.store.has(self.key(n))]
             if todo:
                 if trained is None:

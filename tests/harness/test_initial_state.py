@@ -181,3 +181,26 @@ def test_identity_ignores_new_options_at_their_defaults():
     assert changed["initial_state_scale"] == 0.5
     assert "initial_state_scale" not in identity_settings({**base, "initial_state": "passed",
                                                            "initial_state_scale": 0.5})
+
+
+def test_committed_results_keep_their_training_keys(tmp_path):
+    # The new TrainConfig fields and task knob stay out of the key at their defaults, so
+    # the committed checkpoints and rows are still found by a re-run.
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from harness import extrapolate
+    from harness.results import load_rows
+
+    root = Path(__file__).resolve().parents[2]
+    committed = root / "results" / "cpu" / "extrapolation" / "induction"
+    if not committed.is_dir():
+        pytest.skip("no committed induction results in this checkout")
+    rows = load_rows(committed)
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        cfg = compose("extrapolate", overrides=["experiment=induction_extrapolation", "arch=induction/mamba",
+                                                "train.seed=0", f"results_dir={tmp_path}"])
+    experiment = extrapolate.Experiment(extrapolate._as_schema(cfg))
+    mine = rows[(rows["label"] == "mamba") & (rows["seed"] == 0)]
+    assert len(mine) and set(mine["train_key"]) == {experiment.train_key}
