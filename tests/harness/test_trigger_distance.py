@@ -139,3 +139,11 @@ def test_eval_axis_refuses_a_task_without_the_knob(tmp_path):
     cfg = _compose([*SMOKE, "eval.trigger_distances=[1]", f"results_dir={tmp_path}"])
     with pytest.raises(ValueError, match="trigger_distance must be an int >= 2"):
         extrapolate.run(cfg)
+
+
+def test_eval_config_rejects_empty_or_non_positive_distances():
+    from harness.config import EvalConfig, validate_eval
+    validate_eval(EvalConfig(trigger_distances=[2, 100]))
+    for bad in ([], [0], [5, -1]):
+        with pytest.raises(ValueError, match="eval.trigger_distances"):
+            validate_eval(EvalConfig(trigger_distances=bad))
