@@ -61,6 +61,12 @@ class Mixer(nn.Module):
                      (tables computed from the config). The conformance suite fails any
                      other floating-point buffer: a weight registered as a buffer is never
                      trained and missing from ``num_params``.
+      accepts_initial_state: True if ``prefill(x, state)`` may start from ANY state of
+                     ``init_state``'s structure (a fixed-size recurrent state; the harness
+                     fills it with noise or a previous sequence's final state) and is
+                     differentiable w.r.t. the parameters, so training can run through it
+                     (``train.initial_state``). False (the default) for caches of past
+                     tokens, such as attention's KV cache.
 
     Methods the conformance suite reads (override them; the defaults are honest but vague):
       ``tiles()``             the sizes the forms tile the sequence by, so boundaries are
@@ -80,6 +86,7 @@ class Mixer(nn.Module):
         if cls.config_class is None:
             return cls(d_model, **kwargs)
         return cls(cls.config_class(d_model, **kwargs))
+    accepts_initial_state: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import inspect
+
 import torch
 
 from archs import arch_info, create_arch
-from archs._registry import check_kwargs
+from archs._registry import COMMON_KWARGS, ArchInfo, check_kwargs
 from archs.sizing import param_count, width_for_target
 from harness.config import ModelConfig, to_container
 
@@ -37,6 +39,19 @@ def split_arch(arch_node: Any) -> tuple[str, str, dict[str, Any]]:
     return name, label or name, node
 
 
+def _drop_defaults(info: ArchInfo, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keywords that differ from what the builder would use anyway.
+
+    conf/arch/*.yaml restate every default (one source of truth, checked by a test), so
+    the same model would otherwise get a different identity - result keys, checkpoint
+    names - from a config that restates a default and one that does not."""
+    params = inspect.signature(info.builder).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    defaults.update(info.defaults)
+    return {k: v for k, v in kwargs.items()
+            if k in COMMON_KWARGS or k not in defaults or defaults[k] != v}
+
+
 def _measure(match: str, m: ModelConfig):
     if match == "params":
         return param_count, m.target_params
@@ -57,6 +72,7 @@ def build(arch_node: Any, m: ModelConfig, vocab_size: int, *, validate_only: boo
     info = arch_info(name)  # unknown name -> error listing the known ones
     kwargs = {"vocab_size": vocab_size, **({"n_layers": m.n_layers} if m.n_layers else {}), **kwargs}
     check_kwargs(name, kwargs)
+    kwargs = _drop_defaults(info, kwargs)
     sizing: dict[str, Any] = {"match": m.match}
     if "d_model" in kwargs:
         sizing["match"] = "arch_config"

@@ -92,6 +92,9 @@ class EvalConfig:
     time_budget_s: float = 900.0               # per length; over it: timeout, longer lengths skipped
     cpu_memory_limit_gb: Optional[float] = None  # RLIMIT_DATA on CPU: past it an allocation is an OOM
                                                # (micro-batch halved, then an `oom` row), not the OOM killer
+    trigger_distances: Optional[List[int]] = None  # also evaluate with the trigger this many tokens
+                                               # before the query (Task.at_distance): one row per
+                                               # (length, distance) with a trigger_distance column
 
 
 @dataclass
@@ -168,6 +171,9 @@ def validate_eval(e: EvalConfig | DictConfig) -> None:
         _fail("eval.time_budget_s", f"must be positive, got {e.time_budget_s}")
     if e.chunk_len is not None and e.chunk_len <= 0:
         _fail("eval.chunk_len", f"must be positive or null, got {e.chunk_len}")
+    if e.trigger_distances is not None and (not e.trigger_distances or any(d <= 0 for d in e.trigger_distances)):
+        _fail("eval.trigger_distances", f"must be null or a non-empty list of positive distances, "
+              f"got {list(e.trigger_distances)}")
     if e.cpu_memory_limit_gb is not None and e.cpu_memory_limit_gb <= 0:
         _fail("eval.cpu_memory_limit_gb", f"must be positive or null, got {e.cpu_memory_limit_gb}")
 

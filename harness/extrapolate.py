@@ -35,7 +35,8 @@ from harness.evaluate import evaluate
 from harness.results import ResultStore, config_hash, load_rows, make_row, point_key
 from harness.tasks import Task, get_task
 from harness.timing import classify_exception, free_memory, limit_cpu_memory, run_with_timeout
-from harness.train import TrainResult, autocast_dtype, load_checkpoint, save_checkpoint, train
+from harness.train import (TrainResult, autocast_dtype, factor_columns, identity_settings, load_checkpoint,
+                           save_checkpoint, set_threads, train)
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -60,8 +61,10 @@ class Experiment:
         self.store = ResultStore(cfg.results_dir)
         # Everything that shapes the trained weights: their checkpoint's identity.
         self.train_settings = {"arch": self.built.name, "arch_kwargs": self.built.kwargs,
-                               "task": self.task.params(), "train": to_container(OmegaConf.structured(cfg.train))}
+                               "task": self.task.params(),
+                               "train": identity_settings(to_container(OmegaConf.structured(cfg.train)))}
         self.train_key = config_hash(self.train_settings)
+        self.distance: int | None = None  # the trigger distance being evaluated (eval.trigger_distances)
 
     # -- training (or loading) -------------------------------------------------------------
     def _checkpoint(self) -> Path | None:
@@ -95,11 +98,16 @@ class Experiment:
     # -- evaluation --------------------------------------------------------------------------
     def settings(self, eval_len: int) -> dict[str, Any]:
         e = self.cfg.eval
-        return {"train_key": self.train_key, "eval_seq_len": eval_len, "n_sequences": e.n_sequences,
-                "eval_seed": e.seed, "chunk_len": e.chunk_len, "device": device_name(self.device)}
+        out = {"train_key": self.train_key, "eval_seq_len": eval_len, "n_sequences": e.n_sequences,
+               "eval_seed": e.seed, "chunk_len": e.chunk_len, "device": device_name(self.device)}
+        if self.distance is not None:  # absent otherwise: keys made before the axis stay valid
+            out["trigger_distance"] = self.distance
+        return out
 
     def key(self, eval_len: int) -> str:
-        return point_key(self.settings(eval_len), f"{self.built.label}-{self.task.name}-s{self.cfg.train.seed}-{eval_len}")
+        at = "" if self.distance is None else f"-d{self.distance}"
+        return point_key(self.settings(eval_len),
+                         f"{self.built.label}-{self.task.name}-s{self.cfg.train.seed}-{eval_len}{at}")
 
     def row(self, eval_len: int, trained: TrainResult, status="ok", reason="", **metrics) -> dict:
         e, t = self.cfg.eval, self.cfg.train
@@ -116,7 +124,12 @@ class Experiment:
             train_stop_reason=trained.stop_reason,
             eval_chunk_len=e.chunk_len, d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
             state_bytes=self.model.expected_state_bytes(1, eval_len), sizing=self.built.sizing["match"],
-            **metrics)
+            trigger_distance=self.distance, train_trigger_distance=getattr(self.task, "trigger_distance", None),
+            **factor_columns(t), **metrics)
+
+    def eval_task(self) -> Task:
+        """The training task, with its trigger at ``self.distance`` when one is set."""
+        return self.task if self.distance is None else self.task.at_distance(self.distance)
 
     def _eval_batch(self, eval_len: int) -> int:
         return max(1, min(self.cfg.eval.n_sequences, self.cfg.eval.batch_tokens // eval_len))
@@ -131,7 +144,7 @@ class Experiment:
             gen = torch.Generator().manual_seed(e.seed)
             try:
                 metrics = run_with_timeout(lambda: evaluate(
-                    self.model, self.task, eval_len, n_sequences=e.n_sequences, batch_size=batch,
+                    self.model, self.eval_task(), eval_len, n_sequences=e.n_sequences, batch_size=batch,
                     micro_batch=micro, generator=gen, chunk_len=e.chunk_len, amp=self.amp,
                     device=self.device), e.time_budget_s)
                 if "loss" in metrics and math.isfinite(metrics["loss"]):
@@ -151,11 +164,22 @@ class Experiment:
                 return self.row(eval_len, trained, status, reason, micro_batch=micro)
 
     def run(self) -> None:
-        lengths = sorted(set(self.cfg.eval.seq_lens))
-        todo = [n for n in lengths if self.cfg.force or not self.store.has(self.key(n))]
-        if not todo:
-            return
-        trained = self.trained()
+        """Every evaluation length with the task as configured (the length axis), then once
+        per eval.trigger_distances entry (a length too short to hold that distance is left
+        out of its points)."""
+        distances = [None, *(self.cfg.eval.trigger_distances or [])]
+        trained = None
+        for distance in distances:
+            self.distance = distance
+            lengths = sorted(n for n in set(self.cfg.eval.seq_lens) if n >= self.eval_task().min_len())
+            todo = [n for n in lengths if self.cfg.force or not self.store.has(self.key(n))]
+            if todo:
+                if trained is None:
+                    trained = self.trained()
+                self._run_lengths(todo, trained)
+        self.distance = None
+
+    def _run_lengths(self, todo: list[int], trained: TrainResult) -> None:
         failed_at = None
         for n in todo:
             if trained.status != "ok":
@@ -167,7 +191,8 @@ class Experiment:
                 if row["status"] in ("oom", "timeout"):
                     failed_at = (n, row["status"])
             self.store.write(row, row["point_key"])
-            log.info("%s %s L=%d: %s acc=%s", self.built.label, self.task.name, n, row["status"],
+            at = "" if self.distance is None else f" d={self.distance}"
+            log.info("%s %s L=%d%s: %s acc=%s", self.built.label, self.task.name, n, at, row["status"],
                      row.get("accuracy"))
 
 
@@ -185,6 +210,9 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
     build(cfg.arch, cfg.model, cfg.model.vocab_size or task.vocab_size, validate_only=True)
     if resolve_device(cfg.device).type == "cpu":
         limit_cpu_memory(cfg.eval.cpu_memory_limit_gb)
+    for d in cfg.eval.trigger_distances or []:
+        task.at_distance(d).min_len()  # no such knob, or a bad distance: fails here, named
+    set_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     experiment = Experiment(cfg)
     experiment.run()

@@ -8,6 +8,7 @@ target accuracy, optional mixed-length training, and weights-only checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -23,6 +24,8 @@ from harness.tasks import Task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adam")
+INITIAL_STATES = ("zero", "noise", "passed")
 
 
 @dataclass
@@ -47,6 +50,13 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (status ok, stop_reason="time budget") after this
     log_every: int = 10
     diverge_factor: float = 1e3        # loss above this x the first loss counts as divergence
+    # -- study options (issue 11); at their defaults they leave checkpoint keys unchanged --
+    optimizer: str = "adamw"           # adamw (decoupled decay) | adam (plain Adam, no decay: the
+                                       # Mamba paper's induction reproduction)
+    initial_state: str = "zero"        # zero | noise | passed: where each sequence's recurrent state
+                                       # starts (Buitrago Ruiz & Gu 2025); see train_initial_state()
+    initial_state_scale: float = 1.0   # noise: every float tensor of the state ~ scale * N(0, 1)
+    threads: int | None = None         # torch CPU threads (None: torch's default); pin runs with 1
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "seq_len"):
@@ -60,6 +70,45 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             raise ValueError(f"train.warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer == "adam" and self.weight_decay != 0:
+            raise ValueError(f"train.optimizer=adam is plain Adam without weight decay, but "
+                             f"train.weight_decay={self.weight_decay}; set train.weight_decay=0 "
+                             f"or use train.optimizer=adamw")
+        if self.initial_state not in INITIAL_STATES:
+            raise ValueError(f"train.initial_state must be one of {INITIAL_STATES}, got {self.initial_state!r}")
+        if not self.initial_state_scale > 0:
+            raise ValueError(f"train.initial_state_scale must be > 0, got {self.initial_state_scale}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"train.threads must be >= 1 or null (torch's default), got {self.threads}")
+
+
+# TrainConfig fields added after results were committed: left out of a run's identity
+# (checkpoint and result keys) while at these defaults, so earlier keys stay valid.
+# `threads` never shapes the weights and is always left out.
+_LATER_FIELDS = {"optimizer": "adamw", "initial_state": "zero", "initial_state_scale": 1.0}
+_NOT_IDENTITY = ("threads",)
+
+
+def identity_settings(settings: dict) -> dict:
+    """The training settings (a TrainConfig as a dict) that identify a trained model."""
+    out = {k: v for k, v in settings.items() if k not in _NOT_IDENTITY}
+    for key, default in _LATER_FIELDS.items():
+        if out.get(key, default) == default:
+            out.pop(key, None)
+    if out.get("initial_state", "zero") != "noise":
+        out.pop("initial_state_scale", None)  # the scale means nothing without noise
+    return out
+
+
+def factor_columns(cfg: TrainConfig) -> dict:
+    """Training factors as result-row columns, so a study's rows can be grouped by them."""
+    return {"train_optimizer": cfg.optimizer, "train_schedule": cfg.schedule, "train_lr": cfg.lr,
+            "train_weight_decay": cfg.weight_decay, "train_batch_size": cfg.batch_size,
+            "train_steps_budget": cfg.steps, "train_mixed_length": cfg.mixed_length,
+            "train_initial_state": cfg.initial_state,
+            "train_initial_state_scale": cfg.initial_state_scale if cfg.initial_state == "noise" else None}
 
 
 @dataclass
@@ -93,7 +142,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        # Plain Adam over every parameter, no decay (TrainConfig refuses weight_decay != 0).
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     # Decay only matrices of linear layers/convs; embeddings, norms and biases are exempt,
     # and so are SSM parameters marked `_no_weight_decay` (A_log, D, dt biases).
     decay, no_decay = [], []
@@ -128,16 +181,114 @@ def _loss(model, inputs, targets, amp, device, aux_weight) -> tuple[torch.Tensor
     return total, loss
 
 
+# --- initial states for training (issue 11: state coverage) ------------------------------
+#
+# "Understanding and Improving Length Generalization in Recurrent Models" (Buitrago Ruiz &
+# Gu, 2025) traces the failure past the training length to states the model never saw in
+# training, and widens that coverage by starting training sequences from other states:
+#
+#   zero    every sequence starts from model.init_state (the usual forward pass);
+#   noise   init_state, then every floating tensor in it replaced by scale * N(0, 1)
+#           (drawn from a generator seeded with train.seed + 1), fresh every batch;
+#   passed  the detached final state of the previous batch's sequences (state passing, i.e.
+#           truncated BPTT over independent sequences); the first batch starts from zero.
+#
+# Both run each batch through model.prefill(tokens, state), so they work for every mixer
+# that declares Mixer.accepts_initial_state (a fixed-size recurrent state whose prefill
+# is differentiable) and are refused otherwise. The state's position counter restarts
+# at 0 each batch: the sequence is new even when the state is not.
+
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], obj):
+    """``obj`` (a nested state: tensors in dicts / lists / tuples / dataclasses) with
+    ``fn`` applied to every tensor; other leaves (ints, None) are kept."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_state(fn, v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(map_state(fn, v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_state(fn, v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: map_state(fn, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **fields)
+    return obj
+
+
+def check_initial_state_support(model: torch.nn.Module, mode: str) -> None:
+    """Raise ValueError unless every mixer of ``model`` accepts an initial state."""
+    name = getattr(model, "arch_name", type(model).__name__)
+    if not hasattr(model, "prefill") or not hasattr(model, "mixers"):
+        raise ValueError(f"train.initial_state={mode!r} needs the LM shell's prefill(tokens, state) "
+                         f"and mixers; {name} has neither. Use train.initial_state=zero.")
+    lacking = sorted({type(m).__name__ for m in model.mixers if not getattr(m, "accepts_initial_state", False)})
+    if lacking:
+        raise ValueError(
+            f"train.initial_state={mode!r} starts training sequences from a given recurrent state, "
+            f"but {name} has mixer(s) {lacking} that do not accept one (their class sets no "
+            f"Mixer.accepts_initial_state = True; attention's KV cache, for one, is a growing "
+            f"record of past tokens, not a fixed-size state). Use train.initial_state=zero for "
+            f"this architecture.")
+
+
+class InitialStates:
+    """The starting state of each training batch for ``cfg.initial_state`` noise | passed."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+        check_initial_state_support(model, cfg.initial_state)
+        self.model, self.cfg, self.device = model, cfg, device
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        self.carried = None  # passed: the previous batch's detached final state
+
+    def noise(self, batch_size: int):
+        scale = self.cfg.initial_state_scale
+
+        def draw(t: torch.Tensor) -> torch.Tensor:
+            if not t.is_floating_point():
+                return t
+            return (scale * torch.randn(t.shape, generator=self.gen, dtype=torch.float32)).to(t.device, t.dtype)
+
+        return map_state(draw, self.model.init_state(batch_size, device=self.device))
+
+    def start(self, batch_size: int):
+        if self.cfg.initial_state == "noise":
+            return self.noise(batch_size)
+        if self.carried is None:
+            return self.model.init_state(batch_size, device=self.device)
+        return self.carried
+
+    def loss(self, inputs, targets, amp, aux_weight) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``_loss``, but the batch continues from ``start()`` through model.prefill."""
+        state = self.start(inputs.shape[0])
+        with autocast(self.device, amp):
+            logits, final = self.model.prefill(inputs, state)
+        if self.cfg.initial_state == "passed":
+            self.carried = map_state(torch.Tensor.detach, final)
+            self.carried.pos = 0
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        aux = self.model.aux_loss()
+        total = loss + aux_weight * aux if aux is not None else loss
+        return total, loss
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU intra-op threads (None: leave torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device | str = "cpu",
           *, eval_fn: Callable[[], float] | None = None, progress: bool = True) -> TrainResult:
     """Train ``model`` on ``task``; ``eval_fn`` returns the accuracy used for early stopping."""
     device = torch.device(device)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.to(device).train()
     opt = make_optimizer(model, cfg)
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    states = None if cfg.initial_state == "zero" else InitialStates(model, cfg, device)
     result, first_loss, start = TrainResult(), None, time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"train {getattr(model, 'arch_name', '')}", disable=not progress,
                dynamic_ncols=True, leave=False)
@@ -148,7 +299,10 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
         batch = task.sample(cfg.batch_size, seq_len, gen).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        total, loss = _loss(model, batch.inputs, batch.targets, amp, device, cfg.aux_loss_weight)
+        if states is None:
+            total, loss = _loss(model, batch.inputs, batch.targets, amp, device, cfg.aux_loss_weight)
+        else:
+            total, loss = states.loss(batch.inputs, batch.targets, amp, cfg.aux_loss_weight)
         value = loss.item()
         first_loss = value if first_loss is None else first_loss
         if not math.isfinite(value) or value > cfg.diverge_factor * max(first_loss, 1.0):

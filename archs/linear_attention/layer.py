@@ -62,6 +62,7 @@ class LinearAttentionMixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
     config_class = LinearAttentionConfig
+    accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, config: LinearAttentionConfig) -> None:
         super().__init__()

@@ -1,4 +1,8 @@
 """Mamba-1 (selective state space) mixer family; importable without mamba_ssm."""
+import math
+
+import torch
+
 from archs.mamba.fused import FastKernelsUnavailable, causal_conv1d_available, mamba_ssm_available
 from archs.mamba.layer import MambaConfig, MambaMixer
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
@@ -9,12 +13,25 @@ from archs.model import LanguageModel, LMConfig, build_lm
 
 def mamba(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_state: int = 16,
           d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto", backend: str = "auto",
-          block_len: int | None = None, mlp: str = "none", **shell) -> LanguageModel:
-    """Mamba LM (Gu & Dao 2023): each block is the Mamba mixer alone, no MLP (as in the paper)."""
+          block_len: int | None = None, mlp: str = "none", dt_min: float = 0.001, dt_max: float = 0.1,
+          rescale_out_proj: bool = False, **shell) -> LanguageModel:
+    """Mamba LM (Gu & Dao 2023): each block is the Mamba mixer alone, no MLP (as in the paper).
+
+    ``dt_min``/``dt_max``: the Δ initialisation range (log-uniform; the paper's 0.001-0.1).
+    ``rescale_out_proj``: divide each mixer's out_proj weight by sqrt(residuals per layer x
+    n_layers), as mamba_ssm's ``_init_weights(rescale_prenorm_residual=True)`` does (one
+    residual per layer without an MLP, two with one); off by default so earlier results
+    stay reproducible."""
     cfg = LMConfig(vocab_size, d_model, n_layers, mlp=mlp, **shell)
     kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, backend=backend,
-              block_len=block_len)
-    return build_lm(cfg, lambda i: MambaMixer(d_model, **kw))
+              block_len=block_len, dt_min=dt_min, dt_max=dt_max)
+    model = build_lm(cfg, lambda i: MambaMixer(d_model, **kw))
+    if rescale_out_proj:
+        residuals_per_layer = 1 if mlp == "none" else 2
+        with torch.no_grad():
+            for mixer in model.mixers:
+                mixer.out_proj.weight.div_(math.sqrt(residuals_per_layer * n_layers))
+    return model
 
 
 register_arch("mamba", family="mamba", description="Mamba-1 selective SSM (Gu & Dao 2023): "

@@ -75,6 +75,7 @@ class MambaMixer(Mixer):
 
     backends = BACKENDS
     state_growth = "constant"
+    accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, d_model: int, **kwargs) -> None:
         super().__init__()

@@ -16,10 +16,13 @@ _C = Mamba2Config  # the one place the defaults live (with the why of each)
 def mamba2(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_state: int = _C.d_state,
            d_conv: int = _C.d_conv, expand: int = _C.expand, headdim: int = _C.headdim,
            ngroups: int = _C.ngroups, chunk_size: int = _C.chunk_size, backend: str = _C.backend,
-           mlp: str = "none", **shell) -> LanguageModel:
-    """Mamba-2 LM: like Mamba, blocks are the mixer alone (no MLP) unless ``mlp`` says otherwise."""
+           mlp: str = "none", dt_min: float = _C.dt_min, dt_max: float = _C.dt_max,
+           **shell) -> LanguageModel:
+    """Mamba-2 LM: like Mamba, blocks are the mixer alone (no MLP) unless ``mlp`` says otherwise.
+    ``dt_min``/``dt_max``: the Δ initialisation range (log-uniform; the paper's 0.001-0.1)."""
     cfg = LMConfig(vocab_size, d_model, n_layers, mlp=mlp, **shell)
-    mixer = Mamba2Config(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, backend)
+    mixer = Mamba2Config(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, backend,
+                         dt_min=dt_min, dt_max=dt_max)
     return build_lm(cfg, lambda i: Mamba2Mixer(mixer))
 
 

@@ -79,6 +79,7 @@ class Mamba2Mixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
     config_class = Mamba2Config
+    accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, config: Mamba2Config) -> None:
         super().__init__()

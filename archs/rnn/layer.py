@@ -19,6 +19,7 @@ class LSTMMixer(Mixer):
     # one backend there is, so "auto" and "fused" are the same path on every device.
     backends = ("fused", "auto")
     state_growth = "constant"
+    accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, d_model: int, hidden_size: int | None = None, backend: str = "auto"):
         super().__init__()

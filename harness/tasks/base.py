@@ -116,6 +116,10 @@ class Task(ABC):
     has_seq_acc: ClassVar[bool] = True
     # Parameter to shrink when seq_len is too short, named in the error message.
     _shrink_hint: ClassVar[str] = ""
+    # What `trigger_distance` measures for this task ("" = the task has no distance knob).
+    # Tasks with the knob have a dataclass field `trigger_distance: int | None` (None = the
+    # task's own random placement) and grow `min_len()` so the distance always fits.
+    distance_meaning: ClassVar[str] = ""
 
     @property
     @abstractmethod
@@ -146,9 +150,31 @@ class Task(ABC):
         self._check_request(batch_size, seq_len, generator, split)
         return self._sample(batch_size, seq_len, generator, split)
 
+    @classmethod
+    def has_distance(cls) -> bool:
+        return bool(cls.distance_meaning)
+
+    def at_distance(self, distance: int | None) -> Task:
+        """This task with its trigger fixed ``distance`` tokens before the query (None: as
+        configured); what the distance measures is the task's ``distance_meaning``."""
+        if not self.has_distance():
+            with_knob = [n for n, c in _TASKS.items() if c.has_distance()]
+            raise ValueError(
+                f"{self.name} has no trigger_distance knob; tasks with one: {', '.join(sorted(with_knob))}"
+            )
+        if distance is None:
+            return self
+        return dataclasses.replace(self, trigger_distance=distance)  # type: ignore[type-var]
+
     def params(self) -> dict[str, Any]:
-        """The task's parameters, for result rows and config hashes."""
-        return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        """The task's parameters, for result rows and config hashes.
+
+        An unset ``trigger_distance`` is left out, so hashes (checkpoint and result keys)
+        made before the knob existed stay the same."""
+        params = {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        if params.get("trigger_distance", 0) is None:
+            del params["trigger_distance"]
+        return params
 
     def metrics(self, scores: Scores) -> dict[str, float]:
         """Reported numbers from accumulated scores: loss (nats), acc, seq_acc."""

@@ -18,6 +18,10 @@ afresh (harder: the haystack is noise).
 `depth` places the needle start at round(depth * (H - n_digits - 1)) of the haystack of
 H = L - n_digits tokens: 0.0 = at the start (longest recall), 1.0 = just before the query.
 `depth=None` (default) draws it uniformly per sample.
+
+`trigger_distance` = d fixes the key K exactly d tokens before the query Q (K at
+L - n_digits - d, Q at L - n_digits) for every sample: d >= n_digits + 1 (the needle
+must end before Q), and min_len() grows to d + n_digits. It excludes `depth`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class Passkey(Task):
     filler: str = "pattern"  # fixed repeated filler, as in the classic test
     filler_vocab: int = 16  # distinct filler tokens
     filler_period: int = 64  # length of the repeated filler pattern
+    trigger_distance: int | None = None  # K exactly d tokens before Q; None = as `depth` says
+
+    distance_meaning = "tokens from the key K to the query Q"
 
     default_seq_len = 1024
     _shrink_hint = "n_digits"
@@ -56,6 +63,15 @@ class Passkey(Task):
             raise ValueError(f"passkey: n_digits must be >= 1, got {self.n_digits}")
         if self.depth is not None and not 0.0 <= self.depth <= 1.0:
             raise ValueError(f"passkey: depth must be in [0, 1] or None (random), got {self.depth}")
+        if self.trigger_distance is not None:
+            d = self.trigger_distance
+            if isinstance(d, bool) or not isinstance(d, int) or d < self.n_digits + 1:
+                raise ValueError(
+                    f"passkey: trigger_distance must be an int >= n_digits + 1 = {self.n_digits + 1} "
+                    f"(the needle K d1..dn ends before the query) or None, got {d!r}"
+                )
+            if self.depth is not None:
+                raise ValueError("passkey: trigger_distance and depth both place the needle; set only one")
         if self.filler not in FILLER_MODES:
             raise ValueError(f"passkey: filler must be one of {FILLER_MODES}, got {self.filler!r}")
         if self.filler_vocab < 1 or self.filler_period < 1:
@@ -69,8 +85,10 @@ class Passkey(Task):
         return self.FIRST_FILLER + self.filler_vocab
 
     def min_len(self) -> int:
-        # Needle (K + digits) with no filler, then Q and the fed-back digits.
-        return 2 * self.n_digits + 1
+        # Needle (K + digits) with no filler, then Q and the fed-back digits; a fixed
+        # distance d needs K at L - n_digits - d >= 0.
+        shortest = 2 * self.n_digits + 1
+        return shortest if self.trigger_distance is None else max(shortest, self.trigger_distance + self.n_digits)
 
     def filler_pattern(self) -> torch.Tensor:
         """(filler_period,) the fixed filler sequence of pattern mode."""
@@ -93,7 +111,9 @@ class Passkey(Task):
         inputs[:, :hay_len] = self._haystack(batch_size, hay_len, generator)
 
         last_start = hay_len - (n + 1)  # the needle K d1..dn must fit in the haystack
-        if self.depth is None:
+        if self.trigger_distance is not None:
+            start = torch.full((batch_size,), hay_len - self.trigger_distance, device=device)
+        elif self.depth is None:
             start = randint(0, last_start + 1, (batch_size,), generator)
         else:
             start = torch.full((batch_size,), round(self.depth * last_start), device=device)

@@ -1,0 +1,71 @@
+"""The accuracy-vs-trigger-distance figure (harness.plot_distance)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import plot_distance
+from harness.results import ResultStore, make_row, point_key
+
+ENV = {"torch": "test", "git_commit": "abc123", "hostname": "test-host"}
+DISTANCES = (16, 64, 256, 1024)
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for arch, cliff in (("mamba", 300), ("lstm", 40)):
+        for seed in (0, 1, 2):
+            for length in (1024, 4096):
+                for d in (None, *DISTANCES):
+                    if d is not None and d >= length:
+                        continue
+                    acc = 1.0 if d is not None and d < cliff else 0.1 + 0.01 * seed
+                    rows.append(make_row(arch=arch, label=arch, seq_len=length, eval_seq_len=length,
+                                         train_seq_len=256, task="induction_heads", seed=seed,
+                                         trigger_distance=d, accuracy=acc, loss=1.0, mode="eval",
+                                         device="cpu-test", env=ENV, experiment="synthetic"))
+    return rows
+
+
+@pytest.fixture
+def results(tmp_path):
+    store = ResultStore(tmp_path / "res")
+    for i, row in enumerate(_rows()):
+        store.write(row, point_key({"i": i}, "p"))
+    return tmp_path / "res"
+
+
+def test_split_separates_the_two_axes():
+    df = pd.DataFrame(_rows())
+    by_length, by_distance = plot_distance.split_distance_rows(df)
+    assert by_length["trigger_distance"].isna().all() and len(by_length) == 2 * 3 * 2
+    assert set(by_distance["trigger_distance"]) == set(DISTANCES)
+    assert len(by_length) + len(by_distance) == len(df)
+
+
+def test_figure_draws_the_mean_per_distance():
+    df = pd.DataFrame(_rows())
+    _, fixed = plot_distance.split_distance_rows(df)
+    fig = plot_distance.distance_figure(fixed, title="induction")
+    ax = fig.axes[0]
+    lines = {tuple(line.get_xdata()): line.get_ydata() for line in ax.get_lines() if len(line.get_xdata()) > 1}
+    # mamba at 4096: perfect up to its cliff, then the mean over seeds 0.1, 0.11, 0.12.
+    assert any(np.allclose(y, [1.0, 1.0, 1.0, 0.11]) for x, y in lines.items() if x == DISTANCES)
+    assert ax.get_xscale() == "log"
+    assert "3 seeds" in ax.get_title()
+    assert any(len(line.get_xdata()) and line.get_xdata()[0] == 255 for line in ax.get_lines())
+
+
+def test_cli_writes_the_figure(results, tmp_path, capsys):
+    assert plot_distance.main([str(results), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "figures" / "accuracy_vs_distance.png").stat().st_size > 0
+    assert (tmp_path / "out" / "figures" / "accuracy_vs_distance.svg").exists()
+
+
+def test_cli_without_distance_rows_says_so(tmp_path, capsys):
+    store = ResultStore(tmp_path / "res")
+    row = make_row(arch="mamba", seq_len=64, eval_seq_len=64, accuracy=1.0, mode="eval", env=ENV)
+    store.write(row, "only-length")
+    assert plot_distance.main([str(tmp_path / "res")]) == 1
+    assert "eval.trigger_distances" in capsys.readouterr().err
