@@ -80,6 +80,7 @@ class CostConfig:
     force: bool = False                        # re-measure points already in results_dir
     seed: int = 0
     progress: bool = True
+    claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
 
 
 @dataclass
@@ -108,6 +109,7 @@ class ExtrapolateConfig:
     experiment: str = "adhoc"
     force: bool = False
     progress: bool = True
+    claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
 
 
 def register_configs() -> None:
@@ -175,7 +177,14 @@ def validate_eval(e: EvalConfig | DictConfig) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device torch knows; use device=auto, cpu, cuda "
+                         f"or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r}: archbench runs on cpu or cuda; use device=auto, cpu, cuda "
+                         f"or cuda:<index>")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
     return device

@@ -32,9 +32,11 @@ from harness.config import (ExtrapolateConfig, register_configs, resolve_device,
                             validate_eval, validate_model)
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.results import ResultStore, config_hash, load_rows, make_row, point_key
+from harness.checks import check_writable_dir, code_fingerprint, reject_unknown_keys
+from harness.results import atomic_write, config_hash, load_rows, make_row, point_key
+from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
-from harness.timing import classify_exception, free_memory, limit_cpu_memory, run_with_timeout
+from harness.timing import classify_exception, cpu_memory_limit, free_memory, run_with_timeout
 from harness.train import TrainResult, autocast_dtype, load_checkpoint, save_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ register_configs()
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
     if isinstance(cfg, ExtrapolateConfig):
         return cfg
+    reject_unknown_keys(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is not silently ignored
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExtrapolateConfig), cfg))
 
 
@@ -57,11 +60,13 @@ class Experiment:
         self.built: BuiltModel = build(cfg.arch, cfg.model, cfg.model.vocab_size or self.task.vocab_size)
         self.model = self.built.model.to(self.device)
         self.amp = autocast_dtype(cfg.train.precision, self.device)
-        self.store = ResultStore(cfg.results_dir)
-        # Everything that shapes the trained weights: their checkpoint's identity.
+        # Everything that shapes the trained weights - settings and the code of the model
+        # and the task generator - is their checkpoint's identity.
         self.train_settings = {"arch": self.built.name, "arch_kwargs": self.built.kwargs,
-                               "task": self.task.params(), "train": to_container(OmegaConf.structured(cfg.train))}
+                               "task": self.task.params(), "train": to_container(OmegaConf.structured(cfg.train)),
+                               "code": code_fingerprint(self.model, self.task)}
         self.train_key = config_hash(self.train_settings)
+        self.trained_result: TrainResult | None = None
 
     # -- training (or loading) -------------------------------------------------------------
     def _checkpoint(self) -> Path | None:
@@ -79,24 +84,31 @@ class Experiment:
         ckpt = self._checkpoint()
         summary = ckpt.with_suffix(".json") if ckpt else None
         if ckpt and ckpt.exists() and summary.exists() and not self.cfg.force:
-            load_checkpoint(self.model, ckpt)
+            load_checkpoint(self.model, ckpt)  # a truncated file: an error naming it and force=true
             self.model.to(self.device)
             log.info("loaded %s", ckpt)
             return TrainResult(**json.loads(summary.read_text()))
-        result = train(self.model, self.task, self.cfg.train, self.device,
-                       eval_fn=self._eval_fn(), progress=self.cfg.progress)
+        start = time.perf_counter()
+        try:
+            result = train(self.model, self.task, self.cfg.train, self.device,
+                           eval_fn=self._eval_fn(), progress=self.cfg.progress)
+        except Exception as exc:  # noqa: BLE001 - a training OOM / error becomes rows, not a crash
+            status, reason = classify_exception(exc)
+            free_memory(exc)
+            self.model.zero_grad(set_to_none=True)
+            log.warning("%s: training failed (%s); every eval length gets a %s row", self.built.label, reason, status)
+            return TrainResult(status=status, reason=reason, wall_s=time.perf_counter() - start)
         if ckpt and result.status == "ok":
             save_checkpoint(self.model, ckpt)
-            tmp = summary.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(result.summary()))
-            tmp.replace(summary)
+            atomic_write(summary, json.dumps(result.summary()))
         return result
 
     # -- evaluation --------------------------------------------------------------------------
     def settings(self, eval_len: int) -> dict[str, Any]:
         e = self.cfg.eval
         return {"train_key": self.train_key, "eval_seq_len": eval_len, "n_sequences": e.n_sequences,
-                "eval_seed": e.seed, "chunk_len": e.chunk_len, "device": device_name(self.device)}
+                "eval_seed": e.seed, "chunk_len": e.chunk_len, "device": device_name(self.device),
+                "limits": {"time_budget_s": e.time_budget_s, "cpu_memory_limit_gb": e.cpu_memory_limit_gb}}
 
     def key(self, eval_len: int) -> str:
         return point_key(self.settings(eval_len), f"{self.built.label}-{self.task.name}-s{self.cfg.train.seed}-{eval_len}")
@@ -116,7 +128,7 @@ class Experiment:
             train_stop_reason=trained.stop_reason,
             eval_chunk_len=e.chunk_len, d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
             state_bytes=self.model.expected_state_bytes(1, eval_len), sizing=self.built.sizing["match"],
-            **metrics)
+            time_budget_s=e.time_budget_s, cpu_memory_limit_gb=e.cpu_memory_limit_gb, **metrics)
 
     def _eval_batch(self, eval_len: int) -> int:
         return max(1, min(self.cfg.eval.n_sequences, self.cfg.eval.batch_tokens // eval_len))
@@ -151,24 +163,32 @@ class Experiment:
                 return self.row(eval_len, trained, status, reason, micro_batch=micro)
 
     def run(self) -> None:
+        """Every eval length is a point of ``harness.sweep.run_points``; the model is
+        trained (or loaded) once, just before the first point that needs measuring."""
         lengths = sorted(set(self.cfg.eval.seq_lens))
-        todo = [n for n in lengths if self.cfg.force or not self.store.has(self.key(n))]
-        if not todo:
-            return
-        trained = self.trained()
-        failed_at = None
-        for n in todo:
+        points = [Point(self.key(n), group="eval", info={"eval_seq_len": n}, desc=f"L={n}",
+                        at=f"eval_seq_len={n}") for n in lengths]
+
+        def train_once() -> None:
+            self.trained_result = self.trained()
+
+        def measure(point: Point) -> dict:
+            n, trained = point.info["eval_seq_len"], self.trained_result
             if trained.status != "ok":
-                row = self.row(n, trained, trained.status, f"training {trained.status}: {trained.reason}")
-            elif failed_at is not None:
-                row = self.row(n, trained, "skipped", f"{failed_at[1]} at eval_seq_len={failed_at[0]}")
-            else:
-                row = self.evaluate_at(n, trained)
-                if row["status"] in ("oom", "timeout"):
-                    failed_at = (n, row["status"])
-            self.store.write(row, row["point_key"])
-            log.info("%s %s L=%d: %s acc=%s", self.built.label, self.task.name, n, row["status"],
-                     row.get("accuracy"))
+                return self.row(n, trained, trained.status, f"training {trained.status}: {trained.reason}")
+            return self.evaluate_at(n, trained)
+
+        def failure(point: Point, status: str, reason: str) -> dict:
+            return self.row(point.info["eval_seq_len"], self.trained_result or TrainResult(status="skipped"),
+                            status, reason)
+
+        settings = SweepSettings(results_dir=self.cfg.results_dir, force=self.cfg.force,
+                                 claim_stale_s=self.cfg.claim_stale_s, progress=False,
+                                 desc=f"{self.built.label} {self.task.name}")
+        # A failed training gives its status to every length; only oom/timeout of an
+        # evaluation skips the longer ones.
+        run_points(points, measure, failure, settings, before_first=train_once,
+                   skips_longer=lambda row: row["status"] in ("oom", "timeout") and row["train_status"] == "ok")
 
 
 def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
@@ -183,11 +203,15 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
         raise ValueError(f"eval.seq_lens has {too_short}, shorter than the task's min_len={task.min_len()} "
                          f"for {task.params()}")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or task.vocab_size, validate_only=True)
-    if resolve_device(cfg.device).type == "cpu":
-        limit_cpu_memory(cfg.eval.cpu_memory_limit_gb)
-    torch.manual_seed(cfg.train.seed)
-    experiment = Experiment(cfg)
-    experiment.run()
+    device = resolve_device(cfg.device)
+    check_writable_dir(cfg.results_dir, "results_dir")
+    if cfg.checkpoint_dir:
+        check_writable_dir(cfg.checkpoint_dir, "checkpoint_dir")
+    # The cap holds for this job only: the next job of a multirun starts uncapped.
+    with cpu_memory_limit(cfg.eval.cpu_memory_limit_gb if device.type == "cpu" else None):
+        torch.manual_seed(cfg.train.seed)
+        experiment = Experiment(cfg)
+        experiment.run()
     rows = load_rows(cfg.results_dir)
     if rows.empty:
         return rows
@@ -200,7 +224,7 @@ def main(cfg: DictConfig) -> None:
     cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)
     if cfg.checkpoint_dir:
         cfg.checkpoint_dir = hydra.utils.to_absolute_path(cfg.checkpoint_dir)
-    df = run(cfg)
+    df = exit_on_terminate(lambda: run(cfg))
     if not df.empty:
         log.info("%d evaluation rows in %s", len(df), cfg.results_dir)
 

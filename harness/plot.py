@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -426,7 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.results_dir).is_dir():
         parser.error(f"{args.results_dir} is not a directory")
-    df = load_rows(args.results_dir)
+    rejected: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # named below, once each
+        df = load_rows(args.results_dir, rejected)
+    for problem in rejected:
+        print(f"rejected {problem}", file=sys.stderr)
     if df.empty:
         print(f"no result rows under {args.results_dir}; nothing to plot", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.results import atomic_write
 from harness.fit import SERIES_KEYS, by_series, crossover_table, fit_exponent
 from harness.plot import (
     EXTRAPOLATION_METRICS, Y_LABELS, extrapolation_groups, format_length, series_names, split_kinds,
@@ -159,8 +160,4 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, figures: Sequence[Path] 
     sections += ["## Failed points\n", _failed_section(df)]
     if not ext.empty:
         sections += ["## Extrapolation (train short, test long)\n", _extrapolation_section(ext)]
-    path = out / "report.md"
-    tmp = out / f".report.md.{os.getpid()}.tmp"
-    tmp.write_text("\n".join(sections), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(out / "report.md", "\n".join(sections))

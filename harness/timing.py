@@ -298,6 +298,18 @@ def limit_cpu_memory(gb: float | None) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 
 
+@contextlib.contextmanager
+def cpu_memory_limit(gb: float | None) -> Iterator[None]:
+    """``limit_cpu_memory(gb)`` for the block only: the previous limit comes back on the
+    way out, so a capped job of a multirun does not cap the jobs after it."""
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    try:
+        limit_cpu_memory(gb)
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, before)
+
+
 def classify_exception(exc: BaseException) -> tuple[str, str]:
     """(status, reason) for a failed point: 'timeout', 'oom' or 'error', and a one-line
     reason ("OutOfMemoryError: CUDA out of memory. Tried to allocate 8.00 GiB ...")."""
