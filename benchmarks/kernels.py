@@ -39,7 +39,8 @@ from harness.env import device_name  # noqa: E402
 from harness.fit import crossover  # noqa: E402
 from harness.report import markdown_table  # noqa: E402
 from harness.results import ResultStore, load_rows, make_row, point_key  # noqa: E402
-from harness.timing import classify_exception, device_peak, free_memory, time_callable  # noqa: E402
+from harness.devices import device_peak  # noqa: E402
+from harness.timing import classify_exception, free_memory, time_callable  # noqa: E402
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 

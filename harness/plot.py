@@ -32,12 +32,16 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
-from harness.fit import by_series, fit_power_law
+from harness.fit import fit_power_law
+from harness.report import write_report
 from harness.results import load_rows
+from harness.series import (  # noqa: F401 - re-used names of the figures' API
+    EXTRAPOLATION_METRICS, X_LABEL, Y_LABELS, by_series, extrapolation_groups, format_bytes, format_length,
+    series_names, split_kinds,
+)
 
 Color = tuple[float, float, float]
 FAILED_MARKER = "x"
-EXTRAPOLATION_METRICS: tuple[str, ...] = ("accuracy", "loss", "bpb", "perplexity")
 # Columns that, when they vary, split cost figures into separate files.
 FIGURE_CONTEXT: tuple[str, ...] = ("device", "dtype", "batch")
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -45,13 +49,6 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 # ---------------------------------------------------------------- names, colours, axes
 
-
-def series_names(df: pd.DataFrame) -> pd.Series:
-    """The curve each row belongs to: the ``label`` column where set, else the arch."""
-    names = df["arch"].astype(str)
-    if "label" in df.columns:
-        names = df["label"].where(df["label"].notna(), names).astype(str)
-    return names
 
 
 # The built-in architectures keep one colour across every experiment's figures (tab20
@@ -87,30 +84,6 @@ def series_palette(names: Iterable[str]) -> dict[str, Color]:
     return {name: tuple(tab20[index[name]]) for name in names}
 
 
-def split_kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cost rows, extrapolation rows): extrapolation rows carry ``eval_seq_len``."""
-    if "eval_seq_len" in df.columns:
-        is_extrap = pd.to_numeric(df["eval_seq_len"], errors="coerce").notna()
-    else:
-        is_extrap = pd.Series(False, index=df.index)
-    return df[~is_extrap & df["seq_len"].notna()], df[is_extrap]
-
-
-def format_length(x: float, _pos: object = None) -> str:
-    if x >= 2**20 and x % 2**20 == 0:
-        return f"{int(x) // 2**20}M"
-    if x >= 1024 and x % 1024 == 0:
-        return f"{int(x) // 1024}K"
-    return f"{x:g}"
-
-
-def format_bytes(b: float, _pos: object = None) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(b) >= size:
-            return f"{b / size:g} {unit}"
-    return f"{b:g} B"
-
-
 def _log_x(ax, xs: Sequence[float]) -> None:
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(format_length))
@@ -127,19 +100,6 @@ def _y_scale(ax, ys: Sequence[float], column: str) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(format_bytes))
     elif column == "tokens_per_s":
         ax.yaxis.set_major_formatter(EngFormatter(sep=""))
-
-
-Y_LABELS = {
-    "time_ms": "time per call (ms)",
-    "peak_mem_bytes": "peak memory allocated",
-    "tokens_per_s": "throughput (tokens/s)",
-    "state_bytes": "decode state size",
-    "accuracy": "accuracy",
-    "loss": "loss (nats/token)",
-    "bpb": "bits per byte",
-    "perplexity": "perplexity",
-}
-X_LABEL = "sequence length (tokens; K = 1024)"
 
 
 def _mark_failures(ax, failed: pd.DataFrame, x: str, palette: dict[str, Color], order: list[str]) -> None:
@@ -321,22 +281,6 @@ def _extrapolation_panel(ax, rows: pd.DataFrame, metric: str, palette: dict[str,
         ax.legend(fontsize="small", title="× = failed point" if len(failed) else None, title_fontsize="small")
 
 
-def extrapolation_groups(ext: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per task and training length: runs trained at different lengths
-    are never averaged into one curve."""
-    keys = [c for c in ("task", "train_seq_len") if c in ext.columns]
-    if not keys:
-        return [("", ext)]
-    out = []
-    for key, rows in ext.groupby(keys, dropna=False, sort=True):
-        named = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        parts = [str(named["task"])] if pd.notna(named.get("task")) else []
-        if pd.notna(named.get("train_seq_len")):
-            parts.append(f"trained at {format_length(float(named['train_seq_len']))}")
-        out.append((", ".join(parts), rows))
-    return out
-
-
 def _several_widths(ext: pd.DataFrame) -> bool:
     return "d_model" in ext.columns and ext.assign(s=series_names(ext)).groupby("s")["d_model"].nunique().max() > 1
 
@@ -411,13 +355,6 @@ def plot_cost(df: pd.DataFrame, out_dir: str | Path, palette: dict[str, Color] |
 def plot_extrapolation(df: pd.DataFrame, out_dir: str | Path, palette: dict[str, Color] | None = None) -> list[Path]:
     """Write the extrapolation figures (PNG and SVG) to ``out_dir``; return the files written."""
     return [p for name, fig in extrapolation_figures(df, palette).items() for p in _save(fig, Path(out_dir), name)]
-
-
-def write_report(df: pd.DataFrame, out_dir: str | Path, figures: Sequence[Path] = ()) -> Path:
-    """``out_dir/report.md`` (see harness.report)."""
-    from harness.report import write_report as _write
-
-    return _write(df, out_dir, figures)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

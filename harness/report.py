@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.fit import crossover_table, fit_exponent
 from harness.results import atomic_write
-from harness.fit import SERIES_KEYS, by_series, crossover_table, fit_exponent
-from harness.plot import (
-    EXTRAPOLATION_METRICS, Y_LABELS, extrapolation_groups, format_length, series_names, split_kinds,
+from harness.series import (
+    EXTRAPOLATION_METRICS, SERIES_KEYS, Y_LABELS, by_series, extrapolation_groups, format_length, series_names,
+    split_kinds,
 )
 
 MAX_FAILED_ROWS = 100  # beyond this the report says how many more there are

@@ -19,8 +19,8 @@ time_ms         median time per call, milliseconds
 time_ms_p10     10th percentile, milliseconds
 time_ms_p90     90th percentile, milliseconds
 tokens_per_s    batch * tokens processed per call / time
-peak_mem_bytes  extra bytes allocated at the call's peak (harness.timing.peak_memory)
-flops           FLOPs of one call as counted by harness.timing.count_flops
+peak_mem_bytes  extra bytes allocated at the call's peak (harness.counters.peak_memory)
+flops           FLOPs of one call as counted by harness.counters.count_flops
 state_bytes     decode state size (KV cache / recurrent state), bytes
 device          device name (GPU model or CPU model)
 =============== ==============================================================
@@ -40,7 +40,7 @@ tools give a meaning to:
 * ``label`` (optional) names the curve instead of ``arch`` in figures and tables, for
   variants of one architecture (e.g. ``attention+alibi``).
 * ``Timing.as_row()``, ``MemoryPeak.as_row()`` and ``FlopCount.as_row()``
-  (harness.timing) fill ``time_ms``/``time_ms_p10``/``time_ms_p90`` plus
+  (harness.timing, harness.counters) fill ``time_ms``/``time_ms_p10``/``time_ms_p90`` plus
   ``time_iqr_ms``, ``n_repeats``, ``timing_method``; ``peak_mem_bytes`` plus
   ``mem_baseline_bytes``, ``mem_method``; ``flops`` plus ``flops_complete``,
   ``flops_uncounted``.
