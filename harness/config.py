@@ -20,6 +20,10 @@ from harness.train import TrainConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("forward", "train_step", "decode", "generate")
 MATCH = ("params", "active_params", "flops", "state", "width")
+# Figures an experiment can declare (``figures: [...]``); harness.plot draws exactly these.
+FIGURES = ("time_vs_length", "memory_vs_length", "throughput_vs_length", "decode_vs_context",
+           "generation_throughput", "accuracy_vs_state", "extrapolation_accuracy", "extrapolation_loss",
+           "extrapolation_bpb", "extrapolation_perplexity")
 
 
 @dataclass
@@ -81,6 +85,7 @@ class CostConfig:
     seed: int = 0
     progress: bool = True
     claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
+    figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
 
 
 @dataclass
@@ -110,6 +115,7 @@ class ExtrapolateConfig:
     force: bool = False
     progress: bool = True
     claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
+    figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
 
 
 def register_configs() -> None:
@@ -138,6 +144,12 @@ def validate_model(m: ModelConfig | DictConfig, prefix: str = "model") -> None:
     for arch, width in dict(m.d_model_by_arch).items():
         if width <= 0:
             _fail(f"{prefix}.d_model_by_arch.{arch}", f"must be positive, got {width}")
+
+
+def validate_figures(figures: List[str]) -> None:
+    bad = [f for f in figures if f not in FIGURES]
+    if bad:
+        _fail("figures", f"unknown figure(s) {bad}; choose from {list(FIGURES)}")
 
 
 def validate_bench(b: BenchConfig | DictConfig) -> None:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.build import BuiltModel, build
 from harness.config import (DTYPES, BenchConfig, CostConfig, register_configs, resolve_device,
-                            to_container, validate_bench, validate_model)
+                            to_container, validate_bench, validate_figures, validate_model)
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
 from harness.checks import check_writable_dir, reject_unknown_keys
@@ -88,7 +88,8 @@ class Sweep:
             point_key=self.key(mode, seq_len),
             active_params=self.model.num_params(active_only=True),
             d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
-            sizing=self.built.sizing["match"], time_budget_s=self.bench.time_budget_s,
+            sizing=self.built.sizing["match"], figures=",".join(self.cfg.figures) or None,
+            time_budget_s=self.bench.time_budget_s,
             cpu_memory_limit_gb=self.bench.cpu_memory_limit_gb, **fields)
 
     def _sweep_settings(self) -> SweepSettings:
@@ -179,6 +180,7 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
     cfg = _as_schema(cfg)
     validate_bench(cfg.bench)
     validate_model(cfg.model)
+    validate_figures(cfg.figures)
     device = resolve_device(cfg.device)
     check_writable_dir(cfg.results_dir, "results_dir")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or 256, validate_only=True)  # fail before compute

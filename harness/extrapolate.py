@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from archs import SequenceTooLongError
 from harness.build import BuiltModel, build
 from harness.config import (ExtrapolateConfig, register_configs, resolve_device, to_container,
-                            validate_eval, validate_model)
+                            validate_eval, validate_figures, validate_model)
 from harness.env import device_name
 from harness.evaluate import evaluate
 from harness.checks import check_writable_dir, code_fingerprint, reject_unknown_keys
@@ -128,6 +128,7 @@ class Experiment:
             train_stop_reason=trained.stop_reason,
             eval_chunk_len=e.chunk_len, d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
             state_bytes=self.model.expected_state_bytes(1, eval_len), sizing=self.built.sizing["match"],
+            figures=",".join(self.cfg.figures) or None,
             time_budget_s=e.time_budget_s, cpu_memory_limit_gb=e.cpu_memory_limit_gb, **metrics)
 
     def _eval_batch(self, eval_len: int) -> int:
@@ -196,6 +197,7 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
     cfg = _as_schema(cfg)
     validate_eval(cfg.eval)
     validate_model(cfg.model)
+    validate_figures(cfg.figures)
     task = get_task(**to_container(cfg.task))  # bad task parameters fail before any compute
     task.sample(1, cfg.train.seq_len, torch.Generator().manual_seed(0))  # the task's own length check
     too_short = [n for n in cfg.eval.seq_lens if n < task.min_len()]

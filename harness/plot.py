@@ -12,6 +12,10 @@ evaluation length (log2 axis), a dashed line at the training length, the mean an
 95% band over seeds. Points that failed (oom, timeout, error, skipped, diverged) are
 drawn as × at the bottom edge of their panel, and listed in the report.
 
+Which figures: each experiment declares them (``figures: [...]`` in its config, from
+``harness.config.FIGURES``; every row records it) and exactly those are drawn; rows
+that declare none (written before declarations) get every figure their columns allow.
+
 Each curve keeps one colour in every figure: ``series_palette`` gives the built-in
 architectures canonical colours (the same in every experiment) and the other curves
 free colours by sorted name (computed once per data set, passed to every figure).
@@ -221,13 +225,29 @@ def generation_figure(gen: pd.DataFrame, palette: dict[str, Color]) -> Figure:
     return fig
 
 
-def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> dict[str, Figure]:
-    """The cost figures, by file stem (see the module doc)."""
+def declared_figures(df: pd.DataFrame) -> set[str] | None:
+    """The figures the rows' experiments declared (config ``figures:``, stored in each
+    row); None when no row declares any (rows written before the declaration existed)."""
+    if "figures" not in df.columns:
+        return None
+    names = {f for v in df["figures"].dropna().astype(str) for f in v.split(",") if f}
+    return names or None
+
+
+def _want(wanted: set[str] | None, stem: str) -> bool:
+    return wanted is None or stem in wanted
+
+
+def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None,
+                 wanted: set[str] | None = None) -> dict[str, Figure]:
+    """The cost figures, by file stem (see the module doc); ``wanted``: only these
+    (default: ``declared_figures(df)``, else every one the rows allow)."""
+    wanted = declared_figures(df) if wanted is None else wanted
     cost, _ = split_kinds(df.reset_index(drop=True))
     palette = palette or series_palette(series_names(df))
     figures: dict[str, Figure] = {}
     generate = cost["mode"].astype(str) == "generate"
-    if generate.any():
+    if generate.any() and _want(wanted, "generation_throughput"):
         figures["generation_throughput"] = generation_figure(cost[generate], palette)
         cost = cost[~generate]
     for suffix, context, rows in _contexts(cost):
@@ -236,7 +256,7 @@ def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> d
         for stem, y, fit, what in (("time_vs_length", "time_ms", True, "Time per call"),
                                    ("memory_vs_length", "peak_mem_bytes", True, "Peak memory"),
                                    ("throughput_vs_length", "tokens_per_s", False, "Throughput")):
-            if _has_values(rows, y):
+            if _has_values(rows, y) and _want(wanted, stem):
                 figures[stem + suffix] = _figure(by_mode(y, fit), palette, f"{what} vs length ({context})")
         decode = rows[rows["mode"].astype(str).str.contains("decode")]
         panels = []
@@ -245,7 +265,7 @@ def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> d
         state = decode if _has_values(decode, "state_bytes") else rows
         if _has_values(state, "state_bytes"):
             panels.append(("decode state size", state, "state_bytes", True))
-        if panels:
+        if panels and _want(wanted, "decode_vs_context"):
             figures["decode_vs_context" + suffix] = _figure(panels, palette, f"Decoding vs context ({context})")
     return figures
 
@@ -315,15 +335,18 @@ def recall_state_figure(ext: pd.DataFrame, palette: dict[str, Color]) -> Figure:
     return fig
 
 
-def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> dict[str, Figure]:
+def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None,
+                          wanted: set[str] | None = None) -> dict[str, Figure]:
     """One figure per metric present (accuracy, loss, bpb, perplexity), one panel per
     (task, training length); with several widths per architecture, the recall-vs-state
-    figure, and length curves only where several lengths were evaluated."""
+    figure, and length curves only where several lengths were evaluated. ``wanted``: only
+    these (default: ``declared_figures(df)``)."""
+    wanted = declared_figures(df) if wanted is None else wanted
     _, ext = split_kinds(df.reset_index(drop=True))
     palette = palette or series_palette(series_names(df))
     figures: dict[str, Figure] = {}
     if _several_widths(ext):
-        if _has_values(ext, "accuracy") and _has_values(ext, "state_bytes"):
+        if _has_values(ext, "accuracy") and _has_values(ext, "state_bytes") and _want(wanted, "accuracy_vs_state"):
             figures["accuracy_vs_state"] = recall_state_figure(ext, palette)
         if pd.to_numeric(ext["eval_seq_len"]).nunique() < 2:
             return figures
@@ -332,7 +355,7 @@ def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = N
         palette = series_palette(series_names(ext))
     groups = extrapolation_groups(ext)
     for metric in EXTRAPOLATION_METRICS:
-        if not _has_values(ext, metric):
+        if not _has_values(ext, metric) or not _want(wanted, f"extrapolation_{metric}"):
             continue
         with sns.axes_style("whitegrid"):
             fig = Figure(figsize=(5.6 * len(groups), 4.4), layout="constrained")

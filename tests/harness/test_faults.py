@@ -334,3 +334,18 @@ def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
     out, _ = _cli("cost", args, tmp_path).communicate(timeout=240)
     rows = load_rows(res)
     assert len(rows) == 4 and set(rows["status"]) == {"ok"} and rows["point_key"].is_unique, out[-3000:]
+
+
+# --- figures are declared by the experiment, not guessed ------------------------------------
+
+def test_declared_figures_are_recorded_and_drawn(tmp_path):
+    from harness.plot import cost_figures, declared_figures
+
+    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward,decode]",
+                    "bench.seq_lens=[16,32]", "figures=[time_vs_length]"])
+    df = cost.run(cfg)
+    assert declared_figures(df) == {"time_vs_length"}
+    assert list(cost_figures(df)) == ["time_vs_length"]
+    assert {"time_vs_length", "decode_vs_context"} <= set(cost_figures(df.drop(columns="figures")))
+    with pytest.raises(ValueError, match="unknown figure"):
+        cost.run(_compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "figures=[nope]"]))
