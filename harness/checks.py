@@ -4,6 +4,9 @@
   (Hydra lets ``+bench.seq_lenz=[999]`` through; this does not), with a suggestion.
 * ``check_writable_dir`` - a results/checkpoint folder that is a file or cannot be
   written is named before training or the first measurement, not after.
+* ``validate_model`` / ``validate_bench`` / ``validate_eval`` / ``validate_figures`` - values
+  of the schemas in ``harness.config`` (a negative length, an unknown dtype name its key);
+  ``resolve_device`` - ``auto``/``cpu``/``cuda[:N]``, with a clear error for anything else.
 * ``code_fingerprint`` - a hash of the source files that define a model (its classes'
   modules, and the project modules those import from) and a task generator, so a
   checkpoint trained by other code is never reused silently.
@@ -24,7 +27,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+
+from harness.config import DTYPES, FIGURES, MATCH, MODES, BenchConfig, EvalConfig, ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,3 +155,85 @@ def code_fingerprint(*objs: Any, length: int = 12) -> str:
         rel = path.relative_to(REPO_ROOT) if REPO_ROOT in path.parents else Path(path.name)
         h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:length]
+
+
+# ---------------------------------------------------------------- values
+
+
+def _fail(key: str, problem: str) -> None:
+    raise ValueError(f"{key}: {problem}")
+
+
+def validate_model(m: ModelConfig | DictConfig, prefix: str = "model") -> None:
+    if m.match not in MATCH:
+        _fail(f"{prefix}.match", f"must be one of {list(MATCH)}, got {m.match!r}")
+    if m.n_layers is not None and m.n_layers <= 0:
+        _fail(f"{prefix}.n_layers", f"must be positive, got {m.n_layers}")
+    needed = {"params": "target_params", "active_params": "target_params", "flops": "target_flops_per_token",
+              "state": "target_state_bytes", "width": "d_model"}[m.match]
+    value = getattr(m, needed)
+    if value is None or value <= 0:
+        _fail(f"{prefix}.{needed}", f"match={m.match!r} needs a positive {needed}, got {value}")
+    for arch, width in dict(m.d_model_by_arch).items():
+        if width <= 0:
+            _fail(f"{prefix}.d_model_by_arch.{arch}", f"must be positive, got {width}")
+
+
+def validate_figures(figures: list[str]) -> None:
+    bad = [f for f in figures if f not in FIGURES]
+    if bad:
+        _fail("figures", f"unknown figure(s) {bad}; choose from {list(FIGURES)}")
+
+
+def validate_bench(b: BenchConfig | DictConfig) -> None:
+    if not b.seq_lens or any(n <= 0 for n in b.seq_lens):
+        _fail("bench.seq_lens", f"must be a non-empty list of positive lengths, got {list(b.seq_lens)}")
+    if b.batch <= 0:
+        _fail("bench.batch", f"must be positive, got {b.batch}")
+    if b.dtype not in DTYPES:
+        _fail("bench.dtype", f"must be one of {list(DTYPES)}, got {b.dtype!r}")
+    bad = [m for m in b.modes if m not in MODES]
+    if bad or not b.modes:
+        _fail("bench.modes", f"must be a non-empty subset of {list(MODES)}, got {list(b.modes)}")
+    if b.search not in ("grid", "max_len"):
+        _fail("bench.search", f"must be 'grid' or 'max_len', got {b.search!r}")
+    if b.max_len.mode not in MODES:
+        _fail("bench.max_len.mode", f"must be one of {list(MODES)}, got {b.max_len.mode!r}")
+    for key in ("warmup", "decode_steps"):
+        if getattr(b, key) < 0:
+            _fail(f"bench.{key}", f"must be >= 0, got {getattr(b, key)}")
+    if b.min_repeats < 1 or b.min_run_time <= 0 or b.time_budget_s <= 0:
+        _fail("bench.min_repeats/min_run_time/time_budget_s", "must be positive")
+
+
+def validate_eval(e: EvalConfig | DictConfig) -> None:
+    if not e.seq_lens or any(n <= 0 for n in e.seq_lens):
+        _fail("eval.seq_lens", f"must be a non-empty list of positive lengths, got {list(e.seq_lens)}")
+    if e.n_sequences <= 0 or e.batch_tokens <= 0:
+        _fail("eval.n_sequences/batch_tokens", "must be positive")
+    if e.time_budget_s <= 0:
+        _fail("eval.time_budget_s", f"must be positive, got {e.time_budget_s}")
+    if e.chunk_len is not None and e.chunk_len <= 0:
+        _fail("eval.chunk_len", f"must be positive or null, got {e.chunk_len}")
+    if e.cpu_memory_limit_gb is not None and e.cpu_memory_limit_gb <= 0:
+        _fail("eval.cpu_memory_limit_gb", f"must be positive or null, got {e.cpu_memory_limit_gb}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device torch knows; use device=auto, cpu, cuda "
+                         f"or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r}: archbench runs on cpu or cuda; use device=auto, cpu, cuda "
+                         f"or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
+    return device
+
+
+def to_container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

@@ -29,8 +29,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.build import BuiltModel, build
-from harness.config import (DTYPES, BenchConfig, CostConfig, register_configs, resolve_device,
-                            to_container, validate_bench, validate_figures, validate_model)
+from harness.checks import (resolve_device, to_container, validate_bench, validate_figures,
+                            validate_model)
+from harness.config import DTYPES, BenchConfig, CostConfig, register_configs
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
 from harness.checks import check_writable_dir, reject_unknown_keys

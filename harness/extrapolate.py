@@ -28,8 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from archs import SequenceTooLongError
 from harness.build import BuiltModel, build
-from harness.config import (ExtrapolateConfig, register_configs, resolve_device, to_container,
-                            validate_eval, validate_figures, validate_model)
+from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
+                            validate_model)
+from harness.config import ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
 from harness.checks import check_writable_dir, code_fingerprint, reject_unknown_keys

@@ -252,10 +252,10 @@ def run_points(
                     else:
                         row = precheck(point) if precheck else None
                         if row is None:
+                            prepare = None
                             if not started and before_first:
-                                started = True
-                                before_first()
-                            row = _measure_one(point, measure, failure_row, store)
+                                started, prepare = True, before_first
+                            row = _measure_one(point, measure, failure_row, store, prepare)
                     store.write(row, point.key)
                     written.append(row)
                     if skips_longer(row):
@@ -270,9 +270,19 @@ def run_points(
     return written
 
 
-def _measure_one(point: Point, measure, failure_row, store: ResultStore) -> dict[str, Any]:
+def _measure_one(point: Point, measure, failure_row, store: ResultStore, prepare=None) -> dict[str, Any]:
+    """``prepare()`` (training) then ``measure(point)``. An exception from ``measure`` is the
+    point's row; one from ``prepare`` propagates (a bad checkpoint is the user's to fix, not
+    a result); a stop signal in either is the point's ``timeout`` row, then propagates."""
     try:
-        return measure(point)
+        if prepare is not None:
+            prepare()
+        try:
+            return measure(point)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+            status, reason = classify_exception(exc)
+            free_memory(exc)
+            return failure_row(point, status, reason)
     except Terminated as stop:
         row = failure_row(point, "timeout", f"{stop}: the point was cut short; a re-run measures it again")
         row["interrupted"] = stop.name
@@ -283,7 +293,3 @@ def _measure_one(point: Point, measure, failure_row, store: ResultStore) -> dict
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a row
-        status, reason = classify_exception(exc)
-        free_memory(exc)
-        return failure_row(point, status, reason)

@@ -61,7 +61,7 @@ def test_every_arch_config_composes_and_builds(arch):
 
 @pytest.mark.parametrize("bench", _group_options("bench"))
 def test_every_bench_preset_composes_and_validates(bench):
-    from harness.config import validate_bench
+    from harness.checks import validate_bench
     validate_bench(cost._as_schema(_compose([f"bench={bench}"])).bench)
 
 

@@ -42,7 +42,7 @@ def _options(group):
 
 @pytest.mark.parametrize("group", ["task", "train", "eval"])
 def test_every_group_option_composes_and_validates(group):
-    from harness.config import validate_eval
+    from harness.checks import validate_eval
     from harness.tasks import get_task
     from harness.build import build
     for option in _options(group):

@@ -349,3 +349,25 @@ def test_declared_figures_are_recorded_and_drawn(tmp_path):
     assert {"time_vs_length", "decode_vs_context"} <= set(cost_figures(df.drop(columns="figures")))
     with pytest.raises(ValueError, match="unknown figure"):
         cost.run(_compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "figures=[nope]"]))
+
+
+def test_stop_signal_during_training_is_the_first_points_timeout_row(tmp_path):
+    from harness.sweep import Point, SweepSettings, Terminated, run_points
+
+    def row(point, status="ok", reason=""):
+        return make_row(status=status, reason=reason, arch="a", mode="eval", seq_len=point.info["n"], env={})
+
+    def train():
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while "training"
+        time.sleep(5)
+
+    points = [Point(f"p{n}", info={"n": n}) for n in (8, 16)]
+    with pytest.raises(Terminated):
+        run_points(points, row, row, SweepSettings(str(tmp_path), progress=False), before_first=train)
+    rows = load_rows(tmp_path)
+    assert list(rows["status"]) == ["timeout"] and "SIGTERM" in rows["reason"][0]
+    assert not (tmp_path / ".claims").exists()
+    # The interrupted row is not final: the next run measures both points.
+    written = run_points(points, row, row, SweepSettings(str(tmp_path), progress=False))
+    assert [r["seq_len"] for r in written] == [8, 16] and set(load_rows(tmp_path)["status"]) == {"ok"}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
