@@ -190,7 +190,8 @@ def _load_plugins() -> None:
         try:
             register = ep.load()
             register()
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the rest
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - one broken plugin must not break the rest
+            # SystemExit too: a plugin calling sys.exit() must not silently end every app.
             reason = f"{type(exc).__name__}: {exc}"
             _PLUGIN_ERRORS[ep.name] = reason
             warnings.warn(f"archbench plugin {ep.name!r} ({ep.value}) failed to load: {reason}",

@@ -38,8 +38,9 @@ from harness.config import DTYPES  # noqa: E402
 from harness.env import device_name  # noqa: E402
 from harness.fit import crossover  # noqa: E402
 from harness.report import markdown_table  # noqa: E402
-from harness.results import ResultStore, load_rows, make_row, point_key  # noqa: E402
-from harness.timing import classify_exception, device_peak, free_memory, time_callable  # noqa: E402
+from harness.results import ResultStore, atomic_write, load_rows, make_row, point_key  # noqa: E402
+from harness.devices import device_peak  # noqa: E402
+from harness.timing import classify_exception, free_memory, time_callable  # noqa: E402
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 
@@ -88,7 +89,7 @@ class Bench:
         settings = {"impl": impl, "mode": mode, "seq_len": seq_len, "batch": batch, "dtype": self.args.dtype,
                     "device": device_name(self.device), **extra}
         key = point_key(settings, f"{impl}-{mode}-{seq_len}")
-        if self.store.has(key) and not self.args.force:
+        if self.store.has_valid(key) and not self.args.force:
             return
         common = dict(arch=impl, backend=impl, seq_len=seq_len, batch=batch, dtype=self.args.dtype, mode=mode,
                       device=device_name(self.device), experiment=f"kernels_{self.args.suite}",
@@ -176,7 +177,7 @@ def report(out: Path) -> None:
             a, b = sorted(rows["arch"].unique())
             c = crossover(rows.assign(label=rows["arch"]), a, b)
             lines += [f"crossover {a} / {b}: {'none' if c.x is None else f'{c.x:,.0f} tokens'} ({c.method})", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write(out / "report.md", "\n".join(lines))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,7 +4,8 @@ Forward + backward tokens/s of one mixer, swept over sequence length, timed with
 ``torch.utils.benchmark.Timer``. Each length first runs every implementation once to
 check that their outputs match the reference one; an implementation whose estimated
 memory or time exceeds the budget is recorded as skipped (or oom if it fails), never
-crashes the sweep. One CSV, written atomically (temp file + rename).
+crashes the sweep. Each case is a row file in the result store (``--out`` folder; ``harness.collect``
+merges them into parquet/csv).
 
     python -m benchmarks.linear_attention                       # defaults below
     python -m benchmarks.linear_attention --lengths 1024 4096 --no-ssd
@@ -12,13 +13,11 @@ crashes the sweep. One CSV, written atomically (temp file + rename).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from torch.utils.benchmark import Timer
 
 from archs.linear_attention import LinearAttentionConfig, LinearAttentionMixer
 from archs.mamba2 import Mamba2Config, Mamba2Mixer
+from harness.results import ResultStore, make_row, point_key
 
 FIELDS = ["bench", "impl", "seq_len", "status", "reason", "tokens_per_s", "median_ms",
           "n_runs", "max_abs_diff_vs_ref", "batch", "d_model", "n_heads", "dtype", "mode",
@@ -144,14 +144,19 @@ def measure(case: Case, L: int, args: argparse.Namespace, ref_out: dict) -> dict
             "n_runs": len(m.times) * m.number_per_run, "max_abs_diff_vs_ref": diff}
 
 
-def write_atomic(rows: list[dict], path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".csv.tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def store_row(store: ResultStore, row: dict) -> dict:
+    """One measured case as a result row in the store (one file per point, the project's
+    atomic writer): collect/plot/report read it like any sweep's rows."""
+    fields = dict(row)
+    status, reason = fields.pop("status"), fields.pop("reason", "")
+    ident = {k: fields.get(k) for k in ("bench", "impl", "seq_len", "batch", "d_model", "n_heads", "dtype",
+                                         "mode", "device", "threads")}
+    key = point_key(ident, f"{fields['bench']}-{fields['impl']}-{fields['seq_len']}")
+    out = make_row(status=status, reason=reason, arch=fields["impl"], backend=fields["impl"],
+                   time_ms=fields.get("median_ms") or None, experiment="bench_linear_attention",
+                   point_key=key, settings=ident, **fields)
+    store.write(out, key)
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,12 +171,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=20.0, help="skip slower runs")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max |y - y_ref| allowed")
     p.add_argument("--no-ssd", action="store_true", help="only linear attention")
-    p.add_argument("--out", default="results/cpu/linear_attention.csv")
+    p.add_argument("--out", default="results/cpu/benchmarks/linear_attention",
+                   help="results folder: one row file per case (harness.collect merges them)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.out.endswith(".csv"):
+        raise SystemExit(f"--out {args.out}: rows now go to a results folder (one file per case); "
+                         f"give a folder and run `python -m harness.collect FOLDER` for a CSV")
+    store = ResultStore(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     args._last_seconds = {}
@@ -193,7 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{row['bench']:>16} {row['impl']:>9} L={L:>6} {row['status']:>7} "
               f"{row.get('tokens_per_s', ''):>10} tok/s  {row.get('median_ms', ''):>10} ms "
               f"diff={row.get('max_abs_diff_vs_ref', '')} {row['reason']}", flush=True)
-        write_atomic(rows, args.out)  # rewrite after each row: partial runs keep data
+        store_row(store, row)  # one file per case, as it is measured: partial runs keep data
     return rows
 
 

@@ -7,8 +7,9 @@ sequential reference vs the PyPI package mambapy (parallel scan), equal weights.
 Every implementation runs the same MambaMixer weights (copied into mambapy's
 MambaBlock, whose parameter names match), the same input and the same loss; its output
 and input gradient are checked against the reference at every length where the
-reference runs. Timing uses torch.utils.benchmark.Timer.blocked_autorange. Rows go
-atomically to results/cpu/mamba_scan.csv, each carrying the command that made it, the
+reference runs. Timing uses torch.utils.benchmark.Timer.blocked_autorange. Each case is a
+row file in the result store (``--out`` folder, default results/cpu/benchmarks/mamba_scan;
+``python -m harness.collect`` merges them), each carrying the command that made it, the
 machine, torch version, threads and git commit. Compare ratios within one run: on a
 shared machine absolute numbers move a lot.
 """
@@ -22,7 +23,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,7 @@ from torch.utils.benchmark import Timer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from archs.mamba import MambaMixer, selective_scan_chunked_bld, selective_scan_ref  # noqa: E402
+from harness.results import ResultStore, make_row, point_key  # noqa: E402
 
 IMPLS = ("chunked", "ref", "mambapy")
 
@@ -55,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-runs", type=int, default=3,
                    help="stretch min-run-time so even the slowest case is timed this often")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "results/cpu/mamba_scan.csv")
+    p.add_argument("--out", type=Path, default=ROOT / "results/cpu/benchmarks/mamba_scan",
+                   help="results folder: one row file per case (harness.collect merges them)")
     args = p.parse_args(argv)
     for item in args.skip:
         impl, _, length = item.partition(":")
@@ -168,19 +170,27 @@ def machine_info() -> dict[str, object]:
                 cpu_model=cpu, git_commit=commit)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def store_row(store: ResultStore, row: dict) -> dict:
+    """One measured case as a result row in the store (the project's atomic writer)."""
+    fields = dict(row)
+    status, reason = fields.pop("status"), fields.pop("reason", "")
+    ident = {k: fields.get(k) for k in ("level", "impl", "seq_len", "batch", "d_model", "d_state", "expand",
+                                         "dtype", "cpu_model", "threads")}
+    key = point_key(ident, f"{fields['level']}-{fields['impl']}-{fields['seq_len']}")
+    out = make_row(status=status, reason=reason, arch=fields["impl"], backend=fields["impl"],
+                   mode=f"{fields['level']}_fwd_bwd", time_ms=fields.get("median_ms"),
+                   device=fields.get("cpu_model"), experiment="bench_mamba_scan", point_key=key,
+                   settings=ident, **fields)
+    store.write(out, key)
+    return out
 
 
-def run(args: argparse.Namespace) -> pd.DataFrame:
+def run(args: argparse.Namespace, store: ResultStore | None = None) -> pd.DataFrame:
     if args.threads:
         torch.set_num_threads(args.threads)
     layers = build_layers(args)
-    info = machine_info()
+    info = {**machine_info(), "command": getattr(args, "command", ""), "platform": platform.platform(),
+            "python": platform.python_version()}
     params = sum(p.numel() for p in layers["chunked"].parameters())
     skips = {tuple(s.split(":")) for s in args.skip}
     rows = []
@@ -200,11 +210,15 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                        max_abs_err_vs_ref=errs.get(name, float("nan")), **info)
             if name not in work:
                 rows.append(dict(row, status="skipped", reason="--skip"))
+                if store is not None:
+                    store_row(store, rows[-1])
                 continue
             m = measure(work[name], args.min_run_time, args.min_runs)
             rows.append(dict(row, status="ok", tokens_per_s=args.batch * seq_len / m.median,
                              median_ms=m.median * 1e3, iqr_ms=m.iqr * 1e3,
                              n_runs=len(m.times)))
+            if store is not None:
+                store_row(store, rows[-1])
             print(f"{level:5s} {name:8s} L={seq_len:6d} {m.median * 1e3:10.1f} ms "
                   f"{rows[-1]['tokens_per_s']:10.0f} tok/s  err={row['max_abs_err_vs_ref']:.2e}",
                   flush=True)
@@ -226,10 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in [
         os.path.relpath(__file__, ROOT), *(sys.argv[1:] if argv is None else argv)])
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    df = run(args).assign(command=command, timestamp=started,
-                          platform=platform.platform(), python=platform.python_version())
-    write_atomic(args.out, df.to_csv(index=False))
+    if args.out.suffix == ".csv":
+        raise SystemExit(f"--out {args.out}: rows now go to a results folder (one file per case); "
+                         f"give a folder and run `python -m harness.collect FOLDER` for a CSV")
+    args.command = command
+    df = run(args, ResultStore(args.out))
     print(summarize(df))
     print(f"wrote {args.out}")
 

@@ -16,7 +16,8 @@ import torch
 from archs import arch_info, create_arch
 from archs._registry import COMMON_KWARGS, ArchInfo, check_kwargs
 from archs.sizing import param_count, width_for_target
-from harness.config import ModelConfig, to_container
+from harness.checks import to_container
+from harness.config import ModelConfig
 
 # Keys of an arch node that describe the run rather than the architecture.
 RESERVED = ("name", "label")

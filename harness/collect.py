@@ -2,9 +2,12 @@
 
     python -m harness.collect RESULTS_DIR [--out OUT_DIR]
 
-Reads every point file below RESULTS_DIR (``harness.results.load_rows``), writes the
-two files to OUT_DIR (default RESULTS_DIR) atomically, core columns first. Re-running
-is safe: it rebuilds both files from the point files, which stay the source of truth.
+Reads every point file below RESULTS_DIR (``harness.results.load_rows``: every row is
+validated; a rejected file or line is named with its line number and the exit status is 1),
+and writes the two files to OUT_DIR (default RESULTS_DIR) as one group
+(``harness.results.atomic_write_group``): a kill at any moment leaves both old or both
+new once collect runs again. Re-running is safe: it rebuilds both files from the point
+files, which stay the source of truth.
 """
 from __future__ import annotations
 
@@ -12,12 +15,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from harness.results import load_rows, order_columns
+from harness.results import atomic_write_group, load_rows, order_columns
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,25 +37,15 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def collect(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[Path, Path, int]:
-    """Write ``results.parquet`` and ``results.csv``; return their paths and the row count."""
+def collect(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+            rejected: list[str] | None = None) -> tuple[Path, Path, int]:
+    """Write ``results.parquet`` and ``results.csv``; return their paths and the row count.
+    Rows that break the schema are left out and named in ``rejected`` (and a warning)."""
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = _parquet_safe(order_columns(load_rows(results_dir)))
-    parquet, csv = out / "results.parquet", out / "results.csv"
-    _atomic(parquet, lambda p: df.to_parquet(p, index=False))
-    _atomic(csv, lambda p: df.to_csv(p, index=False))
+    df = _parquet_safe(order_columns(load_rows(results_dir, rejected)))
+    parquet, csv = atomic_write_group(out, "collect", {
+        "results.parquet": lambda p: df.to_parquet(p, index=False),
+        "results.csv": lambda p: df.to_csv(p, index=False)})
     return parquet, csv, len(df)
 
 
@@ -62,8 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.results_dir).is_dir():
         parser.error(f"{args.results_dir} is not a directory")
-    parquet, csv, n = collect(args.results_dir, args.out)
+    rejected: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # named below, once each
+        parquet, csv, n = collect(args.results_dir, args.out, rejected)
     print(f"{n} rows -> {parquet} and {csv}")
+    for problem in rejected:
+        print(f"rejected {problem}", file=sys.stderr)
+    if rejected:
+        print(f"{len(rejected)} file(s)/line(s) rejected (not in the tables); fix or remove them "
+              "(a re-run of the sweep re-measures a corrupt point)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Structured configs: the schemas Hydra validates every run against.
+"""Structured configs: the schemas Hydra validates every run against (schemas only: the
+value checks, device resolution and the checks before compute are in ``harness.checks``).
 
 A typo (``bench.seq_lenz``) or a wrong type fails at composition, before any compute,
 with Hydra's message naming the key; values are checked again when a run starts
@@ -13,13 +14,17 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
 
 from harness.train import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("forward", "train_step", "decode", "generate")
 MATCH = ("params", "active_params", "flops", "state", "width")
+# Figures an experiment can declare (``figures: [...]``); harness.plot draws exactly these.
+FIGURES = ("time_vs_length", "memory_vs_length", "throughput_vs_length", "decode_vs_context",
+           "generation_throughput", "accuracy_vs_state", "extrapolation_accuracy", "extrapolation_loss",
+           "extrapolation_bpb", "extrapolation_perplexity", "accuracy_vs_distance")
 
 
 @dataclass
@@ -80,6 +85,8 @@ class CostConfig:
     force: bool = False                        # re-measure points already in results_dir
     seed: int = 0
     progress: bool = True
+    claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
+    figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
 
 
 @dataclass
@@ -111,6 +118,8 @@ class ExtrapolateConfig:
     experiment: str = "adhoc"
     force: bool = False
     progress: bool = True
+    claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
+    figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
 
 
 def register_configs() -> None:
@@ -120,72 +129,3 @@ def register_configs() -> None:
     cs.store(group="bench", name="bench_schema", node=BenchConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
-
-
-def _fail(key: str, problem: str) -> None:
-    raise ValueError(f"{key}: {problem}")
-
-
-def validate_model(m: ModelConfig | DictConfig, prefix: str = "model") -> None:
-    if m.match not in MATCH:
-        _fail(f"{prefix}.match", f"must be one of {list(MATCH)}, got {m.match!r}")
-    if m.n_layers is not None and m.n_layers <= 0:
-        _fail(f"{prefix}.n_layers", f"must be positive, got {m.n_layers}")
-    needed = {"params": "target_params", "active_params": "target_params", "flops": "target_flops_per_token",
-              "state": "target_state_bytes", "width": "d_model"}[m.match]
-    value = getattr(m, needed)
-    if value is None or value <= 0:
-        _fail(f"{prefix}.{needed}", f"match={m.match!r} needs a positive {needed}, got {value}")
-    for arch, width in dict(m.d_model_by_arch).items():
-        if width <= 0:
-            _fail(f"{prefix}.d_model_by_arch.{arch}", f"must be positive, got {width}")
-
-
-def validate_bench(b: BenchConfig | DictConfig) -> None:
-    if not b.seq_lens or any(n <= 0 for n in b.seq_lens):
-        _fail("bench.seq_lens", f"must be a non-empty list of positive lengths, got {list(b.seq_lens)}")
-    if b.batch <= 0:
-        _fail("bench.batch", f"must be positive, got {b.batch}")
-    if b.dtype not in DTYPES:
-        _fail("bench.dtype", f"must be one of {list(DTYPES)}, got {b.dtype!r}")
-    bad = [m for m in b.modes if m not in MODES]
-    if bad or not b.modes:
-        _fail("bench.modes", f"must be a non-empty subset of {list(MODES)}, got {list(b.modes)}")
-    if b.search not in ("grid", "max_len"):
-        _fail("bench.search", f"must be 'grid' or 'max_len', got {b.search!r}")
-    if b.max_len.mode not in MODES:
-        _fail("bench.max_len.mode", f"must be one of {list(MODES)}, got {b.max_len.mode!r}")
-    for key in ("warmup", "decode_steps"):
-        if getattr(b, key) < 0:
-            _fail(f"bench.{key}", f"must be >= 0, got {getattr(b, key)}")
-    if b.min_repeats < 1 or b.min_run_time <= 0 or b.time_budget_s <= 0:
-        _fail("bench.min_repeats/min_run_time/time_budget_s", "must be positive")
-
-
-def validate_eval(e: EvalConfig | DictConfig) -> None:
-    if not e.seq_lens or any(n <= 0 for n in e.seq_lens):
-        _fail("eval.seq_lens", f"must be a non-empty list of positive lengths, got {list(e.seq_lens)}")
-    if e.n_sequences <= 0 or e.batch_tokens <= 0:
-        _fail("eval.n_sequences/batch_tokens", "must be positive")
-    if e.time_budget_s <= 0:
-        _fail("eval.time_budget_s", f"must be positive, got {e.time_budget_s}")
-    if e.chunk_len is not None and e.chunk_len <= 0:
-        _fail("eval.chunk_len", f"must be positive or null, got {e.chunk_len}")
-    if e.trigger_distances is not None and (not e.trigger_distances or any(d <= 0 for d in e.trigger_distances)):
-        _fail("eval.trigger_distances", f"must be null or a non-empty list of positive distances, "
-              f"got {list(e.trigger_distances)}")
-    if e.cpu_memory_limit_gb is not None and e.cpu_memory_limit_gb <= 0:
-        _fail("eval.cpu_memory_limit_gb", f"must be positive or null, got {e.cpu_memory_limit_gb}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
-    return device
-
-
-def to_container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

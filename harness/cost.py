@@ -5,13 +5,15 @@
     python -m harness.cost -m 'arch=glob(*)' bench=cpu
     python -m harness.cost arch=transformer bench.search=max_len bench.max_len.memory_budget_gb=4
 
-One Hydra job = one architecture config; it measures every (mode, length) point and
-writes each as its own result file (atomic), so a sweep survives anything:
+One Hydra job = one architecture config; this module gives its points (every (mode,
+length)), their keys and a measure function, and ``harness.sweep.run_points`` runs them
+(resume by key, claims shared with concurrent sweeps, failure -> row, skip-after-failure,
+SIGTERM -> ``timeout`` row; see there):
   * an OOM / error / timeout point becomes a row with that status and the sweep goes on;
     longer lengths of the same mode are then recorded as ``skipped`` (configurable);
   * re-running skips points already measured (keyed by a hash of every setting that
-    affects the measurement) unless ``force=true`` - kill a sweep at any moment, re-run
-    it, and every point ends up measured exactly once.
+    affects the measurement or its outcome, limits included) unless ``force=true`` - kill
+    a sweep at any moment, re-run it, and every point ends up measured exactly once.
 Launchers: the basic one (sequential; right for timing), joblib, submitit_local/slurm
 (``hydra/launcher=...``); nothing home-made.
 """
@@ -25,15 +27,17 @@ import hydra
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from harness.build import BuiltModel, build
-from harness.config import (DTYPES, BenchConfig, CostConfig, register_configs, resolve_device,
-                            to_container, validate_bench, validate_model)
+from harness.checks import (resolve_device, to_container, validate_bench, validate_figures,
+                            validate_model)
+from harness.config import DTYPES, BenchConfig, CostConfig, register_configs
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
-from harness.results import ResultStore, load_rows, make_row, point_key
-from harness.timing import classify_exception, free_memory, limit_cpu_memory, run_with_timeout
+from harness.checks import check_writable_dir, reject_unknown_keys
+from harness.results import load_rows, make_row, point_key
+from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
+from harness.timing import classify_exception, cpu_memory_limit, free_memory, run_with_timeout
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -42,32 +46,37 @@ register_configs()
 def _as_schema(cfg: DictConfig | CostConfig) -> CostConfig:
     if isinstance(cfg, CostConfig):
         return cfg
+    reject_unknown_keys(cfg, CostConfig)  # `+bench.seq_lenz=...` is not silently ignored
     merged = OmegaConf.merge(OmegaConf.structured(CostConfig), cfg)
     return OmegaConf.to_object(merged)
 
 
 class Sweep:
-    """The points of one architecture config, measured in order, resumable."""
+    """The points of one architecture config: their keys, rows and measure function;
+    ``harness.sweep.run_points`` does the resume / claim / failure / skip loop."""
 
     def __init__(self, cfg: CostConfig):
         self.cfg, self.bench = cfg, cfg.bench
         self.device = resolve_device(cfg.device)
-        self.store = ResultStore(cfg.results_dir)
         self.built: BuiltModel = build(cfg.arch, cfg.model, cfg.model.vocab_size or 256)
         model = self.built.model
         self.model = model.to(device=self.device, dtype=DTYPES[self.bench.dtype])
         self.params = model.num_params()
-        self.rows: list[dict[str, Any]] = []
 
     # -- bookkeeping -------------------------------------------------------------------
     def settings(self, mode: str, seq_len: int) -> dict[str, Any]:
-        """Everything that affects a measurement: its hash is the point's resume key."""
+        """Everything that affects a measurement or its outcome: its hash is the resume key
+        (the limits too: a point that ran out of a 0.7 GB cap is not the answer for no cap)."""
         b = self.bench
         return {"arch": self.built.name, "arch_kwargs": self.built.kwargs, "sizing": self.built.sizing,
                 "mode": mode, "seq_len": seq_len, "batch": b.batch, "dtype": b.dtype,
                 "device": device_name(self.device), "search": b.search,
                 "timing": [b.warmup, b.min_run_time, b.min_repeats, b.decode_steps, b.flush_l2,
-                           b.optimizer_step] + ([b.gen_tokens] if mode == "generate" else [])}
+                           b.optimizer_step] + ([b.gen_tokens] if mode == "generate" else []),
+                "limits": {"time_budget_s": b.time_budget_s, "cpu_memory_limit_gb": b.cpu_memory_limit_gb}}
+
+    def key(self, mode: str, seq_len: int) -> str:
+        return point_key(self.settings(mode, seq_len), f"{self.built.label}-{mode}-{seq_len}")
 
     def row(self, mode: str, seq_len: int, status: str = "ok", reason: str = "", **fields) -> dict:
         settings = self.settings(mode, seq_len)
@@ -77,59 +86,59 @@ class Sweep:
             backend=self.model.backends(self.device, seq_len), params=self.params, seq_len=seq_len,
             batch=self.bench.batch, dtype=self.bench.dtype, mode=mode,
             device=device_name(self.device), experiment=self.cfg.experiment,
-            point_key=point_key(settings, f"{self.built.label}-{mode}-{seq_len}"),
+            point_key=self.key(mode, seq_len),
             active_params=self.model.num_params(active_only=True),
             d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
-            sizing=self.built.sizing["match"], **fields)
+            sizing=self.built.sizing["match"], figures=",".join(self.cfg.figures) or None,
+            time_budget_s=self.bench.time_budget_s,
+            cpu_memory_limit_gb=self.bench.cpu_memory_limit_gb, **fields)
 
-    def write(self, row: dict) -> None:
-        self.store.write(row, row["point_key"])
-        self.rows.append(row)
+    def _sweep_settings(self) -> SweepSettings:
+        return SweepSettings(results_dir=self.cfg.results_dir, force=self.cfg.force,
+                             skip_after_failure=self.bench.skip_after_failure,
+                             claim_stale_s=self.cfg.claim_stale_s, progress=self.cfg.progress,
+                             desc=self.built.label)
+
+    def _failure(self, point: Point, status: str, reason: str) -> dict:
+        mode, n = point.info["mode"], point.info["seq_len"]
+        return self.row(mode, n, status, reason, wall_s=time.perf_counter() - point.info.get("start", 0.0))
 
     # -- the sweep ---------------------------------------------------------------------
     def run_grid(self) -> None:
         lengths = sorted(set(self.bench.seq_lens))
-        points = [(mode, n) for mode in self.bench.modes for n in lengths]
-        failed_at: dict[str, tuple[int, str]] = {}
-        bar = tqdm(points, desc=self.built.label, disable=not self.cfg.progress, dynamic_ncols=True)
-        for mode, n in bar:
-            bar.set_postfix(mode=mode, L=n)
-            key = point_key(self.settings(mode, n), f"{self.built.label}-{mode}-{n}")
-            if not self.cfg.force and self.store.has(key):
-                continue
-            limit = self.model.max_seq_len
-            if limit is not None and n > limit:
-                self.write(self.row(mode, n, "skipped", f"length {n} > max_seq_len {limit}"))
-            elif mode in failed_at and self.bench.skip_after_failure:
-                at, status = failed_at[mode]
-                self.write(self.row(mode, n, "skipped", f"{status} at seq_len={at}"))
-            else:
-                row = self.measure_point(mode, n)
-                self.write(row)
-                if row["status"] in ("oom", "timeout"):
-                    failed_at[mode] = (n, row["status"])
-            log.info("%s %s L=%d: %s", self.built.label, mode, n, self.rows[-1]["status"])
+        points = [Point(self.key(mode, n), group=mode, info={"mode": mode, "seq_len": n}, desc=f"{mode} L={n}", at=f"seq_len={n}")
+                  for mode in self.bench.modes for n in lengths]
 
-    def measure_point(self, mode: str, seq_len: int) -> dict:
-        start = time.perf_counter()
-        try:
-            fields = run_with_timeout(lambda: measure(self.model, mode, seq_len, self.bench, self.device),
-                                      self.bench.time_budget_s)
-            return self.row(mode, seq_len, wall_s=time.perf_counter() - start, **fields)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a row
-            status, reason = classify_exception(exc)
-            free_memory(exc)
-            self.model.zero_grad(set_to_none=True)
-            return self.row(mode, seq_len, status, reason, wall_s=time.perf_counter() - start)
+        def too_long(point: Point) -> dict | None:
+            limit, n = self.model.max_seq_len, point.info["seq_len"]
+            if limit is not None and n > limit:
+                return self.row(point.info["mode"], n, "skipped", f"length {n} > max_seq_len {limit}")
+            return None
+
+        run_points(points, self.measure_point, self._failure_and_reset, self._sweep_settings(), precheck=too_long)
+
+    def _failure_and_reset(self, point: Point, status: str, reason: str) -> dict:
+        self.model.zero_grad(set_to_none=True)
+        return self._failure(point, status, reason)
+
+    def measure_point(self, point: Point) -> dict:
+        mode, seq_len = point.info["mode"], point.info["seq_len"]
+        point.info["start"] = start = time.perf_counter()
+        fields = run_with_timeout(lambda: measure(self.model, mode, seq_len, self.bench, self.device),
+                                  self.bench.time_budget_s)
+        return self.row(mode, seq_len, wall_s=time.perf_counter() - start, **fields)
 
     def run_max_len(self) -> None:
+        m = self.bench.max_len
+        key = point_key(self.settings(f"max_len:{m.mode}", 0) | {"max_len": to_container(OmegaConf.structured(m))},
+                        f"{self.built.label}-max_len-{m.mode}")
+        point = Point(key, info={"mode": f"max_len:{m.mode}", "seq_len": 0}, desc=f"max_len {m.mode}")
+        run_points([point], lambda p: self.max_len_row(key), self._failure, self._sweep_settings())
+
+    def max_len_row(self, key: str) -> dict:
         """Longest length whose ``max_len.mode`` step fits the memory budget: double, then bisect."""
         m = self.bench.max_len
         mode, budget = m.mode, m.memory_budget_gb * 2**30
-        key = point_key(self.settings(f"max_len:{mode}", 0) | {"max_len": to_container(OmegaConf.structured(m))},
-                        f"{self.built.label}-max_len-{mode}")
-        if not self.cfg.force and self.store.has(key):
-            return
         probes: list[tuple[int, bool, int | None, str]] = []
 
         def probe(n: int) -> bool:
@@ -163,7 +172,7 @@ class Sweep:
                        memory_budget_bytes=int(budget), bounded_by=bound, first_failing_len=hi,
                        probes=str([(n_, ok) for n_, ok, _, _ in probes]))
         row["point_key"] = key
-        self.write(row)
+        return row
 
 
 def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
@@ -172,17 +181,24 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
     cfg = _as_schema(cfg)
     validate_bench(cfg.bench)
     validate_model(cfg.model)
+    validate_figures(cfg.figures)
+    device = resolve_device(cfg.device)
+    check_writable_dir(cfg.results_dir, "results_dir")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or 256, validate_only=True)  # fail before compute
-    if cfg.bench.threads:
-        torch.set_num_threads(cfg.bench.threads)
-    if resolve_device(cfg.device).type == "cpu":
-        limit_cpu_memory(cfg.bench.cpu_memory_limit_gb)
-    torch.manual_seed(cfg.seed)
-    sweep = Sweep(cfg)
-    if cfg.bench.search == "max_len":
-        sweep.run_max_len()
-    else:
-        sweep.run_grid()
+    threads = torch.get_num_threads()
+    try:
+        if cfg.bench.threads:
+            torch.set_num_threads(cfg.bench.threads)
+        # The cap holds for this job only: the next job of a multirun starts uncapped.
+        with cpu_memory_limit(cfg.bench.cpu_memory_limit_gb if device.type == "cpu" else None):
+            torch.manual_seed(cfg.seed)
+            sweep = Sweep(cfg)
+            if cfg.bench.search == "max_len":
+                sweep.run_max_len()
+            else:
+                sweep.run_grid()
+    finally:
+        torch.set_num_threads(threads)
     rows = load_rows(cfg.results_dir)
     if rows.empty:
         return rows
@@ -193,7 +209,7 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
 def main(cfg: DictConfig) -> None:
     # Launchers may run jobs elsewhere; results always land where the user pointed.
     cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)
-    df = run(cfg)
+    df = exit_on_terminate(lambda: run(cfg))
     if not df.empty:
         ok = df[df["status"] == "ok"]
         log.info("%d points (%d ok) in %s", len(df), len(ok), cfg.results_dir)

@@ -28,15 +28,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from archs import SequenceTooLongError
 from harness.build import BuiltModel, build
-from harness.config import (ExtrapolateConfig, register_configs, resolve_device, to_container,
-                            validate_eval, validate_model)
+from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
+                            validate_model)
+from harness.config import ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.results import ResultStore, config_hash, load_rows, make_row, point_key
+from harness.checks import check_writable_dir, code_fingerprint, reject_unknown_keys
+from harness.results import atomic_write, config_hash, load_rows, make_row, point_key
+from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
-from harness.timing import classify_exception, free_memory, limit_cpu_memory, run_with_timeout
+from harness.timing import classify_exception, cpu_memory_limit, free_memory, run_with_timeout
 from harness.train import (TrainResult, autocast_dtype, factor_columns, identity_settings, load_checkpoint,
-                           save_checkpoint, set_threads, train)
+                           save_checkpoint, train)
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -45,6 +48,7 @@ register_configs()
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
     if isinstance(cfg, ExtrapolateConfig):
         return cfg
+    reject_unknown_keys(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is not silently ignored
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExtrapolateConfig), cfg))
 
 
@@ -58,13 +62,15 @@ class Experiment:
         self.built: BuiltModel = build(cfg.arch, cfg.model, cfg.model.vocab_size or self.task.vocab_size)
         self.model = self.built.model.to(self.device)
         self.amp = autocast_dtype(cfg.train.precision, self.device)
-        self.store = ResultStore(cfg.results_dir)
-        # Everything that shapes the trained weights: their checkpoint's identity.
+        # Everything that shapes the trained weights - settings and the code of the model
+        # and the task generator - is their checkpoint's identity.
         self.train_settings = {"arch": self.built.name, "arch_kwargs": self.built.kwargs,
                                "task": self.task.params(),
-                               "train": identity_settings(to_container(OmegaConf.structured(cfg.train)))}
+                               "train": identity_settings(to_container(OmegaConf.structured(cfg.train))),
+                               "code": code_fingerprint(self.model, self.task)}
         self.train_key = config_hash(self.train_settings)
-        self.distance: int | None = None  # the trigger distance being evaluated (eval.trigger_distances)
+        self.trained_result: TrainResult | None = None
+        self.distance: int | None = None  # the trigger distance of the point being measured
 
     # -- training (or loading) -------------------------------------------------------------
     def _checkpoint(self) -> Path | None:
@@ -82,41 +88,48 @@ class Experiment:
         ckpt = self._checkpoint()
         summary = ckpt.with_suffix(".json") if ckpt else None
         if ckpt and ckpt.exists() and summary.exists() and not self.cfg.force:
-            load_checkpoint(self.model, ckpt)
+            load_checkpoint(self.model, ckpt)  # a truncated file: an error naming it and force=true
             self.model.to(self.device)
             log.info("loaded %s", ckpt)
             return TrainResult(**json.loads(summary.read_text()))
-        result = train(self.model, self.task, self.cfg.train, self.device,
-                       eval_fn=self._eval_fn(), progress=self.cfg.progress)
+        start = time.perf_counter()
+        try:
+            result = train(self.model, self.task, self.cfg.train, self.device,
+                           eval_fn=self._eval_fn(), progress=self.cfg.progress)
+        except Exception as exc:  # noqa: BLE001 - a training OOM / error becomes rows, not a crash
+            status, reason = classify_exception(exc)
+            free_memory(exc)
+            self.model.zero_grad(set_to_none=True)
+            log.warning("%s: training failed (%s); every eval length gets a %s row", self.built.label, reason, status)
+            return TrainResult(status=status, reason=reason, wall_s=time.perf_counter() - start)
         if ckpt and result.status == "ok":
             save_checkpoint(self.model, ckpt)
-            tmp = summary.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(result.summary()))
-            tmp.replace(summary)
+            atomic_write(summary, json.dumps(result.summary()))
         return result
 
     # -- evaluation --------------------------------------------------------------------------
-    def settings(self, eval_len: int) -> dict[str, Any]:
+    def settings(self, eval_len: int, distance: int | None = None) -> dict[str, Any]:
         e = self.cfg.eval
         out = {"train_key": self.train_key, "eval_seq_len": eval_len, "n_sequences": e.n_sequences,
-               "eval_seed": e.seed, "chunk_len": e.chunk_len, "device": device_name(self.device)}
-        if self.distance is not None:  # absent otherwise: keys made before the axis stay valid
-            out["trigger_distance"] = self.distance
+               "eval_seed": e.seed, "chunk_len": e.chunk_len, "device": device_name(self.device),
+               "limits": {"time_budget_s": e.time_budget_s, "cpu_memory_limit_gb": e.cpu_memory_limit_gb}}
+        if distance is not None:  # absent otherwise: keys made before the axis stay valid
+            out["trigger_distance"] = distance
         return out
 
-    def key(self, eval_len: int) -> str:
-        at = "" if self.distance is None else f"-d{self.distance}"
-        return point_key(self.settings(eval_len),
+    def key(self, eval_len: int, distance: int | None = None) -> str:
+        at = "" if distance is None else f"-d{distance}"
+        return point_key(self.settings(eval_len, distance),
                          f"{self.built.label}-{self.task.name}-s{self.cfg.train.seed}-{eval_len}{at}")
 
     def row(self, eval_len: int, trained: TrainResult, status="ok", reason="", **metrics) -> dict:
         e, t = self.cfg.eval, self.cfg.train
         return make_row(
-            status=status, reason=reason, arch_kwargs=self.built.kwargs, settings=self.settings(eval_len),
+            status=status, reason=reason, arch_kwargs=self.built.kwargs, settings=self.settings(eval_len, self.distance),
             arch=self.built.name, label=self.built.label, backend=self.model.backends(self.device, eval_len),
             params=self.model.num_params(), seq_len=eval_len, batch=self._eval_batch(eval_len),
             dtype=str(self.amp or torch.float32).replace("torch.", ""), mode="eval",
-            device=device_name(self.device), experiment=self.cfg.experiment, point_key=self.key(eval_len),
+            device=device_name(self.device), experiment=self.cfg.experiment, point_key=self.key(eval_len, self.distance),
             task=self.task.name, task_params=json.dumps(self.task.params(), sort_keys=True),
             train_seq_len=t.seq_len, eval_seq_len=eval_len, seed=t.seed, train_key=self.train_key,
             train_status=trained.status, train_steps=trained.steps_done, train_loss=trained.final_loss,
@@ -125,6 +138,8 @@ class Experiment:
             eval_chunk_len=e.chunk_len, d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
             state_bytes=self.model.expected_state_bytes(1, eval_len), sizing=self.built.sizing["match"],
             trigger_distance=self.distance, train_trigger_distance=getattr(self.task, "trigger_distance", None),
+            figures=",".join(self.cfg.figures) or None,
+            time_budget_s=e.time_budget_s, cpu_memory_limit_gb=e.cpu_memory_limit_gb,
             **factor_columns(t), **metrics)
 
     def eval_task(self) -> Task:
@@ -164,36 +179,42 @@ class Experiment:
                 return self.row(eval_len, trained, status, reason, micro_batch=micro)
 
     def run(self) -> None:
-        """Every evaluation length with the task as configured (the length axis), then once
-        per eval.trigger_distances entry (a length too short to hold that distance is left
-        out of its points)."""
-        distances = [None, *(self.cfg.eval.trigger_distances or [])]
-        trained = None
-        for distance in distances:
-            self.distance = distance
-            lengths = sorted(n for n in set(self.cfg.eval.seq_lens) if n >= self.eval_task().min_len())
-            todo = [n for n in lengths if self.cfg.force or not self.store.has(self.key(n))]
-            if todo:
-                if trained is None:
-                    trained = self.trained()
-                self._run_lengths(todo, trained)
-        self.distance = None
+        """Every (eval length, trigger distance) is a point of ``harness.sweep.run_points``:
+        first each length with the task as configured (the length axis), then each
+        ``eval.trigger_distances`` entry at every length long enough to hold it. The model is
+        trained (or loaded) once, just before the first point that needs measuring."""
+        points = []
+        for distance in [None, *(self.cfg.eval.trigger_distances or [])]:
+            task = self.task if distance is None else self.task.at_distance(distance)
+            at = "" if distance is None else f" d={distance}"
+            points += [Point(self.key(n, distance), group=f"eval{at}",
+                             info={"eval_seq_len": n, "distance": distance},
+                             desc=f"L={n}{at}", at=f"eval_seq_len={n}")
+                       for n in sorted(set(self.cfg.eval.seq_lens)) if n >= task.min_len()]
 
-    def _run_lengths(self, todo: list[int], trained: TrainResult) -> None:
-        failed_at = None
-        for n in todo:
+        def train_once() -> None:
+            self.trained_result = self.trained()
+
+        def measure(point: Point) -> dict:
+            n, trained = point.info["eval_seq_len"], self.trained_result
+            self.distance = point.info["distance"]
             if trained.status != "ok":
-                row = self.row(n, trained, trained.status, f"training {trained.status}: {trained.reason}")
-            elif failed_at is not None:
-                row = self.row(n, trained, "skipped", f"{failed_at[1]} at eval_seq_len={failed_at[0]}")
-            else:
-                row = self.evaluate_at(n, trained)
-                if row["status"] in ("oom", "timeout"):
-                    failed_at = (n, row["status"])
-            self.store.write(row, row["point_key"])
-            at = "" if self.distance is None else f" d={self.distance}"
-            log.info("%s %s L=%d%s: %s acc=%s", self.built.label, self.task.name, n, at, row["status"],
-                     row.get("accuracy"))
+                return self.row(n, trained, trained.status, f"training {trained.status}: {trained.reason}")
+            return self.evaluate_at(n, trained)
+
+        def failure(point: Point, status: str, reason: str) -> dict:
+            self.distance = point.info["distance"]
+            return self.row(point.info["eval_seq_len"], self.trained_result or TrainResult(status="skipped"),
+                            status, reason)
+
+        settings = SweepSettings(results_dir=self.cfg.results_dir, force=self.cfg.force,
+                                 claim_stale_s=self.cfg.claim_stale_s, progress=False,
+                                 desc=f"{self.built.label} {self.task.name}")
+        # A failed training gives its status to every length; only oom/timeout of an
+        # evaluation skips the longer ones (within the same distance).
+        run_points(points, measure, failure, settings, before_first=train_once,
+                   skips_longer=lambda row: row["status"] in ("oom", "timeout") and row["train_status"] == "ok")
+        self.distance = None
 
 
 def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
@@ -201,6 +222,7 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
     cfg = _as_schema(cfg)
     validate_eval(cfg.eval)
     validate_model(cfg.model)
+    validate_figures(cfg.figures)
     task = get_task(**to_container(cfg.task))  # bad task parameters fail before any compute
     task.sample(1, cfg.train.seq_len, torch.Generator().manual_seed(0))  # the task's own length check
     too_short = [n for n in cfg.eval.seq_lens if n < task.min_len()]
@@ -208,14 +230,21 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
         raise ValueError(f"eval.seq_lens has {too_short}, shorter than the task's min_len={task.min_len()} "
                          f"for {task.params()}")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or task.vocab_size, validate_only=True)
-    if resolve_device(cfg.device).type == "cpu":
-        limit_cpu_memory(cfg.eval.cpu_memory_limit_gb)
     for d in cfg.eval.trigger_distances or []:
         task.at_distance(d).min_len()  # no such knob, or a bad distance: fails here, named
-    set_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    experiment = Experiment(cfg)
-    experiment.run()
+    device = resolve_device(cfg.device)
+    check_writable_dir(cfg.results_dir, "results_dir")
+    if cfg.checkpoint_dir:
+        check_writable_dir(cfg.checkpoint_dir, "checkpoint_dir")
+    # The cap and train.threads hold for this job only: the next job of a multirun starts afresh.
+    threads = torch.get_num_threads()
+    try:
+        with cpu_memory_limit(cfg.eval.cpu_memory_limit_gb if device.type == "cpu" else None):
+            torch.manual_seed(cfg.train.seed)
+            experiment = Experiment(cfg)
+            experiment.run()
+    finally:
+        torch.set_num_threads(threads)
     rows = load_rows(cfg.results_dir)
     if rows.empty:
         return rows
@@ -228,7 +257,7 @@ def main(cfg: DictConfig) -> None:
     cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)
     if cfg.checkpoint_dir:
         cfg.checkpoint_dir = hydra.utils.to_absolute_path(cfg.checkpoint_dir)
-    df = run(cfg)
+    df = exit_on_terminate(lambda: run(cfg))
     if not df.empty:
         log.info("%d evaluation rows in %s", len(df), cfg.results_dir)
 

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-# The columns that identify one curve: rows differing in any of them are never mixed
-# into one fit (a ref and a fast backend of the same arch are two curves).
-SERIES_KEYS: tuple[str, ...] = ("arch", "backend", "mode", "dtype", "batch", "device")
+from harness.series import SERIES_KEYS, by_series, curve_labels  # noqa: F401 - one series identity
+
 # Why 4: the asymptotic exponent shows at long lengths; short ones are dominated by
 # fixed overheads (launches, Python) that flatten the slope.
 DEFAULT_LAST_K = 4
@@ -161,32 +160,6 @@ class Crossover:
     a_lower_below: bool | None = None
     n_crossings: int = 0
     reason: str = ""
-
-
-def by_series(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows keyed by the curve they belong to: ``arch`` becomes the ``label`` where set
-    (an arch config such as ``transformer_math``), and within a labelled curve the
-    backends it used are joined ("blocked+sdpa" when an ``auto`` backend switched path
-    with length) so one configuration stays one curve, honestly labelled."""
-    if "label" not in df.columns:
-        return df
-    labelled = df["label"].notna()
-    out = df.assign(arch=df["label"].where(labelled, df["arch"]).astype(str))
-    if "backend" in out.columns:
-        joined = out.groupby("arch")["backend"].transform(
-            lambda s: "+".join(sorted(set(s.dropna().astype(str)))))
-        out["backend"] = joined.where(labelled, out["backend"])
-    return out
-
-
-def curve_labels(df: pd.DataFrame) -> pd.Series:
-    """A label per row naming its curve: the arch, or ``arch[backend]`` when that arch
-    appears with more than one backend."""
-    if "backend" not in df.columns:
-        return df["arch"].astype(str)
-    n_backends = df.groupby("arch")["backend"].transform(lambda s: s.nunique(dropna=False))
-    with_backend = df["arch"].astype(str) + "[" + df["backend"].astype(str) + "]"
-    return with_backend.where(n_backends > 1, df["arch"].astype(str))
 
 
 def _medians(df: pd.DataFrame, label: str, labels: pd.Series, x: str, y: str) -> pd.Series:

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import DTYPES, BenchConfig
-from harness.timing import count_flops, device_peak, peak_memory, time_callable
+from harness.counters import count_flops, peak_memory
+from harness.devices import device_peak
+from harness.timing import time_callable
 
 
 def _sync(device: torch.device) -> None:

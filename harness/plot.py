@@ -12,6 +12,10 @@ evaluation length (log2 axis), a dashed line at the training length, the mean an
 95% band over seeds. Points that failed (oom, timeout, error, skipped, diverged) are
 drawn as × at the bottom edge of their panel, and listed in the report.
 
+Which figures: each experiment declares them (``figures: [...]`` in its config, from
+``harness.config.FIGURES``; every row records it) and exactly those are drawn; rows
+that declare none (written before declarations) get every figure their columns allow.
+
 Each curve keeps one colour in every figure: ``series_palette`` gives the built-in
 architectures canonical colours (the same in every experiment) and the other curves
 free colours by sorted name (computed once per data set, passed to every figure).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -32,12 +37,17 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
-from harness.fit import by_series, fit_power_law
+from harness.fit import fit_power_law
+from harness.plot_distance import distance_figures
+from harness.report import write_report
 from harness.results import load_rows
+from harness.series import (  # noqa: F401 - re-used names of the figures' API
+    EXTRAPOLATION_METRICS, X_LABEL, Y_LABELS, by_series, extrapolation_groups, format_bytes, format_length,
+    series_names, split_distance_rows, split_kinds,
+)
 
 Color = tuple[float, float, float]
 FAILED_MARKER = "x"
-EXTRAPOLATION_METRICS: tuple[str, ...] = ("accuracy", "loss", "bpb", "perplexity")
 # Columns that, when they vary, split cost figures into separate files.
 FIGURE_CONTEXT: tuple[str, ...] = ("device", "dtype", "batch")
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -45,13 +55,6 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 # ---------------------------------------------------------------- names, colours, axes
 
-
-def series_names(df: pd.DataFrame) -> pd.Series:
-    """The curve each row belongs to: the ``label`` column where set, else the arch."""
-    names = df["arch"].astype(str)
-    if "label" in df.columns:
-        names = df["label"].where(df["label"].notna(), names).astype(str)
-    return names
 
 
 def canonical_colours() -> dict[str, Color]:
@@ -84,30 +87,6 @@ def series_palette(names: Iterable[str]) -> dict[str, Color]:
     return chosen
 
 
-def split_kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cost rows, extrapolation rows): extrapolation rows carry ``eval_seq_len``."""
-    if "eval_seq_len" in df.columns:
-        is_extrap = pd.to_numeric(df["eval_seq_len"], errors="coerce").notna()
-    else:
-        is_extrap = pd.Series(False, index=df.index)
-    return df[~is_extrap & df["seq_len"].notna()], df[is_extrap]
-
-
-def format_length(x: float, _pos: object = None) -> str:
-    if x >= 2**20 and x % 2**20 == 0:
-        return f"{int(x) // 2**20}M"
-    if x >= 1024 and x % 1024 == 0:
-        return f"{int(x) // 1024}K"
-    return f"{x:g}"
-
-
-def format_bytes(b: float, _pos: object = None) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(b) >= size:
-            return f"{b / size:g} {unit}"
-    return f"{b:g} B"
-
-
 def _log_x(ax, xs: Sequence[float]) -> None:
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(format_length))
@@ -124,19 +103,6 @@ def _y_scale(ax, ys: Sequence[float], column: str) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(format_bytes))
     elif column == "tokens_per_s":
         ax.yaxis.set_major_formatter(EngFormatter(sep=""))
-
-
-Y_LABELS = {
-    "time_ms": "time per call (ms)",
-    "peak_mem_bytes": "peak memory allocated",
-    "tokens_per_s": "throughput (tokens/s)",
-    "state_bytes": "decode state size",
-    "accuracy": "accuracy",
-    "loss": "loss (nats/token)",
-    "bpb": "bits per byte",
-    "perplexity": "perplexity",
-}
-X_LABEL = "sequence length (tokens; K = 1024)"
 
 
 def _mark_failures(ax, failed: pd.DataFrame, x: str, palette: dict[str, Color], order: list[str]) -> None:
@@ -258,13 +224,29 @@ def generation_figure(gen: pd.DataFrame, palette: dict[str, Color]) -> Figure:
     return fig
 
 
-def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> dict[str, Figure]:
-    """The cost figures, by file stem (see the module doc)."""
+def declared_figures(df: pd.DataFrame) -> set[str] | None:
+    """The figures the rows' experiments declared (config ``figures:``, stored in each
+    row); None when no row declares any (rows written before the declaration existed)."""
+    if "figures" not in df.columns:
+        return None
+    names = {f for v in df["figures"].dropna().astype(str) for f in v.split(",") if f}
+    return names or None
+
+
+def _want(wanted: set[str] | None, stem: str) -> bool:
+    return wanted is None or stem in wanted
+
+
+def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None,
+                 wanted: set[str] | None = None) -> dict[str, Figure]:
+    """The cost figures, by file stem (see the module doc); ``wanted``: only these
+    (default: ``declared_figures(df)``, else every one the rows allow)."""
+    wanted = declared_figures(df) if wanted is None else wanted
     cost, _ = split_kinds(df.reset_index(drop=True))
     palette = palette or series_palette(series_names(df))
     figures: dict[str, Figure] = {}
     generate = cost["mode"].astype(str) == "generate"
-    if generate.any():
+    if generate.any() and _want(wanted, "generation_throughput"):
         figures["generation_throughput"] = generation_figure(cost[generate], palette)
         cost = cost[~generate]
     for suffix, context, rows in _contexts(cost):
@@ -273,7 +255,7 @@ def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> d
         for stem, y, fit, what in (("time_vs_length", "time_ms", True, "Time per call"),
                                    ("memory_vs_length", "peak_mem_bytes", True, "Peak memory"),
                                    ("throughput_vs_length", "tokens_per_s", False, "Throughput")):
-            if _has_values(rows, y):
+            if _has_values(rows, y) and _want(wanted, stem):
                 figures[stem + suffix] = _figure(by_mode(y, fit), palette, f"{what} vs length ({context})")
         decode = rows[rows["mode"].astype(str).str.contains("decode")]
         panels = []
@@ -282,7 +264,7 @@ def cost_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> d
         state = decode if _has_values(decode, "state_bytes") else rows
         if _has_values(state, "state_bytes"):
             panels.append(("decode state size", state, "state_bytes", True))
-        if panels:
+        if panels and _want(wanted, "decode_vs_context"):
             figures["decode_vs_context" + suffix] = _figure(panels, palette, f"Decoding vs context ({context})")
     return figures
 
@@ -316,22 +298,6 @@ def _extrapolation_panel(ax, rows: pd.DataFrame, metric: str, palette: dict[str,
            title=f"{title} ({band})")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", title="× = failed point" if len(failed) else None, title_fontsize="small")
-
-
-def extrapolation_groups(ext: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per task and training length: runs trained at different lengths
-    are never averaged into one curve."""
-    keys = [c for c in ("task", "train_seq_len") if c in ext.columns]
-    if not keys:
-        return [("", ext)]
-    out = []
-    for key, rows in ext.groupby(keys, dropna=False, sort=True):
-        named = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        parts = [str(named["task"])] if pd.notna(named.get("task")) else []
-        if pd.notna(named.get("train_seq_len")):
-            parts.append(f"trained at {format_length(float(named['train_seq_len']))}")
-        out.append((", ".join(parts), rows))
-    return out
 
 
 def _several_widths(ext: pd.DataFrame) -> bool:
@@ -368,15 +334,23 @@ def recall_state_figure(ext: pd.DataFrame, palette: dict[str, Color]) -> Figure:
     return fig
 
 
-def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None) -> dict[str, Figure]:
+def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = None,
+                          wanted: set[str] | None = None) -> dict[str, Figure]:
     """One figure per metric present (accuracy, loss, bpb, perplexity), one panel per
     (task, training length); with several widths per architecture, the recall-vs-state
-    figure, and length curves only where several lengths were evaluated."""
+    figure, and length curves only where several lengths were evaluated. ``wanted``: only
+    these (default: ``declared_figures(df)``)."""
+    wanted = declared_figures(df) if wanted is None else wanted
     _, ext = split_kinds(df.reset_index(drop=True))
     palette = palette or series_palette(series_names(df))
     figures: dict[str, Figure] = {}
+    ext, fixed_distance = split_distance_rows(ext)
+    if not fixed_distance.empty and _want(wanted, "accuracy_vs_distance"):
+        figures.update(distance_figures(fixed_distance, palette))
+    if ext.empty:
+        return figures
     if _several_widths(ext):
-        if _has_values(ext, "accuracy") and _has_values(ext, "state_bytes"):
+        if _has_values(ext, "accuracy") and _has_values(ext, "state_bytes") and _want(wanted, "accuracy_vs_state"):
             figures["accuracy_vs_state"] = recall_state_figure(ext, palette)
         if pd.to_numeric(ext["eval_seq_len"]).nunique() < 2:
             return figures
@@ -385,7 +359,7 @@ def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = N
         palette = series_palette(series_names(ext))
     groups = extrapolation_groups(ext)
     for metric in EXTRAPOLATION_METRICS:
-        if not _has_values(ext, metric):
+        if not _has_values(ext, metric) or not _want(wanted, f"extrapolation_{metric}"):
             continue
         with sns.axes_style("whitegrid"):
             fig = Figure(figsize=(5.6 * len(groups), 4.4), layout="constrained")
@@ -410,13 +384,6 @@ def plot_extrapolation(df: pd.DataFrame, out_dir: str | Path, palette: dict[str,
     return [p for name, fig in extrapolation_figures(df, palette).items() for p in _save(fig, Path(out_dir), name)]
 
 
-def write_report(df: pd.DataFrame, out_dir: str | Path, figures: Sequence[Path] = ()) -> Path:
-    """``out_dir/report.md`` (see harness.report)."""
-    from harness.report import write_report as _write
-
-    return _write(df, out_dir, figures)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="archbench-plot", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", help="directory of per-point result files (searched recursively)")
@@ -424,7 +391,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.results_dir).is_dir():
         parser.error(f"{args.results_dir} is not a directory")
-    df = load_rows(args.results_dir)
+    rejected: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # named below, once each
+        df = load_rows(args.results_dir, rejected)
+    for problem in rejected:
+        print(f"rejected {problem}", file=sys.stderr)
     if df.empty:
         print(f"no result rows under {args.results_dir}; nothing to plot", file=sys.stderr)
         return 1

@@ -1,6 +1,5 @@
-"""Accuracy against trigger distance: the figure beside accuracy against length.
-
-    python -m harness.plot_distance RESULTS_DIR [--out OUT_DIR]
+"""Accuracy against trigger distance: the figure beside accuracy against length
+(``harness.plot`` draws it as ``accuracy_vs_distance`` wherever such rows exist).
 
 "Accuracy at length L" with the trigger placed at random mixes every distance up to L;
 rows evaluated with ``eval.trigger_distances`` fix the distance d between the trigger and
@@ -8,11 +7,9 @@ the query (see each task's ``distance_meaning``) and carry it in ``trigger_dista
 This module draws those rows: accuracy against d (log2 axis), one colour per curve, one
 line style per evaluation length, the mean and a 95% band over seeds, a dashed line at
 the longest distance a training sequence can hold (train_seq_len - 1). Rows without a
-distance (the length axis) are left to ``harness.plot``; ``split_distance_rows`` is the
-split both use, so a length figure never averages over fixed-distance rows.
-
-Writes ``OUT_DIR/figures/accuracy_vs_distance[_<n>].png|svg`` (OUT_DIR defaults to
-RESULTS_DIR), one figure per task and training length.
+distance (the length axis) make the length figures; ``harness.series.split_distance_rows``
+is the split both use, so a length figure never averages over fixed-distance rows.
+One figure per task and training length: ``accuracy_vs_distance[_<n>]``.
 """
 from __future__ import annotations
 
@@ -25,24 +22,15 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from harness.plot import extrapolation_groups, format_length, series_names, series_palette
+from harness.series import extrapolation_groups, format_length, series_names, split_distance_rows
 from harness.results import load_rows
 
 
-def split_distance_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows of the length axis, rows at a fixed trigger distance)."""
-    if "trigger_distance" not in df.columns:
-        return df, df.iloc[0:0]
-    fixed = pd.to_numeric(df["trigger_distance"], errors="coerce").notna()
-    return df[~fixed], df[fixed]
-
-
-def distance_figure(rows: pd.DataFrame, palette: dict | None = None, title: str = "") -> Figure:
+def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figure:
     """Accuracy against trigger distance for rows of one task and training length."""
     rows = rows.assign(series=series_names(rows),
                        trigger_distance=pd.to_numeric(rows["trigger_distance"]),
                        eval_seq_len=pd.to_numeric(rows["eval_seq_len"]))
-    palette = palette or series_palette(rows["series"])
     ok = rows[(rows["status"] == "ok") & rows["accuracy"].notna()]
     n_seeds = ok["seed"].nunique() if "seed" in ok.columns and not ok.empty else 1
     fig = Figure(figsize=(7.5, 4.5))
@@ -73,41 +61,11 @@ def distance_figure(rows: pd.DataFrame, palette: dict | None = None, title: str 
     return fig
 
 
-def plot_distance(df: pd.DataFrame, out_dir: str | Path, palette: dict | None = None) -> list[Path]:
-    """Write one accuracy-vs-distance figure per task and training length; their paths."""
+def distance_figures(df: pd.DataFrame, palette: dict) -> dict[str, Figure]:
+    """One accuracy-vs-distance figure per task and training length, by file stem."""
     _, fixed = split_distance_rows(df)
     if fixed.empty:
-        return []
-    palette = palette or series_palette(series_names(df))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
+        return {}
     groups = extrapolation_groups(fixed)
-    for i, (title, rows) in enumerate(groups):
-        name = "accuracy_vs_distance" + (f"_{i}" if len(groups) > 1 else "")
-        fig = distance_figure(rows, palette, title)
-        for p in (out_dir / f"{name}.png", out_dir / f"{name}.svg"):
-            fig.savefig(p, dpi=130 if p.suffix == ".png" else None, bbox_inches="tight")
-            paths.append(p)
-    return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="archbench-plot-distance", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", help="directory of per-point result files (searched recursively)")
-    parser.add_argument("--out", default=None, help="output directory (default: results_dir)")
-    args = parser.parse_args(argv)
-    if not Path(args.results_dir).is_dir():
-        parser.error(f"{args.results_dir} is not a directory")
-    df = load_rows(args.results_dir)
-    paths = plot_distance(df, Path(args.out or args.results_dir) / "figures") if not df.empty else []
-    if not paths:
-        print(f"no rows with a trigger_distance under {args.results_dir} (evaluate with "
-              f"eval.trigger_distances=[...]); nothing to plot", file=sys.stderr)
-        return 1
-    print(f"{len(paths)} figure files: {', '.join(str(p) for p in paths)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"accuracy_vs_distance" + (f"_{i}" if len(groups) > 1 else ""): distance_figure(rows, palette, title)
+            for i, (title, rows) in enumerate(groups)}

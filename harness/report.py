@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.fit import SERIES_KEYS, by_series, crossover_table, fit_exponent
-from harness.plot import (
-    EXTRAPOLATION_METRICS, Y_LABELS, extrapolation_groups, format_length, series_names, split_kinds,
+from harness.conformance import conformance_note
+from harness.fit import crossover_table, fit_exponent
+from harness.results import atomic_write
+from harness.series import (
+    EXTRAPOLATION_METRICS, SERIES_KEYS, Y_LABELS, by_series, extrapolation_groups, format_length, series_names,
+    split_distance_rows, split_kinds,
 )
 
 MAX_FAILED_ROWS = 100  # beyond this the report says how many more there are
@@ -60,7 +63,8 @@ def _provenance(df: pd.DataFrame) -> str:
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return (f"Generated {now} from {len(df)} result rows.\n\n"
             f"- experiments: {values('experiment')}\n- devices: {values('device')}\n"
-            f"- torch: {values('env.torch')}\n- git commits: {values('env.git_commit')}\n")
+            f"- torch: {values('env.torch')}\n- git commits: {values('env.git_commit')}\n"
+            f"- {conformance_note()}\n")
 
 
 def _status_section(df: pd.DataFrame) -> str:
@@ -125,6 +129,22 @@ def _failed_section(df: pd.DataFrame) -> str:
     return table + (f"\n… and {more} more.\n" if more > 0 else "")
 
 
+def _distance_section(fixed: pd.DataFrame) -> str:
+    """Accuracy by trigger distance (columns), one row per curve and evaluation length."""
+    ok = fixed[fixed["status"] == "ok"]
+    if ok.empty or "accuracy" not in ok.columns:
+        return "_(no successful fixed-distance rows)_\n"
+    ok = ok.assign(arch=series_names(ok), eval_seq_len=pd.to_numeric(ok["eval_seq_len"]),
+                   trigger_distance=pd.to_numeric(ok["trigger_distance"]))
+    stats = ok.groupby(["arch", "eval_seq_len", "trigger_distance"])["accuracy"].agg(["mean", "std", "count"])
+    cell = [f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
+            for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
+    table = pd.Series(cell, index=stats.index).unstack("trigger_distance")
+    table.columns = [f"d={format_length(c)}" for c in table.columns]
+    table = table.reset_index().assign(eval_seq_len=lambda t: t["eval_seq_len"].map(format_length))
+    return f"### accuracy by trigger distance (mean ± std over seeds)\n\n{markdown_table(table)}"
+
+
 def _extrapolation_section(ext: pd.DataFrame) -> str:
     ext = ext.assign(arch=series_names(ext), eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
     parts = []
@@ -157,10 +177,9 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, figures: Sequence[Path] 
         sections += ["## Scaling exponents (log-log fit over the longest lengths)\n", _exponent_section(cost),
                      "## Crossover lengths (time per call)\n", _crossover_section(cost)]
     sections += ["## Failed points\n", _failed_section(df)]
-    if not ext.empty:
-        sections += ["## Extrapolation (train short, test long)\n", _extrapolation_section(ext)]
-    path = out / "report.md"
-    tmp = out / f".report.md.{os.getpid()}.tmp"
-    tmp.write_text("\n".join(sections), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    by_length, fixed_distance = split_distance_rows(ext)
+    if not by_length.empty:
+        sections += ["## Extrapolation (train short, test long)\n", _extrapolation_section(by_length)]
+    if not fixed_distance.empty:
+        sections += ["## Accuracy by trigger distance (eval.trigger_distances)\n", _distance_section(fixed_distance)]
+    return atomic_write(out / "report.md", "\n".join(sections))

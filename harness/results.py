@@ -19,8 +19,8 @@ time_ms         median time per call, milliseconds
 time_ms_p10     10th percentile, milliseconds
 time_ms_p90     90th percentile, milliseconds
 tokens_per_s    batch * tokens processed per call / time
-peak_mem_bytes  extra bytes allocated at the call's peak (harness.timing.peak_memory)
-flops           FLOPs of one call as counted by harness.timing.count_flops
+peak_mem_bytes  extra bytes allocated at the call's peak (harness.counters.peak_memory)
+flops           FLOPs of one call as counted by harness.counters.count_flops
 state_bytes     decode state size (KV cache / recurrent state), bytes
 device          device name (GPU model or CPU model)
 =============== ==============================================================
@@ -40,7 +40,7 @@ tools give a meaning to:
 * ``label`` (optional) names the curve instead of ``arch`` in figures and tables, for
   variants of one architecture (e.g. ``attention+alibi``).
 * ``Timing.as_row()``, ``MemoryPeak.as_row()`` and ``FlopCount.as_row()``
-  (harness.timing) fill ``time_ms``/``time_ms_p10``/``time_ms_p90`` plus
+  (harness.timing, harness.counters) fill ``time_ms``/``time_ms_p10``/``time_ms_p90`` plus
   ``time_iqr_ms``, ``n_repeats``, ``timing_method``; ``peak_mem_bytes`` plus
   ``mem_baseline_bytes``, ``mem_method``; ``flops`` plus ``flops_complete``,
   ``flops_uncounted``.
@@ -63,12 +63,15 @@ import os
 import re
 import socket
 import time
+import logging
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 CORE_COLUMNS: tuple[str, ...] = (
     "arch", "backend", "params", "seq_len", "batch", "dtype", "mode", "status", "reason",
@@ -83,6 +86,75 @@ FLOAT_COLUMNS: tuple[str, ...] = ("time_ms", "time_ms_p10", "time_ms_p90", "toke
 
 SUFFIX = ".jsonl"
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]{0,199}$")
+
+
+# ---------------------------------------------------------------- the one atomic writer
+
+
+def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Path], None]) -> Path:
+    """Write ``path`` so readers see the old file or the new one, never a part: the
+    content goes to a dot-prefixed temp file in the same directory
+    (``.<name>.<host>.<pid>.tmp``), is fsynced, then ``os.replace``-d over ``path``.
+    ``content`` is text, bytes, or a function that writes the file at the path it is given
+    (``lambda p: df.to_parquet(p)``). A killed writer leaves only the temp file, which
+    readers ignore and ``ResultStore.clean_temp`` removes. The one writer of the project."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{_host()}.{os.getpid()}.tmp")
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(content.encode() if isinstance(content, str) else content)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(final.parent)
+    return final
+
+
+def atomic_write_group(directory: str | os.PathLike, name: str,
+                       writes: Mapping[str, str | bytes | Callable[[Path], None]]) -> list[Path]:
+    """Replace several files of ``directory`` together: after a kill at any moment the
+    next call (or ``finish_group``) leaves them all old or all new.
+
+    1. each new file is written in full as ``.<file>.<name>.new`` (fsynced);
+    2. a journal ``.<name>.journal`` listing them is written atomically - the commit point;
+    3. each ``.new`` file is renamed over its final name, then the journal is removed.
+    ``finish_group`` (run first by every call) completes a group whose journal exists
+    (roll forward) and deletes ``.new`` files without one (roll back)."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    finish_group(root, name)
+    staged = {}
+    for fname, content in writes.items():
+        new = root / f".{fname}.{name}.new"
+        atomic_write(new, content)
+        staged[new.name] = fname
+    atomic_write(root / f".{name}.journal", json.dumps(staged))
+    finish_group(root, name)
+    return [root / f for f in writes]
+
+
+def finish_group(directory: str | os.PathLike, name: str) -> None:
+    """Complete (journal present) or discard (journal absent) an interrupted
+    ``atomic_write_group``."""
+    root = Path(directory)
+    journal = root / f".{name}.journal"
+    try:
+        staged = json.loads(journal.read_text())
+    except FileNotFoundError:
+        for stray in root.glob(f".*.{name}.new"):
+            stray.unlink(missing_ok=True)
+        return
+    for new, final in staged.items():
+        if (root / new).exists():
+            os.replace(root / new, root / final)
+    _fsync_dir(root)
+    journal.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- hashing and keys
@@ -169,8 +241,14 @@ def make_row(
     return {k: _jsonable(v) for k, v in row.items()}
 
 
-def validate_row(row: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the problem if a row breaks the schema."""
+def validate_row(row: Mapping[str, Any], stored: bool = False) -> None:
+    """Raise ValueError naming the problem if a row breaks the schema. ``stored``: the row
+    was read from a file, so it must also carry every core column (``make_row`` writes them
+    all, None where not measured) and its ``point_key``."""
+    if stored:
+        missing = [c for c in CORE_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"row lacks core column(s) {missing}; rows are written by harness.results.make_row")
     status = row.get("status")
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {STATUSES}")
@@ -205,17 +283,30 @@ class ResultStore:
         rows = [rows] if isinstance(rows, Mapping) else list(rows)
         if not rows:
             raise ValueError(f"no rows to write for key {key!r}; write a status=skipped row instead")
-        final = self.path_for(key)
         text = "".join(json.dumps(_jsonable({**r, "point_key": r.get("point_key") or key}),
                                   allow_nan=False) + "\n" for r in rows)
-        tmp = self.dir / f".{final.name}.{_host()}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.dir)
-        return final
+        return atomic_write(self.path_for(key), text)
+
+    def has_valid(self, key: str) -> bool:
+        """True if ``key`` is done: a file for it exists below the directory and every
+        row in it is valid and final. A file that does not parse to valid rows is moved
+        aside as ``<name>.corrupt`` (named in the log) and the point counts as not done;
+        a file whose rows were ``interrupted`` by a stop signal is not final either."""
+        direct = self.path_for(key)
+        paths = [direct] if direct.exists() else [p for p in self.dir.rglob(direct.name)
+                                                  if not p.name.startswith(".")]
+        done = False
+        for path in paths:
+            rows, problems = read_point_file(path)
+            if problems:
+                moved = quarantine(path)
+                log.warning("corrupt result file %s (%s); moved to %s, the point will be measured again",
+                            path, problems[0], moved.name)
+                warnings.warn(f"corrupt result file {path} ({problems[0]}); moved to {moved.name}",
+                              RuntimeWarning, stacklevel=2)
+            elif rows and not any(r.get("interrupted") for r in rows):
+                done = True
+        return done
 
     def has(self, key: str, statuses: Iterable[str] | None = None) -> bool:
         """True if a file for ``key`` exists (anywhere below the directory) and, when
@@ -299,16 +390,60 @@ def point_files(results_dir: str | os.PathLike) -> list[Path]:
     )
 
 
+def quarantine(path: Path) -> Path:
+    """Move a corrupt point file aside as ``<name>.corrupt`` (``.corrupt.1`` ... if taken)."""
+    target = path.with_name(path.name + ".corrupt")
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt.{n}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        pass  # another process moved it first
+    return target
+
+
+def read_point_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(valid rows, problems) of one point file; each problem names ``path:line`` and
+    what is wrong. An empty file, bytes that are not UTF-8 text, a line that is not a
+    JSON object, or a row that breaks the schema (``validate_row``) is a problem."""
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
+    except FileNotFoundError:
+        return [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{lineno}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{lineno}: a {type(row).__name__}, not a JSON object (one row per line)")
+            continue
+        try:
+            validate_row(row, stored=True)
+        except ValueError as exc:
+            problems.append(f"{path}:{lineno}: {exc}")
+            continue
+        rows.append(row)
+    if not rows and not problems:
+        problems.append(f"{path}: empty (a writer was cut off?)")
+    if not text.endswith("\n") and text.strip() and not problems:
+        problems.append(f"{path}: last line not terminated (truncated)")
+    return rows, problems
+
+
 def _read_file(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                warnings.warn(f"skipping unreadable line {lineno} of {path}: {exc}", stacklevel=3)
+    rows, problems = read_point_file(path)
+    for problem in problems:
+        warnings.warn(f"rejected {problem}", RuntimeWarning, stacklevel=3)
     return rows
 
 
@@ -334,16 +469,24 @@ def _coerce_types(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def load_rows(results_dir: str | os.PathLike) -> pd.DataFrame:
+def load_rows(results_dir: str | os.PathLike, rejected: list[str] | None = None) -> pd.DataFrame:
     """Every row of every point file below ``results_dir``, as one tidy DataFrame.
 
     Reads recursively (Hydra multirun subfolders and submitit jobs sharing one
-    results dir all merge), ignores temp files, warns about (and skips) unreadable
-    lines. Columns are ordered with ``order_columns``; integer core columns are
+    results dir all merge), ignores temp files; every row is validated against the
+    schema, and a rejected line or file is named (``path:line: why``) in a warning and
+    appended to ``rejected`` when given - never merged. Columns are ordered with ``order_columns``; integer core columns are
     nullable Int64. An empty or missing directory gives an empty frame with the
     core columns."""
     root = Path(results_dir)
     if not root.exists():
         raise FileNotFoundError(f"results directory {root} does not exist")
-    rows = [r for p in point_files(root) for r in _read_file(p)]
+    rows = []
+    for path in point_files(root):
+        good, problems = read_point_file(path)
+        rows.extend(good)
+        for problem in problems:
+            warnings.warn(f"rejected {problem}", RuntimeWarning, stacklevel=2)
+        if rejected is not None:
+            rejected.extend(problems)
     return _coerce_types(order_columns(pd.DataFrame.from_records(rows)))

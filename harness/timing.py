@@ -5,15 +5,13 @@ training step, one decode step ...) and knows nothing about architectures.
 
 * ``time_callable``  - median / p10 / p90 of per-call times (torch.utils.benchmark
   on CPU, CUDA events on GPU), with the raw times kept.
-* ``peak_memory``    - extra bytes the call allocates at its peak (from
-  ``harness.counters``, which documents the CPU method).
-* ``count_flops``    - FLOPs seen by ``FlopCounterMode``, with a list of ops it
-  could not count (also from ``harness.counters``).
 * ``is_oom`` / ``classify_exception`` / ``free_memory`` / ``limit_cpu_memory`` - failure
   handling so one point's OOM becomes a row with status=oom and the sweep goes on.
 * ``run_with_timeout`` / ``Deadline`` / ``PointTimeout`` - a cooperative per-point
   time budget (see ``run_with_timeout`` for what it can and cannot stop).
-* ``device_peak`` (from ``harness.devices``) - datasheet peaks for frac-of-peak.
+
+Memory peaks and FLOP counts live in ``harness.counters``, datasheet peaks in
+``harness.devices``; import them from there.
 """
 from __future__ import annotations
 
@@ -30,10 +28,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.benchmark import Timer
-
-# Re-exported so apps import every measuring tool from one place.
-from harness.counters import FlopCount, MemoryPeak, count_flops, peak_memory  # noqa: F401
-from harness.devices import device_peak, lookup_gpu, precision_key  # noqa: F401
 
 # ---------------------------------------------------------------- point budgets
 
@@ -296,6 +290,18 @@ def limit_cpu_memory(gb: float | None) -> None:
     limit = int(gb * 2**30)
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+@contextlib.contextmanager
+def cpu_memory_limit(gb: float | None) -> Iterator[None]:
+    """``limit_cpu_memory(gb)`` for the block only: the previous limit comes back on the
+    way out, so a capped job of a multirun does not cap the jobs after it."""
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    try:
+        limit_cpu_memory(gb)
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, before)
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:

@@ -340,15 +340,28 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
 
 # --- checkpoints: weights only, loaded without unpickling arbitrary objects ---------------
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read as this model's weights."""
+
+
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint
+    from harness.results import atomic_write  # the one atomic writer (never a half-written checkpoint)
+
+    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    """Load weights (``weights_only=True``: no arbitrary objects are unpickled). A file that
+    does not load - truncated, garbage, another model's - is a ``CheckpointError`` naming
+    it and the fix; loading it less safely is never the fix."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad file
+        # torch's own message may advise weights_only=False (unsafe); do not repeat it.
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = "" if "weights_only" in str(exc) else f" ({type(exc).__name__}: {detail[:200]})"
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded{detail}: it is truncated, corrupt or from other code. "
+            f"Re-run with force=true to train again (the file is then replaced), or delete it.") from None
     return model

@@ -27,3 +27,22 @@ def test_kernel_suites_write_rows_and_report(tmp_path, suite):
     before = sorted(p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl"))
     kernels.main([suite, "--quick", "--seq-lens", "32", "64", "--out", str(tmp_path), "--device", "cpu"])
     assert sorted(p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl")) == before  # resumed
+
+
+def test_csv_benchmarks_write_rows_to_the_result_store(tmp_path):
+    """linear_attention and mamba_scan write one validated row file per case (the one
+    atomic writer), which load_rows reads like any sweep's rows."""
+    from benchmarks import linear_attention, mamba_scan
+    from harness.results import load_rows
+
+    linear_attention.main(["--lengths", "32", "--min-run-time", "0.01", "--d-model", "64", "--heads", "2",
+                           "--no-ssd", "--out", str(tmp_path / "la")])
+    la = load_rows(tmp_path / "la")
+    assert len(la) == 2 and "chunked" in set(la["impl"])
+    assert set(la["status"]) == {"ok"} and la["time_ms"].gt(0).all() and la["seq_len"].eq(32).all()
+    mamba_scan.main(["--seq-lens", "32", "--impls", "ref", "chunked", "--min-run-time", "0.01",
+                     "--min-runs", "1", "--d-model", "16", "--out", str(tmp_path / "ms")])
+    ms = load_rows(tmp_path / "ms")
+    assert sorted(ms["arch"]) == ["chunked", "ref"] and set(ms["status"]) == {"ok"}
+    with pytest.raises(SystemExit, match="results folder"):
+        mamba_scan.main(["--out", str(tmp_path / "x.csv")])

@@ -54,7 +54,7 @@ def _group_options(group):
 
 @pytest.mark.parametrize("bench", _group_options("bench"))
 def test_every_bench_preset_composes_and_validates(bench):
-    from harness.config import validate_bench
+    from harness.checks import validate_bench
     raw = _compose([f"bench={bench}"])
     assert_option_applied(raw.bench, ROOT / "conf" / "bench" / f"{bench}.yaml")
     validate_bench(cost._as_schema(raw).bench)

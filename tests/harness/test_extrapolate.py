@@ -44,7 +44,7 @@ def _options(group):
 
 @pytest.mark.parametrize("group", ["task", "train", "eval", "model"])
 def test_every_group_option_composes_validates_and_applies(group):
-    from harness.config import validate_eval
+    from harness.checks import validate_eval
     from harness.tasks import get_task
     from harness.build import build
     for option in _options(group):

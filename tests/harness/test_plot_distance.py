@@ -1,4 +1,4 @@
-"""The accuracy-vs-trigger-distance figure (harness.plot_distance)."""
+"""The accuracy-vs-trigger-distance figure (harness.plot_distance, drawn by harness.plot)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from harness import plot_distance
+from harness.plot import main as plot_main, series_palette
+from harness.series import series_names, split_distance_rows
 from harness.results import ResultStore, make_row, point_key
 
 ENV = {"torch": "test", "git_commit": "abc123", "hostname": "test-host"}
@@ -38,7 +40,7 @@ def results(tmp_path):
 
 def test_split_separates_the_two_axes():
     df = pd.DataFrame(_rows())
-    by_length, by_distance = plot_distance.split_distance_rows(df)
+    by_length, by_distance = split_distance_rows(df)
     assert by_length["trigger_distance"].isna().all() and len(by_length) == 2 * 3 * 2
     assert set(by_distance["trigger_distance"]) == set(DISTANCES)
     assert len(by_length) + len(by_distance) == len(df)
@@ -46,8 +48,8 @@ def test_split_separates_the_two_axes():
 
 def test_figure_draws_the_mean_per_distance():
     df = pd.DataFrame(_rows())
-    _, fixed = plot_distance.split_distance_rows(df)
-    fig = plot_distance.distance_figure(fixed, title="induction")
+    _, fixed = split_distance_rows(df)
+    fig = plot_distance.distance_figure(fixed, series_palette(series_names(fixed)), title="induction")
     ax = fig.axes[0]
     lines = {tuple(line.get_xdata()): line.get_ydata() for line in ax.get_lines() if len(line.get_xdata()) > 1}
     # mamba at 4096: perfect up to its cliff, then the mean over seeds 0.1, 0.11, 0.12.
@@ -57,15 +59,21 @@ def test_figure_draws_the_mean_per_distance():
     assert any(len(line.get_xdata()) and line.get_xdata()[0] == 255 for line in ax.get_lines())
 
 
-def test_cli_writes_the_figure(results, tmp_path, capsys):
-    assert plot_distance.main([str(results), "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "figures" / "accuracy_vs_distance.png").stat().st_size > 0
-    assert (tmp_path / "out" / "figures" / "accuracy_vs_distance.svg").exists()
+def test_plot_draws_both_axes_without_mixing_them(results, tmp_path):
+    assert plot_main([str(results), "--out", str(tmp_path / "out")]) == 0
+    figures = tmp_path / "out" / "figures"
+    assert (figures / "accuracy_vs_distance.png").stat().st_size > 0
+    assert (figures / "accuracy_vs_distance.svg").exists()
+    assert (figures / "extrapolation_accuracy.png").exists()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Accuracy by trigger distance" in report and "d=256" in report
 
 
-def test_cli_without_distance_rows_says_so(tmp_path, capsys):
-    store = ResultStore(tmp_path / "res")
-    row = make_row(arch="mamba", seq_len=64, eval_seq_len=64, accuracy=1.0, mode="eval", env=ENV)
-    store.write(row, "only-length")
-    assert plot_distance.main([str(tmp_path / "res")]) == 1
-    assert "eval.trigger_distances" in capsys.readouterr().err
+def test_length_figure_leaves_fixed_distance_rows_out():
+    from harness.plot import extrapolation_figures
+    df = pd.DataFrame(_rows())
+    by_length, _ = split_distance_rows(df)
+    drawn = extrapolation_figures(df)["extrapolation_accuracy"]
+    alone = extrapolation_figures(by_length)["extrapolation_accuracy"]
+    ys = lambda fig: sorted(tuple(np.round(line.get_ydata(), 6)) for ax in fig.axes for line in ax.get_lines())  # noqa: E731
+    assert ys(drawn) == ys(alone)

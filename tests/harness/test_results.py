@@ -154,7 +154,7 @@ def test_load_rows_types_order_and_bad_lines(tmp_path):
     store = ResultStore(tmp_path)
     store.write(row(params=10, flops=None, extra="x"), "a")
     (tmp_path / "hand-edited.jsonl").write_text(store.path_for("a").read_text() + "{not json\n")
-    with pytest.warns(UserWarning, match="unreadable line 2"):
+    with pytest.warns(RuntimeWarning, match=r"hand-edited.jsonl:2: not JSON"):
         df = load_rows(tmp_path)
     assert len(df) == 2
     assert list(df.columns[: len(CORE_COLUMNS)]) == list(CORE_COLUMNS)

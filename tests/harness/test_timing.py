@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from harness import timing
+from harness.counters import count_flops, peak_memory
+from harness.devices import device_peak, lookup_gpu, precision_key
 from harness.timing import (
-    Deadline, PointTimeout, classify_exception, count_flops, current_deadline, device_peak,
-    free_memory, is_oom, lookup_gpu, peak_memory, precision_key, run_with_timeout, time_budget,
-    time_callable,
+    Deadline, PointTimeout, classify_exception, current_deadline, free_memory, is_oom,
+    run_with_timeout, time_budget, time_callable,
 )
 
 MiB = 2**20
@@ -278,4 +279,4 @@ def test_cuda_timing_and_memory():
     assert t.n == 5 and "cuda events" in t.method and t.median_ms > 0
     peak = peak_memory(lambda: torch.empty(64 * MiB, dtype=torch.uint8, device="cuda"), "cuda")
     assert peak.peak_bytes >= 64 * MiB and peak.baseline_bytes is not None
-    assert timing.device_peak("cuda", torch.bfloat16)[0] > 0
+    assert device_peak("cuda", torch.bfloat16)[0] > 0

@@ -142,7 +142,8 @@ def test_eval_axis_refuses_a_task_without_the_knob(tmp_path):
 
 
 def test_eval_config_rejects_empty_or_non_positive_distances():
-    from harness.config import EvalConfig, validate_eval
+    from harness.checks import validate_eval
+    from harness.config import EvalConfig
     validate_eval(EvalConfig(trigger_distances=[2, 100]))
     for bad in ([], [0], [5, -1]):
         with pytest.raises(ValueError, match="eval.trigger_distances"):

@@ -1,0 +1,242 @@
+"""Checks that run before any compute: unknown config keys, writable folders, code identity.
+
+* ``reject_unknown_keys`` - keys in a composed config that its schema does not have
+  (Hydra lets ``+bench.seq_lenz=[999]`` through; this does not), with a suggestion.
+* ``check_writable_dir`` - a results/checkpoint folder that is a file or cannot be
+  written is named before training or the first measurement, not after.
+* ``validate_model`` / ``validate_bench`` / ``validate_eval`` / ``validate_figures`` - values
+  of the schemas in ``harness.config`` (a negative length, an unknown dtype name its key);
+  ``resolve_device`` - ``auto``/``cpu``/``cuda[:N]``, with a clear error for anything else.
+* ``code_fingerprint`` - a hash of the source files that define a model (its classes'
+  modules, and the project modules those import from) and a task generator, so a
+  checkpoint trained by other code is never reused silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import os
+import sys
+import sysconfig
+import tempfile
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import DTYPES, FIGURES, MATCH, MODES, BenchConfig, EvalConfig, ModelConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- unknown keys
+
+
+def _is_free_dict(tp: Any) -> bool:
+    return typing.get_origin(tp) in (dict, typing.Dict) or tp in (dict, typing.Dict, Any)
+
+
+def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Dotted keys of ``node`` (a DictConfig or dict) that ``schema`` (a dataclass) lacks.
+    Fields typed ``Dict[...]`` are free-form (an arch's own kwargs) and not descended into."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if not isinstance(node, dict):
+        return []
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    bad = []
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            bad.append(dotted + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+            continue
+        tp = hints[key]
+        if typing.get_origin(tp) is typing.Union:  # Optional[Sub]
+            tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if dataclasses.is_dataclass(tp) and not _is_free_dict(tp):
+            bad += unknown_keys(value, tp, f"{dotted}.")
+    return bad
+
+
+def reject_unknown_keys(cfg: Any, schema: type) -> None:
+    """Raise ValueError naming every key of ``cfg`` its schema does not know."""
+    bad = unknown_keys(cfg, schema)
+    if bad:
+        raise ValueError(f"unknown config key(s): {', '.join(bad)}. They would be ignored; "
+                         f"fix the spelling (the schema is harness/config.py: {schema.__name__}).")
+
+
+# ---------------------------------------------------------------- folders
+
+
+def check_writable_dir(path: str | os.PathLike, key: str) -> Path:
+    """Create ``path`` if needed and prove a file can be written there; raise ValueError
+    naming ``key`` (e.g. ``results_dir``) and the fix otherwise."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{key}={str(p)!r} is a file, not a folder; point {key} at a folder "
+                         f"(it is created if missing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-check.", delete=True):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{key}={str(p)!r} cannot be written ({exc.strerror or exc}); "
+                         f"choose a writable folder with {key}=...") from None
+    return p
+
+
+# ---------------------------------------------------------------- code fingerprint
+
+
+def _project_file(obj: Any) -> Path | None:
+    try:
+        src = inspect.getsourcefile(obj)
+    except TypeError:
+        return None
+    if src is None:
+        return None
+    path = Path(src).resolve()
+    # The project and plugins count; the standard library and torch do not.
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    if stdlib in path.parents and "site-packages" not in path.parts:
+        return None
+    if any(part in ("torch", "numpy") for part in path.parts):
+        return None
+    return path
+
+
+def _module_files(objs: Iterable[Any]) -> set[Path]:
+    """Source files of the modules defining ``objs`` (classes, instances, modules) and of
+    the project modules those import names from (one level: ``ref.py`` beside ``layer.py``)."""
+    mods: set[types.ModuleType] = set()
+    for obj in objs:
+        classes = type(obj).__mro__ if not isinstance(obj, (type, types.ModuleType)) else \
+            (obj.__mro__ if isinstance(obj, type) else ())
+        if isinstance(obj, types.ModuleType):
+            mods.add(obj)
+        for cls in classes:
+            mod = sys.modules.get(cls.__module__)
+            if mod is not None and not cls.__module__.startswith(("torch", "builtins", "typing")):
+                mods.add(mod)
+    files = set()
+    for mod in mods:
+        own = _project_file(mod)
+        if own is None:
+            continue
+        files.add(own)
+        for value in vars(mod).values():
+            dep = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", "") or "")
+            if dep is not None and (dep.__name__.split(".")[0] == mod.__name__.split(".")[0]):
+                f = _project_file(dep)
+                if f is not None:
+                    files.add(f)
+    return files
+
+
+def code_fingerprint(*objs: Any, length: int = 12) -> str:
+    """Hash of the source files defining ``objs`` (e.g. a model and a task): a torch
+    module contributes the classes of all its submodules."""
+    expanded: list[Any] = []
+    for obj in objs:
+        expanded.append(obj)
+        if hasattr(obj, "modules") and callable(obj.modules):
+            expanded += list(obj.modules())
+    h = hashlib.sha256()
+    for path in sorted(_module_files(expanded)):
+        rel = path.relative_to(REPO_ROOT) if REPO_ROOT in path.parents else Path(path.name)
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:length]
+
+
+# ---------------------------------------------------------------- values
+
+
+def _fail(key: str, problem: str) -> None:
+    raise ValueError(f"{key}: {problem}")
+
+
+def validate_model(m: ModelConfig | DictConfig, prefix: str = "model") -> None:
+    if m.match not in MATCH:
+        _fail(f"{prefix}.match", f"must be one of {list(MATCH)}, got {m.match!r}")
+    if m.n_layers is not None and m.n_layers <= 0:
+        _fail(f"{prefix}.n_layers", f"must be positive, got {m.n_layers}")
+    needed = {"params": "target_params", "active_params": "target_params", "flops": "target_flops_per_token",
+              "state": "target_state_bytes", "width": "d_model"}[m.match]
+    value = getattr(m, needed)
+    if value is None or value <= 0:
+        _fail(f"{prefix}.{needed}", f"match={m.match!r} needs a positive {needed}, got {value}")
+    for arch, width in dict(m.d_model_by_arch).items():
+        if width <= 0:
+            _fail(f"{prefix}.d_model_by_arch.{arch}", f"must be positive, got {width}")
+
+
+def validate_figures(figures: list[str]) -> None:
+    bad = [f for f in figures if f not in FIGURES]
+    if bad:
+        _fail("figures", f"unknown figure(s) {bad}; choose from {list(FIGURES)}")
+
+
+def validate_bench(b: BenchConfig | DictConfig) -> None:
+    if not b.seq_lens or any(n <= 0 for n in b.seq_lens):
+        _fail("bench.seq_lens", f"must be a non-empty list of positive lengths, got {list(b.seq_lens)}")
+    if b.batch <= 0:
+        _fail("bench.batch", f"must be positive, got {b.batch}")
+    if b.dtype not in DTYPES:
+        _fail("bench.dtype", f"must be one of {list(DTYPES)}, got {b.dtype!r}")
+    bad = [m for m in b.modes if m not in MODES]
+    if bad or not b.modes:
+        _fail("bench.modes", f"must be a non-empty subset of {list(MODES)}, got {list(b.modes)}")
+    if b.search not in ("grid", "max_len"):
+        _fail("bench.search", f"must be 'grid' or 'max_len', got {b.search!r}")
+    if b.max_len.mode not in MODES:
+        _fail("bench.max_len.mode", f"must be one of {list(MODES)}, got {b.max_len.mode!r}")
+    for key in ("warmup", "decode_steps"):
+        if getattr(b, key) < 0:
+            _fail(f"bench.{key}", f"must be >= 0, got {getattr(b, key)}")
+    if b.min_repeats < 1 or b.min_run_time <= 0 or b.time_budget_s <= 0:
+        _fail("bench.min_repeats/min_run_time/time_budget_s", "must be positive")
+
+
+def validate_eval(e: EvalConfig | DictConfig) -> None:
+    if not e.seq_lens or any(n <= 0 for n in e.seq_lens):
+        _fail("eval.seq_lens", f"must be a non-empty list of positive lengths, got {list(e.seq_lens)}")
+    if e.n_sequences <= 0 or e.batch_tokens <= 0:
+        _fail("eval.n_sequences/batch_tokens", "must be positive")
+    if e.time_budget_s <= 0:
+        _fail("eval.time_budget_s", f"must be positive, got {e.time_budget_s}")
+    if e.chunk_len is not None and e.chunk_len <= 0:
+        _fail("eval.chunk_len", f"must be positive or null, got {e.chunk_len}")
+    if e.trigger_distances is not None and (not e.trigger_distances or any(d <= 0 for d in e.trigger_distances)):
+        _fail("eval.trigger_distances", f"must be null or a non-empty list of positive distances, "
+              f"got {list(e.trigger_distances)}")
+    if e.cpu_memory_limit_gb is not None and e.cpu_memory_limit_gb <= 0:
+        _fail("eval.cpu_memory_limit_gb", f"must be positive or null, got {e.cpu_memory_limit_gb}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device torch knows; use device=auto, cpu, cuda "
+                         f"or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r}: archbench runs on cpu or cuda; use device=auto, cpu, cuda "
+                         f"or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
+    return device
+
+
+def to_container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
