@@ -81,7 +81,7 @@ def test_variants_change_one_factor_from_the_baseline():
                 **{f"arch.{k}": v for k, v in arch.items()}}
 
     base = settings("baseline")
-    assert (base["train.steps"], base["train.mixed_length"], base["train.initial_state"]) == (600, True, "zero")
+    assert (base["train.steps"], base["train.mixed_length"], base["train.initial_state"]) == (2000, True, "zero")
     changed = {}
     for v in VARIANTS:
         if v not in ("baseline", "paper_protocol"):
