@@ -42,7 +42,7 @@ HALVES = (Half("cost", "cost_cpu_demo", "cost"), Half("extrapolate", "demo_extra
 # --quick: the same pipeline on lengths and budgets that take seconds (a smoke test).
 QUICK = {
     "cost": ["bench.seq_lens=[128,256,512]", "bench.min_run_time=0.02", "bench.min_repeats=1"],
-    "extrapolate": ["train.steps=30", "train.target_acc=null", "eval.seq_lens=[64,128]",
+    "extrapolate": ["train.steps=30", "train.warmup_steps=5", "train.target_acc=null", "eval.seq_lens=[64,128]",
                     "eval.n_sequences=4"],
 }
 # A GPU is fast enough to take the cost sweep to lengths where the crossover is clear.
@@ -175,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = app_command(half, out, device.type, extra)
         print(f"\n== {half.folder}: python -m harness.{half.app} experiment={half.experiment}"
               f"{' ' + ' '.join(extra) if extra else ''}", flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        code = subprocess.run(cmd, cwd=ROOT).returncode
+        if code != 0:
+            print(f"\ndemo: the {half.folder} half failed (exit {code}); its error is above. "
+                  f"Points already measured are kept in {out / half.folder}; re-running resumes.",
+                  file=sys.stderr)
+            return code
         collect(out / half.folder)
         plot_main([str(out / half.folder), "--out", str(out / half.folder)])
     print(summary(out))
