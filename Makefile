@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo demo-benchmark test install clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m harness.demo
+
+# The demo's cost record (results/cpu/demo/demo_benchmark.json): run on an idle machine.
+demo-benchmark: $(STAMP)
+	$(BIN)/python scripts/demo_benchmark.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -18,6 +18,12 @@ activations, workspaces, gradients and outputs are).
   thread on CPU - and nothing else. Limitations: memory allocated outside torch's
   allocator (numpy arrays, oneDNN scratch pads obtained from malloc directly) is not
   seen, and the profiler cannot be nested inside another active profiler.
+  Quiet: torch's profiler backend (Kineto) writes a ``USDT: ... profiler_start`` and a
+  ``... profiler_stop`` line to file descriptor 2 on every profile session - these are
+  its user-space trace-point markers (``SyncActivityProfilerHandler``), logged at its
+  highest severity, so no ``KINETO_LOG_LEVEL`` hides them without hiding its errors too.
+  ``_kineto_markers_dropped`` therefore captures fd 2 around the profiler only and
+  writes back every other line; set ``KINETO_LOG_LEVEL`` to see Kineto's raw output.
 
 FLOPs
 -----
@@ -33,8 +39,12 @@ counter: record an analytic count beside the measured one for those.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import re
+import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,8 +93,39 @@ def _peak_cuda(fn, device: torch.device) -> MemoryPeak:
     return MemoryPeak(int(peak), int(baseline), "torch.cuda.max_memory_allocated - baseline")
 
 
+# Kineto's trace-point lines: "USDT:<date> <time> <pid>:<tid> <file>:<line>] profiler_start".
+_KINETO_MARKER = re.compile(rb"^USDT:.*\] profiler_(start|stop)\s*$")
+
+
+@contextlib.contextmanager
+def _kineto_markers_dropped():
+    """Capture file descriptor 2 for the block; write back all but Kineto's marker lines.
+
+    A C++ library writes straight to fd 2, so only an fd-level redirect catches it;
+    output of other threads during the block is delayed, not lost. Left alone when the
+    user set ``KINETO_LOG_LEVEL`` (they asked for Kineto's log)."""
+    if "KINETO_LOG_LEVEL" in os.environ:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if not _KINETO_MARKER.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 def _peak_cpu(fn) -> MemoryPeak:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _kineto_markers_dropped(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [
         e for e in prof.profiler.kineto_results.events()

@@ -128,6 +128,24 @@ def test_cpu_peak_memory_counts_backward():
     assert peak_memory(step).peak_bytes >= 8 * MiB
 
 
+def test_cpu_peak_memory_drops_kineto_markers_and_keeps_other_stderr(capfd, monkeypatch):
+    # Kineto prints "USDT: ... profiler_start / profiler_stop" to fd 2 on every profile
+    # session; they must not reach the terminal, while anything else written there does.
+    import os
+
+    monkeypatch.delenv("KINETO_LOG_LEVEL", raising=False)
+
+    def fn():
+        os.write(2, b"a line from the measured call\n")
+        return torch.ones(1024) * 2
+
+    for _ in range(2):
+        peak_memory(fn)
+    err = capfd.readouterr().err
+    assert "USDT" not in err and "profiler_start" not in err
+    assert err.count("a line from the measured call") == 2
+
+
 # ---------------------------------------------------------------- FLOPs
 
 
