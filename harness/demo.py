@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Imported here so that --help answers without loading torch.
     from harness.collect import collect
-    from harness.config import resolve_device
+    from harness.checks import resolve_device
     from harness.env import device_name
     from harness.plot import main as plot_main
 
