@@ -101,14 +101,27 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2:
             raise ValueError(f"rope needs an even head dimension, got {head_dim}; "
                              f"choose d_model / n_heads even")
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("inv_freq", self._inv_freq(torch.float32), persistent=False)
+
+    def _inv_freq(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim).to(dtype)
+
+    def _apply(self, fn, recurse=True):
+        # as for ALiBi's slopes: model.to(bf16) must not round the frequencies (a bf16
+        # frequency is off by 2^-9 relative, i.e. by up to 16 radians at position 8K)
+        super()._apply(fn, recurse)
+        dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
+        self.inv_freq = self._inv_freq(dtype).to(self.inv_freq.device)
+        return self
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, L, Dh), positions: (L,) -> rotated x, same shape and dtype."""
-        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (L, Dh/2)
+        """x: (B, H, L, Dh), positions: (L,) -> rotated x, same shape and dtype; computed in
+        float32 (float64 for float64 x)."""
+        acc = torch.promote_types(x.dtype, torch.float32)
+        angles = positions.to(acc)[:, None] * self.inv_freq.to(acc)[None, :]  # (L, Dh/2)
         cos, sin = angles.cos(), angles.sin()
-        x1, x2 = x.float().chunk(2, dim=-1)
+        x1, x2 = x.to(acc).chunk(2, dim=-1)
         out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
         return out.to(x.dtype)
 

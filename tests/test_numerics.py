@@ -72,3 +72,49 @@ def test_bf16_alibi_attention_matches_fp64_at_8k(n_heads):
     # the old path (bias cast to the query dtype) is far off on head 0: the test can fail
     old = attention_math(*bf, bias=bias.to(torch.bfloat16), scale=1.0)
     assert (old.double() - ref)[0, 0].abs().max().item() > 0.1
+
+
+# --- float64 end to end --------------------------------------------------------------------
+
+def _first_mixer(name: str):
+    from archs import arch_info, create_arch
+    from archs.mixer import Mixer
+    model = create_arch(name, vocab_size=16, **dict(arch_info(name).tiny or {})).double()
+    return next(m for m in model.modules() if isinstance(m, Mixer)), model.cfg.d_model
+
+
+def _all_archs():
+    from archs import list_archs
+    return list_archs()
+
+
+@pytest.mark.parametrize("name", _all_archs())
+def test_float64_mixer_passes_gradcheck(name):
+    """float64 must be computed in float64 (Mamba scans, RoPE, Mamba-2's dt, RetNet's decay,
+    ALiBi...): a float32 step anywhere makes the finite differences disagree."""
+    mixer, d_model = _first_mixer(name)
+    x = torch.randn(1, 5, d_model, dtype=torch.float64, requires_grad=True)
+    assert mixer(x).dtype == torch.float64
+    assert torch.autograd.gradcheck(mixer, (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_float64_rotary_and_scans_are_not_rounded_to_float32():
+    from archs.mamba.ref import selective_scan_ref
+    from archs.mamba.scan import selective_scan_chunked
+    from archs.positional import RotaryEmbedding
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 6, 8, dtype=torch.float64, generator=g)
+    rope = RotaryEmbedding(8).double()
+    assert rope.inv_freq.dtype == torch.float64
+    out = rope(x, torch.arange(6))
+    assert out.dtype == torch.float64
+    # a float64 rotation preserves norms to float64 precision (float32 would give ~1e-7)
+    assert (out.norm(dim=-1) - x.norm(dim=-1)).abs().max() < 1e-12
+    assert RotaryEmbedding(8).to(torch.bfloat16).inv_freq.dtype == torch.float32
+    u, delta = torch.randn(1, 3, 7, dtype=torch.float64, generator=g), torch.rand(1, 3, 7, dtype=torch.float64, generator=g)
+    A = -torch.rand(3, 4, dtype=torch.float64, generator=g)
+    B, C = torch.randn(1, 4, 7, dtype=torch.float64, generator=g), torch.randn(1, 4, 7, dtype=torch.float64, generator=g)
+    y_ref, h_ref = selective_scan_ref(u, delta, A, B, C, return_last_state=True)
+    y, h = selective_scan_chunked(u, delta, A, B, C, return_last_state=True)
+    assert y.dtype == h.dtype == h_ref.dtype == torch.float64
+    assert (y - y_ref).abs().max() < 1e-12 and (h - h_ref).abs().max() < 1e-12
