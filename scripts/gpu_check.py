@@ -117,7 +117,8 @@ def dry_plan(py: str, res: Path, work: Path, args) -> list[Step]:
     kernels = [py, "benchmarks/kernels.py"]
     quick = ["--device", "cpu", "--dtype", "float32", "--warmup", "0", "--min-run-time", "0.01"]
     toy = ["model.target_params=50000", "model.n_layers=2", "model.vocab_size=256", "bench.dtype=float32",
-           "bench.warmup=0", "bench.min_run_time=0.01", "bench.min_repeats=1", "bench.time_budget_s=30"]
+           "bench.warmup=0", "bench.min_run_time=0.01", "bench.min_repeats=1", "bench.time_budget_s=30",
+           "bench.measure_memory=false"]  # the CPU allocator profiler: slow, and not what a GPU runs
     return [
         Step("pytest_gpu", 60, [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rs",
                                 *args.pytest_paths], note="no CUDA: the gpu tests skip"),
@@ -375,6 +376,15 @@ def pack(out: Path, steps: list[Step], res_root: Path, tag: str, meta: dict, log
         log_path.write_bytes(data[: LOG_LIMIT // 4] + b"\n[... log truncated ...]\n" + data[-LOG_LIMIT // 2:])
 
 
+def git_commit() -> str:
+    """The tree's commit; a copied tree on the GPU machine may have no .git (or no git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown (no git repository)"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+
+
 def device_tag(dry_run: bool) -> tuple[str, str]:
     import torch
     if dry_run or not torch.cuda.is_available():
@@ -431,8 +441,7 @@ def main(argv=None) -> int:
     meta = {"dry_run": args.dry_run, "device": device, "results": f"results/{tag}/",
             "torch": torch.__version__, "python": sys.version.split()[0],
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                         text=True).stdout.strip() or "unknown",
+            "git_commit": git_commit(),
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if shutil.which("nvidia-smi") and not args.dry_run:
         run_logged(["nvidia-smi"], 30, log, os.environ.copy())
