@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-benchmark test install clean
+.PHONY: demo demo-benchmark test install clean wheelhouse gpu-check
 
 install: $(STAMP)
 
@@ -31,6 +31,20 @@ demo-benchmark: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The GPU check (README "On a GPU"): `make wheelhouse` here (network), carry .whl/ to the
+# offline GPU machine, run `make gpu-check OUT=DIR` there. DRY_RUN=1: the CPU pipeline.
+WHEELHOUSE ?= .whl
+OUT ?= gpu_check_out
+DRY_RUN ?=
+# the GPU machine has no .venv: its system python3 already has torch
+CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+
+wheelhouse:
+	PYTHON=$(CHECK_PYTHON) scripts/wheelhouse.sh $(WHEELHOUSE)
+
+gpu-check:
+	$(CHECK_PYTHON) scripts/gpu_check.py --out $(OUT) --wheelhouse $(WHEELHOUSE) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -10,7 +10,7 @@ state is this (K, V) = (N, P) state transposed. One implementation serves both (
 module imports neither family, so importing one never pulls in the other).
 
 Layout: q, k (b, L, h, K); v (b, L, h, V); g (b, L, h); state (b, h, K, V); all already in
-the compute dtype (``compute_dtype``). Each core returns (o (b, L, h, V), final state).
+the compute dtype (``compute_dtype``: archs.precision's policy). Each core returns (o (b, L, h, V), final state).
 """
 from __future__ import annotations
 
@@ -18,17 +18,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from archs.precision import acc_dtype as compute_dtype  # noqa: F401 - re-exported to the families
+from archs.precision import up as wide  # noqa: F401
+
 Tensor = torch.Tensor
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype states and sums are kept in: float32, or float64 for float64 inputs."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def wide(t: Tensor) -> Tensor:
-    """At least float32 (bf16/fp16 are upcast; float64 stays, so gradcheck works)."""
-    return t.to(compute_dtype(t))
 
 
 def segsum(log_a: Tensor) -> Tensor:

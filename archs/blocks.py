@@ -9,6 +9,7 @@ from einops import rearrange
 from torch import nn
 
 from archs.mixer import Mixer, State
+from archs.precision import up
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu", "none")
@@ -43,7 +44,7 @@ def mlp_hidden(kind: str, dim: int, ratio: float) -> int:
 
 
 class GatedRMSNorm(nn.Module):
-    """RMSNorm(y * silu(z)) over groups of ``group_size`` channels, in float32 (mamba2's
+    """RMSNorm(y * silu(z)) over groups of ``group_size`` channels, in at least float32 (mamba2's
     norm, gate before norm); without z a plain RMSNorm per group (RetNet's per-head norm
     with group_size = head_dim). nn.RMSNorm needs torch 2.4 and has no gate."""
 
@@ -53,12 +54,12 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        h = y.float() if z is None else y.float() * F.silu(z.float())
+        h = up(y) if z is None else up(y) * F.silu(up(z))
         # (..., g*s) -> (..., g, s): normalise each group on its own
         h = rearrange(h, "... (g s) -> ... g s", s=self.group_size)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         h = rearrange(h, "... g s -> ... (g s)")
-        return (h * self.weight.float()).to(y.dtype)
+        return (h * up(self.weight)).to(y.dtype)
 
 class MLP(nn.Module):
     """Position-wise feed-forward: GELU (d -> h -> d) or SwiGLU (silu(W1 x) * W3 x -> W2)."""

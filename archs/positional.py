@@ -101,24 +101,38 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2:
             raise ValueError(f"rope needs an even head dimension, got {head_dim}; "
                              f"choose d_model / n_heads even")
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("inv_freq", self._inv_freq(torch.float32), persistent=False)
+
+    def _inv_freq(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim).to(dtype)
+
+    def _apply(self, fn, recurse=True):
+        # as for ALiBi's slopes: model.to(bf16) must not round the frequencies (a bf16
+        # frequency is off by 2^-9 relative, i.e. by up to 16 radians at position 8K)
+        super()._apply(fn, recurse)
+        dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
+        self.inv_freq = self._inv_freq(dtype).to(self.inv_freq.device)
+        return self
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, L, Dh), positions: (L,) -> rotated x, same shape and dtype."""
-        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (L, Dh/2)
+        """x: (B, H, L, Dh), positions: (L,) -> rotated x, same shape and dtype; computed in
+        float32 (float64 for float64 x)."""
+        acc = torch.promote_types(x.dtype, torch.float32)
+        angles = positions.to(acc)[:, None] * self.inv_freq.to(acc)[None, :]  # (L, Dh/2)
         cos, sin = angles.cos(), angles.sin()
-        x1, x2 = x.float().chunk(2, dim=-1)
+        x1, x2 = x.to(acc).chunk(2, dim=-1)
         out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
         return out.to(x.dtype)
 
 
 # --- ALiBi --------------------------------------------------------------------------------
 
-def alibi_slopes(n_heads: int) -> torch.Tensor:
+def alibi_slopes(n_heads: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Press et al. 2022: geometric slopes 2^(-8/n), 2^(-16/n), ...; for a head count that
     is not a power of two, the closest lower power's slopes plus every other slope of
-    the next power (as in the paper's reference code)."""
+    the next power (as in the paper's reference code). Computed in Python floats, then
+    rounded once to ``dtype`` (float32, or float64 for float64 models)."""
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
         return [start ** (i + 1) for i in range(n)]
@@ -126,20 +140,34 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     if n_heads <= 0:
         raise ValueError(f"n_heads must be positive, got {n_heads}")
     if math.log2(n_heads).is_integer():
-        return torch.tensor(power_of_two(n_heads))
+        return torch.tensor(power_of_two(n_heads), dtype=dtype)
     lower = 2 ** math.floor(math.log2(n_heads))
     extra = power_of_two(2 * lower)[0::2][: n_heads - lower]
-    return torch.tensor(power_of_two(lower) + extra)
+    return torch.tensor(power_of_two(lower) + extra, dtype=dtype)
 
 
 class ALiBi(nn.Module):
-    """Adds -slope_h · (i - j) to the score of query i on key j."""
+    """Adds -slope_h · (i - j) to the score of query i on key j.
+
+    The bias is never computed in a 16-bit dtype: at distance 8191 it is ~4096, where a
+    bf16 step is 16. The slopes stay float32 through ``model.to(bf16)`` (float64 after
+    ``model.double()``), and the bias is float32/float64 for the scores to add.
+    """
 
     def __init__(self, n_heads: int):
         super().__init__()
+        self.n_heads = n_heads
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) / .half() / .cuda() all come through here: let them move the buffer,
+        # then recompute it exactly at float32 (or float64) precision on its new device.
+        super()._apply(fn, recurse)
+        dtype = torch.float64 if self.slopes.dtype == torch.float64 else torch.float32
+        self.slopes = alibi_slopes(self.n_heads, dtype).to(self.slopes.device)
+        return self
+
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """(Lq,), (Lk,) -> bias (H, Lq, Lk) in float32."""
-        distance = (q_pos[:, None] - k_pos[None, :]).float()  # (Lq, Lk)
+        """(Lq,), (Lk,) -> bias (H, Lq, Lk) in the slopes' dtype (float32 or float64)."""
+        distance = (q_pos[:, None] - k_pos[None, :]).to(self.slopes.dtype)  # (Lq, Lk)
         return -self.slopes[:, None, None] * distance[None]

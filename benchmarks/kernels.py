@@ -117,6 +117,8 @@ class Bench:
                 batch = max(1, a.tokens // seq_len)
                 shape = (batch, heads, seq_len, head_dim)
                 for impl, fn in attention_impls(self.device).items():
+                    if a.impls and impl not in a.impls:
+                        continue
                     for backward in (False, True):
                         mode = f"attention_{'fwd_bwd' if backward else 'fwd'}_hd{head_dim}"
                         work = lambda fn=fn, bw=backward: _workload(  # noqa: E731
@@ -131,16 +133,24 @@ class Bench:
         a = self.args
         d_inner, n = a.hidden, a.d_state
         fused = self.device.type == "cuda" and mamba_ssm_available()
-        scan_impl, scan_fn = ("mamba_ssm_scan", selective_scan_fast) if fused else ("chunked_scan", selective_scan_chunked)
+        scans = {"mamba_ssm_scan": selective_scan_fast} if fused else {"chunked_scan": selective_scan_chunked}
+        if a.impls:  # explicit choice; the torch.compile'd chunked scan only when asked for
+            scans = {"mamba_ssm_scan": selective_scan_fast, "chunked_scan": selective_scan_chunked,
+                     "chunked_scan_compiled": torch.compile(selective_scan_chunked, dynamic=False)}
+            scans = {k: f for k, f in scans.items() if k in a.impls}
         heads = a.hidden // 64
         for seq_len in a.seq_lens:
-            def scan_work(L=seq_len):
-                u, delta = _inputs((1, d_inner, L), 2, self.device, self.dtype, True)
-                B, C = _inputs((1, n, L), 2, self.device, self.dtype, True)
-                A = -torch.rand(d_inner, n, device=self.device).requires_grad_()
-                return _workload(lambda *_: scan_fn(u, delta, A, B, C, delta_softplus=True), [u], True)
-            # per token and channel: ~7 FLOPs per state entry, x3 for forward + backward
-            self.point(scan_impl, "scan_vs_attention_fwd_bwd", seq_len, 1, 3 * 7 * seq_len * d_inner * n, scan_work)
+            for scan_impl, scan_fn in scans.items():
+                def scan_work(L=seq_len, scan_fn=scan_fn):
+                    u, delta = _inputs((1, d_inner, L), 2, self.device, self.dtype, True)
+                    B, C = _inputs((1, n, L), 2, self.device, self.dtype, True)
+                    A = -torch.rand(d_inner, n, device=self.device).requires_grad_()
+                    return _workload(lambda *_: scan_fn(u, delta, A, B, C, delta_softplus=True), [u], True)
+                # per token and channel: ~7 FLOPs per state entry, x3 for forward + backward
+                self.point(scan_impl, "scan_vs_attention_fwd_bwd", seq_len, 1, 3 * 7 * seq_len * d_inner * n,
+                           scan_work)
+            if a.impls and "sdpa_attention" not in a.impls:
+                continue
             attn_work = lambda L=seq_len: _workload(lambda q, k, v: attention_sdpa(q, k, v),  # noqa: E731
                                                     _inputs((1, heads, L, 64), 3, self.device, self.dtype, True), True)
             self.point("sdpa_attention", "scan_vs_attention_fwd_bwd", seq_len, 1,
@@ -173,10 +183,11 @@ def report(out: Path) -> None:
                 ax.set_yscale("log")
             ax.legend(fontsize="small")
             fig.savefig(out / f"{mode}.png", dpi=130)
-        if "scan" in mode and rows["arch"].nunique() == 2:
-            a, b = sorted(rows["arch"].unique())
-            c = crossover(rows.assign(label=rows["arch"]), a, b)
-            lines += [f"crossover {a} / {b}: {'none' if c.x is None else f'{c.x:,.0f} tokens'} ({c.method})", ""]
+        if "scan" in mode and "sdpa_attention" in set(rows["arch"]):
+            for a in sorted(set(rows["arch"]) - {"sdpa_attention"}):
+                c = crossover(rows.assign(label=rows["arch"]), a, "sdpa_attention")
+                lines += [f"crossover {a} / sdpa_attention: {'none' if c.x is None else f'{c.x:,.0f} tokens'} "
+                          f"({c.method})", ""]
     atomic_write(out / "report.md", "\n".join(lines))
 
 
@@ -193,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--min-run-time", type=float, default=0.5)
     p.add_argument("--quick", action="store_true", help="CPU-sized: hidden 128, lengths 64..256")
+    p.add_argument("--impls", nargs="+", default=None,
+                   help="run only these implementations (attention: sdpa_flash, sdpa_cudnn, flash_attn, ...; "
+                        "scan_vs_attention: chunked_scan, chunked_scan_compiled, mamba_ssm_scan, sdpa_attention)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)

@@ -37,6 +37,15 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     no custom mask) uses ``is_causal=True`` so the flash kernel applies; anything else
     passes an explicit mask (SDPA's own causal mask is top-left aligned, wrong for a
     chunk that follows a cache)."""
+    if bias is not None and torch.promote_types(q.dtype, bias.dtype) != q.dtype:
+        # An fp32 ALiBi bias is ~4096 at distance 8K; cast to bf16 (SDPA's fused kernels
+        # want the mask in the query dtype) it would be off by up to 16. So this case runs
+        # in the bias's precision and returns q's dtype (flash_attn keeps bf16 inputs and
+        # applies fp32 slopes in-kernel).
+        work = torch.promote_types(q.dtype, bias.dtype)
+        out = attention_sdpa(q.to(work), k.to(work), v.to(work), bias=bias.to(work), mask=mask,
+                             scale=scale, kernel=kernel)
+        return out.to(q.dtype)
     lq, lk = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
     with sdpa_context(kernel):

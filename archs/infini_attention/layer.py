@@ -28,6 +28,7 @@ from torch import nn
 from archs.attention.layer import Attention, AttentionConfig
 from archs.blocks import heads_merge, heads_split
 from archs.infini_attention.ref import feature_map, memory_read, memory_write
+from archs.precision import up
 
 UPDATES = ("linear", "delta")
 
@@ -106,23 +107,24 @@ class InfiniAttention(Attention):
         segment_len: earlier tokens of the first segment are keys only, from the cache).
         Returns A (B, H, T - q_first, Dh) and the memory after every complete segment."""
         seg, total = self.cfg.segment_len, k.shape[2]
-        gate = torch.sigmoid(self.beta.float()).view(1, -1, 1, 1)  # (1, H, 1, 1)
+        gate = torch.sigmoid(up(self.beta)).view(1, -1, 1, 1)  # (1, H, 1, 1)
         outs = []
         for start in range(0, total, seg):
             end = min(start + seg, total)
             q_s = q[:, :, max(start, q_first) - q_first:end - q_first]
             k_s, v_s = k[:, :, start:end], v[:, :, start:end]
             a_local = self._local(q_s, k_s, v_s)
-            a_mem = memory_read(feature_map(q_s.float()), mem, norm)
-            outs.append((gate * a_mem + (1 - gate) * a_local.float()).to(q.dtype))
+            a_mem = memory_read(feature_map(up(q_s)), mem, norm)
+            outs.append((gate * a_mem + (1 - gate) * up(a_local)).to(q.dtype))
             if end - start == seg:
-                mem, norm = memory_write(feature_map(k_s.float()), v_s.float(), mem, norm, self.cfg.update)
+                mem, norm = memory_write(feature_map(up(k_s)), up(v_s), mem, norm, self.cfg.update)
         return torch.cat(outs, dim=2), mem, norm
 
     def _empty_memory(self, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         d, h = self.cfg.head_dim, self.cfg.n_heads
-        return (torch.zeros(batch, h, d, d, device=device, dtype=torch.float32),
-                torch.zeros(batch, h, d, device=device, dtype=torch.float32))
+        dtype = torch.promote_types(self.param_dtype, torch.float32)  # float64 models: float64
+        return (torch.zeros(batch, h, d, d, device=device, dtype=dtype),
+                torch.zeros(batch, h, d, device=device, dtype=dtype))
 
     # -- the three forms --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

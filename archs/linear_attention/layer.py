@@ -18,6 +18,7 @@ from archs.backends import check_backend, resolve_auto
 from archs.blocks import GatedRMSNorm
 from archs.linear_attention import chunked, fused, ref
 from archs.mixer import Mixer, State
+from archs.precision import acc_dtype, up
 
 BACKENDS = ("ref", "chunked", "fused", "auto")
 FEATURE_MAPS = ("elu", "identity")
@@ -100,10 +101,10 @@ class LinearAttentionMixer(Mixer):
         if not c.normalize:  # no denominator to cancel it: keep q.k at unit scale
             q = q * c.head_dim ** -0.5
         if c.decay == "gated":
-            log_decay = F.logsigmoid(self.gate_proj(x).float()) / c.gate_logit_normalizer
+            log_decay = F.logsigmoid(up(self.gate_proj(x))) / c.gate_logit_normalizer
         elif c.decay == "fixed":
             # rebuilt in float32 each call: a buffer would be rounded by model.to(bf16)
-            log_decay = ref.retnet_log_decay(c.n_heads).to(x.device)
+            log_decay = ref.retnet_log_decay(c.n_heads, acc_dtype(x)).to(x.device)
         else:
             log_decay = None
         return q, k, v, log_decay
@@ -139,7 +140,7 @@ class LinearAttentionMixer(Mixer):
         c = self.config
         shape = ref.state_shape(batch_size, c.n_heads, c.head_dim, c.head_dim, c.normalize)
         return {"kv": torch.zeros(shape, device=device or self.param_device,
-                                  dtype=torch.float32)}
+                                  dtype=torch.promote_types(self.param_dtype, torch.float32))}
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, log_decay = self._qkv(x_t)  # (B, H, d)

@@ -43,11 +43,11 @@ def state_shape(batch: int, heads: int, d_key: int, d_value: int, normalize: boo
     return (batch, heads, d_key, d_value + int(normalize))
 
 
-def retnet_log_decay(n_heads: int) -> Tensor:
+def retnet_log_decay(n_heads: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """RetNet's fixed per-head decays, log(1 - 2^(-5-h)): a spread of memory lengths
     from ~32 tokens (head 0) upwards, doubling per head."""
     h = torch.arange(n_heads, dtype=torch.float64)
-    return torch.log1p(-torch.pow(2.0, -5.0 - h)).float()
+    return torch.log1p(-torch.pow(2.0, -5.0 - h)).to(dtype)
 
 
 def _log_decay(log_decay: Tensor | None, q: Tensor) -> Tensor:

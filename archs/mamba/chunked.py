@@ -36,6 +36,7 @@ from torch import Tensor
 
 from archs.mamba import chunked_blocks as blk
 from archs.mamba.ref import check_scan_inputs
+from archs.precision import acc_dtype, up
 
 # Aim for ~256K floats (1 MiB) per block work tensor: a few of them fit in L2.
 _BLOCK_ELEMS = 1 << 18
@@ -96,18 +97,18 @@ class _ChunkedScan(torch.autograd.Function):
 
 def _time_major(x: Tensor) -> Tensor:
     """(B, L, ...) -> contiguous fp32 (L, B, ...); free when B == 1."""
-    return x.float().transpose(0, 1).contiguous()
+    return up(x).transpose(0, 1).contiguous()
 
 
 def _time_major_bc(BC: Tensor) -> Tensor:
     """(B, L, N) or grouped (B, L, G, N) -> time-major fp32 (L, B, N, G)."""
     if BC.dim() == 3:
         return _time_major(BC).unsqueeze(-1)
-    return rearrange(BC.float(), "b l g n -> l b n g").contiguous()
+    return rearrange(up(BC), "b l g n -> l b n g").contiguous()
 
 
 def _opt_float(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.float()
+    return None if t is None else up(t)
 
 
 def selective_scan_chunked_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -129,11 +130,11 @@ def selective_scan_chunked_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
     if block < 1:
         raise ValueError(f"block_len must be >= 1, got {block_len}")
     if initial_state is None:
-        h0 = u.new_zeros(batch, d_state, dim, dtype=torch.float32)
+        h0 = u.new_zeros(batch, d_state, dim, dtype=acc_dtype(u))
     else:
-        h0 = rearrange(initial_state.float(), "b d n -> b n d").contiguous()
+        h0 = rearrange(up(initial_state), "b d n -> b n d").contiguous()
     out, last = _ChunkedScan.apply(
-        _time_major(u), _time_major(delta), A.float().t().contiguous(),  # At: (N, D)
+        _time_major(u), _time_major(delta), up(A).t().contiguous(),  # At: (N, D)
         _time_major_bc(B), _time_major_bc(C), _opt_float(D),
         None if z is None else _time_major(z), _opt_float(delta_bias), h0,
         delta_softplus, block)

@@ -33,6 +33,7 @@ from archs.mamba import fused
 from archs.mamba.chunked import default_block_len, selective_scan_chunked_bld
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
 from archs.mixer import Mixer
+from archs.precision import up
 
 BACKENDS = ("ref", "chunked", "fused", "auto")
 
@@ -125,7 +126,7 @@ class MambaMixer(Mixer):
 
     @property
     def A(self) -> Tensor:
-        return -torch.exp(self.A_log.float())  # (d_inner, N)
+        return -torch.exp(up(self.A_log))  # (d_inner, N)
 
     # -- pieces shared by the three forms -----------------------------------------------
     def _conv(self, x: Tensor, prefix: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -145,7 +146,7 @@ class MambaMixer(Mixer):
     def _scan(self, backend: str, u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor,
               h0: Tensor | None, want_last: bool) -> tuple[Tensor, Tensor | None]:
         """Selective scan on channels-last (B, L, .) tensors with the chosen backend."""
-        args = dict(D=self.D.float(), delta_bias=self.dt_proj.bias.float(),
+        args = dict(D=up(self.D), delta_bias=up(self.dt_proj.bias),
                     delta_softplus=True, initial_state=h0, return_last_state=want_last)
         if backend == "chunked":
             res = selective_scan_chunked_bld(u, delta, self.A, B, C, z=z,
@@ -189,8 +190,8 @@ class MambaMixer(Mixer):
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         return fused.mamba_inner_fused(
             xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-            self.out_proj.weight, self.out_proj.bias, self.A, self.D.float(),
-            self.dt_proj.bias.float())
+            self.out_proj.weight, self.out_proj.bias, self.A, up(self.D),
+            up(self.dt_proj.bias))
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> dict[str, Tensor]:
@@ -201,7 +202,7 @@ class MambaMixer(Mixer):
             "conv": torch.zeros(batch_size, cfg.d_inner, cfg.d_conv - 1, device=device,
                                 dtype=dtype or self.param_dtype),
             "ssm": torch.zeros(batch_size, cfg.d_inner, cfg.d_state, device=device,
-                               dtype=torch.float32),
+                               dtype=torch.promote_types(self.param_dtype, torch.float32)),
         }
 
     def prefill(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -229,8 +230,8 @@ class MambaMixer(Mixer):
         ssm = state["ssm"].clone()
         update = (fused.selective_state_update_fused if backend == "fused"
                   else selective_state_update_ref)
-        y = update(ssm, u, delta, self.A, B, C, self.D.float(), z=z,
-                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        y = update(ssm, u, delta, self.A, B, C, up(self.D), z=z,
+                   dt_bias=up(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y.to(x_t.dtype)), {"conv": conv_state.contiguous(), "ssm": ssm}
 
     # -- bookkeeping ---------------------------------------------------------------------

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
+from archs.precision import acc_dtype, up
+
 
 def check_scan_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
@@ -59,15 +61,15 @@ def check_scan_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 def expand_groups(BC: Tensor, dim: int) -> Tensor:
     """(B, N, L) or grouped (B, G, N, L) -> per-channel (B, D, N, L) in fp32."""
     if BC.dim() == 3:
-        return repeat(BC.float(), "b n l -> b d n l", d=dim)
-    return repeat(BC.float(), "b g n l -> b (g h) n l", h=dim // BC.shape[1])
+        return repeat(up(BC), "b n l -> b d n l", d=dim)
+    return repeat(up(BC), "b g n l -> b (g h) n l", h=dim // BC.shape[1])
 
 
 def discretize_dt(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
     """The step size actually used: softplus(delta + bias) in fp32 (both parts optional)."""
-    dt = delta.float()
+    dt = up(delta)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()[:, None]
+        dt = dt + up(delta_bias)[:, None]
     return F.softplus(dt) if delta_softplus else dt
 
 
@@ -80,14 +82,14 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     (B, D, N) in fp32 if ``return_last_state``."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, seqlen = u.shape
-    uf = u.float()
+    uf = up(u)
     dt = discretize_dt(delta, delta_bias, delta_softplus)  # (B, D, L)
     Bd, Cd = expand_groups(B, dim), expand_groups(C, dim)  # (B, D, N, L)
     # Discretised transition and input for every step, (B, D, L, N).
-    dA = torch.exp(torch.einsum("bdl,dn->bdln", dt, A.float()))
+    dA = torch.exp(torch.einsum("bdl,dn->bdln", dt, up(A)))
     dBu = torch.einsum("bdl,bdnl,bdl->bdln", dt, Bd, uf)
-    h = (initial_state.float() if initial_state is not None
-         else u.new_zeros(batch, dim, A.shape[1], dtype=torch.float32))
+    h = (up(initial_state) if initial_state is not None
+         else u.new_zeros(batch, dim, A.shape[1], dtype=acc_dtype(u)))
     ys = []
     # unbind (not dA[:, :, t]) so autograd stacks per-step grads once instead of
     # materialising a full zero (B, D, L, N) gradient at every step (O(L^2) backward).
@@ -96,9 +98,9 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
         ys.append(torch.einsum("bdn,bdn->bd", h, C_t))
     y = torch.stack(ys, dim=2)  # (B, D, L)
     if D is not None:
-        y = y + uf * D.float()[:, None]
+        y = y + uf * up(D)[:, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(up(z))
     out = y.to(u.dtype)
     return (out, h) if return_last_state else out
 
@@ -119,17 +121,17 @@ def selective_state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, 
     if A.shape != (dim, d_state) or B.shape != (batch, d_state) or C.shape != B.shape:
         raise ValueError(f"A must be ({dim}, {d_state}) and B, C ({batch}, {d_state}); got "
                          f"{tuple(A.shape)}, {tuple(B.shape)}, {tuple(C.shape)}")
-    dt = dt.float()
+    dt = up(dt)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + up(dt_bias)
     if dt_softplus:
         dt = F.softplus(dt)
-    dA = torch.exp(rearrange(dt, "b d -> b d 1") * A.float())  # (B, D, N)
-    dBx = rearrange(dt * x.float(), "b d -> b d 1") * rearrange(B.float(), "b n -> b 1 n")
-    state.copy_(state.float() * dA + dBx)
-    out = torch.einsum("bdn,bn->bd", state.float(), C.float())
+    dA = torch.exp(rearrange(dt, "b d -> b d 1") * up(A))  # (B, D, N)
+    dBx = rearrange(dt * up(x), "b d -> b d 1") * rearrange(up(B), "b n -> b 1 n")
+    state.copy_(up(state) * dA + dBx)
+    out = torch.einsum("bdn,bn->bd", up(state), up(C))
     if D is not None:
-        out = out + x.float() * D.float()
+        out = out + up(x) * up(D)
     if z is not None:
-        out = out * F.silu(z.float())
+        out = out * F.silu(up(z))
     return out.to(x.dtype)

@@ -19,6 +19,7 @@ from archs.backends import check_backend, resolve_auto
 from archs.blocks import GatedRMSNorm, sample_dt_bias
 from archs.mamba2 import chunked, fused, ref
 from archs.mixer import Mixer, State
+from archs.precision import up
 
 BACKENDS = ("ref", "chunked", "fused", "auto")
 
@@ -109,7 +110,7 @@ class Mamba2Mixer(Mixer):
         """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
         c = self.config
         z, xBC, dt = torch.split(self.in_proj(u), [c.d_inner, c.conv_dim, c.nheads], dim=-1)
-        return z, xBC, F.softplus(dt.float() + self.dt_bias.float())
+        return z, xBC, F.softplus(up(dt) + up(self.dt_bias))
 
     def _ssm_inputs(self, xBC: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Post-conv xBC (..., conv_dim) -> x (..., H, P), B and C (..., G, N)."""
@@ -121,7 +122,7 @@ class Mamba2Mixer(Mixer):
                 rearrange(C, "... (g n) -> ... g n", n=c.d_state))
 
     def _A(self) -> torch.Tensor:
-        return -torch.exp(self.A_log.float())  # (H,), negative: a decay
+        return -torch.exp(up(self.A_log))  # (H,), negative: a decay
 
     def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +168,7 @@ class Mamba2Mixer(Mixer):
         return {"conv": torch.zeros(batch_size, c.conv_dim, c.d_conv - 1, device=device,
                                     dtype=dtype or self.param_dtype),
                 "ssm": torch.zeros(batch_size, c.nheads, c.headdim, c.d_state, device=device,
-                                   dtype=torch.float32)}
+                                   dtype=torch.promote_types(self.param_dtype, torch.float32))}
 
     def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xBC, dt = self._split(u_t)  # u_t (B, D)

@@ -39,5 +39,5 @@ def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -
 
     ``archs.positional.ALiBi`` takes 1-D positions; blocks need a grid per block.
     """
-    distance = (q_pos - k_pos).float()
+    distance = (q_pos - k_pos).to(torch.promote_types(slopes.dtype, torch.float32))
     return -slopes.view(-1, *([1] * distance.dim())) * distance[None]

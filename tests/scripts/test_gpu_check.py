@@ -1,0 +1,112 @@
+"""The prepared GPU check (scripts/gpu_check.py) and its wheelhouse, exercised on the CPU."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.paths import ROOT  # noqa: E402
+WHEELHOUSE = ROOT / ".whl"
+sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_check  # noqa: E402
+
+GPU_TARGET = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--abi", "none",
+              "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "any"]
+MEASURING = ("attention_tflops", "scan_crossover", "mixer_cost", "generation", "induction")
+
+
+def _plans(tmp_path):
+    args = gpu_check.parse_args(["--out", str(tmp_path)])
+    for make in (gpu_check.gpu_plan, gpu_check.dry_plan):
+        yield make.__name__, make(sys.executable, tmp_path / "res", tmp_path / "work", args)
+
+
+def test_every_planned_command_parses_here(tmp_path):
+    """A typo in a GPU-only command would cost a GPU session: parse each one on the CPU."""
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks.kernels import parse_args as kernels_args
+    from harness import cost, extrapolate  # noqa: F401 - registers the config schemas
+    for plan_name, plan in _plans(tmp_path):
+        names = [s.name for s in plan]
+        assert set(MEASURING) <= set(names) and "pytest_gpu" in names, plan_name
+        for step in plan:
+            if step.cmd is None:
+                continue
+            if step.cmd[1] == "benchmarks/kernels.py":
+                kernels_args(step.cmd[2:])
+            elif step.cmd[1:3] == ["-m", "harness.cost"] or step.cmd[1:3] == ["-m", "harness.extrapolate"]:
+                app = "cost" if step.cmd[2] == "harness.cost" else "extrapolate"
+                # one point of each sweep: compose validates every key against the schema
+                overrides = [o.split(",")[0] if "=" in o and "[" not in o and "{" not in o else o
+                             for o in step.cmd[3:] if not o.startswith(("hydra.", "progress="))]
+                with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+                    cfg = compose(app, overrides=overrides)
+                assert cfg.results_dir.startswith(str(tmp_path / "res")), (plan_name, step.name)
+
+
+def test_gpu_plan_fits_eight_minutes(tmp_path):
+    plans = dict(_plans(tmp_path))
+    assert sum(s.budget_s for s in plans["gpu_plan"]) + 20 <= 8 * 60
+    assert gpu_check.parse_args(["--out", "x"]).total_s is None  # default deadline: 460 s < 8 min
+
+
+@pytest.mark.slow
+def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "scripts/gpu_check.py", "--dry-run", "--out", str(out), "--no-compile",
+           "--pytest-paths", "tests/archs/attention/test_attention.py", "--budget-scale", "3", "--total-s", "540"]
+    if WHEELHOUSE.is_dir():
+        cmd.append("--reinstall")  # exercise the offline install: the steps then import hydra from it
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # at most 8 plain files come back from the GPU machine, nothing nested
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu_check.log", "results_dryrun_cpu.tar.gz", "status.json", "summary.md"]
+    steps = {s["name"]: s for s in json.loads((out / "status.json").read_text())["steps"]}
+    for name in ("pytest_gpu", *MEASURING):
+        assert steps[name]["status"] == "ok", steps[name]
+    for name in MEASURING:
+        assert steps[name]["rows_ok"] > 0, steps[name]
+    assert steps["install"]["status"] == ("ok" if WHEELHOUSE.is_dir() else "skipped")
+    if WHEELHOUSE.is_dir():
+        assert steps["install"]["extra"]["imports"]["hydra"] == "1.3.8"
+    assert steps["scan_compiled"]["status"] == "skipped" and steps["mamba_ssm_build"]["status"] == "skipped"
+    with tarfile.open(out / "results_dryrun_cpu.tar.gz") as tar:
+        names = tar.getnames()
+        rows = [json.loads(tar.extractfile(m).read().splitlines()[0]) for m in tar.getmembers()
+                if m.name.endswith(".jsonl")]
+    for sub in ("kernels", "cost", "generation", "extrapolation/induction"):
+        assert any(n.startswith(f"results/dryrun_cpu/{sub}/") for n in names), sub
+    # Mamba-1 without mamba_ssm runs the chunked PyTorch scan, and every row says so
+    mamba = [r for r in rows if r.get("arch") == "mamba"]
+    assert mamba and all(r["backend"] == "chunked" for r in mamba)
+    assert any(r.get("arch") == "mamba_ssm_scan" and "mamba_ssm" in r["reason"] for r in rows)
+    summary = (out / "summary.md").read_text()
+    assert "DRY RUN" in summary and all(name in summary for name in steps)
+    # the dry run never writes into the tree
+    assert not (ROOT / "results" / "dryrun_cpu").exists()
+
+
+@pytest.mark.skipif(not WHEELHOUSE.is_dir(), reason="no wheelhouse at .whl/ (run `make wheelhouse`; "
+                                                    "tests never download)")
+def test_wheelhouse_installs_offline_for_python312(tmp_path):
+    wheels = sorted(WHEELHOUSE.glob("*.whl"))
+    dists = {w.name.split("-")[0].lower() for w in wheels}
+    assert dists == {"hydra_core", "omegaconf", "antlr4_python3_runtime", "pyyaml", "fla_core"}
+    assert sum(w.stat().st_size for w in wheels) < 16 << 20  # far below the 64 MiB that travels
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--only-binary=:all:",
+                          "--disable-pip-version-check", *GPU_TARGET, "--target", str(tmp_path),
+                          *map(str, wheels)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for package in ("hydra", "omegaconf", "antlr4", "yaml", "fla"):
+        assert (tmp_path / package / "__init__.py").exists(), package
+    probe = "import hydra, omegaconf, antlr4, fla; print(hydra.__file__, fla.__version__)"
+    res = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith(str(tmp_path)) and res.stdout.split()[-1] == "0.6.0"
