@@ -108,20 +108,22 @@ def test_cost_sweep_returns_every_point_exactly_once(tmp_path, job_name):
 @pytest.mark.xfail(strict=False, reason=NEEDS_RUNNER)
 def test_job_over_its_time_limit_becomes_timeout_rows(tmp_path, job_name):
     # One point that keeps timing for 5 minutes under a 1-minute SLURM limit (the shortest
-    # SLURM has): SIGUSR2 (signal_delay_s before the limit) or SIGTERM at the limit cuts it.
+    # SLURM has). signal_delay_s=0: no early SIGUSR2 (SLURM may send it up to a minute
+    # early, i.e. before the point starts), so the point is cut by SLURM's SIGTERM at the
+    # limit (the local cluster's KillWait=5 s, OverTimeLimit=0) - and must be a timeout row.
     results, sweep = tmp_path / "res", tmp_path / "mr"
-    args = [*_launcher(job_name, sweep, timeout_min=1), "hydra.launcher.signal_delay_s=30", *COST_SMOKE,
+    args = [*_launcher(job_name, sweep, timeout_min=1), "hydra.launcher.signal_delay_s=0", *COST_SMOKE,
             "arch=lstm", "bench.seq_lens=[32]", "bench.min_run_time=300", "bench.time_budget_s=600",
             f"results_dir={results}"]
     proc = _start("cost", args, tmp_path)
     _wait_until(lambda: _queued(job_name), 60, "the job to be queued")
-    _wait_until(lambda: not _queued(job_name) or proc.poll() is not None, 150, "SLURM to end the job")
+    _wait_until(lambda: not _queued(job_name) or proc.poll() is not None, 180, "SLURM to end the job")
     out = _stop(proc)
     df = load_rows(results)
     assert len(df) == 1, f"the point in flight should be one row:\n{out[-3000:]}"
     row = df.iloc[0]
     assert row["status"] == "timeout" and row["seq_len"] == 32, row.to_dict()
-    assert re.search(r"SIGTERM|SIGUSR2", str(row["reason"])), row["reason"]
+    assert "SIGTERM" in str(row["reason"]), row["reason"]
 
 
 def test_scancel_mid_sweep_then_rerun_completes_without_duplicates(tmp_path, job_name):
@@ -161,9 +163,9 @@ def test_two_array_tasks_never_measure_the_same_point(tmp_path, job_name):
     # Two array tasks with the same points (progress does not enter a point's key) run at
     # once on the two cores; claims must give each point to exactly one of them.
     results, sweep = tmp_path / "res", tmp_path / "mr"
-    lengths = [16, 24, 32, 40, 48, 56]
+    lengths = [16, 24, 32, 40]
     args = [*_launcher(job_name, sweep), *COST_SMOKE, "arch=lstm", "progress=false,true",
-            f"bench.seq_lens=[{','.join(map(str, lengths))}]", "bench.min_run_time=0.5", f"results_dir={results}"]
+            f"bench.seq_lens=[{','.join(map(str, lengths))}]", "bench.min_run_time=1", f"results_dir={results}"]
     out = _finish(_start("cost", args, tmp_path), timeout=180)
     df = load_rows(results)
     assert sorted(df["seq_len"]) == lengths and df["point_key"].is_unique, out[-3000:]
