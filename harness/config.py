@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from pathlib import Path
+
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -22,6 +24,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MODES = ("forward", "train_step", "decode", "generate")
 MATCH = ("params", "active_params", "flops", "state", "width")
 # Figures an experiment can declare (``figures: [...]``); harness.plot draws exactly these.
+# The Hydra config tree, as an absolute path: a relative "../conf" resolves against the
+# calling *module* when an app runs as a console script (archbench-cost), and fails there.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
 FIGURES = ("time_vs_length", "memory_vs_length", "throughput_vs_length", "decode_vs_context",
            "generation_throughput", "accuracy_vs_state", "extrapolation_accuracy", "extrapolation_loss",
            "extrapolation_bpb", "extrapolation_perplexity", "accuracy_vs_distance")

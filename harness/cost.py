@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.build import BuiltModel, build
 from harness.checks import (resolve_device, to_container, validate_bench, validate_figures,
                             validate_model)
-from harness.config import DTYPES, BenchConfig, CostConfig, register_configs
+from harness.config import CONF_DIR, DTYPES, BenchConfig, CostConfig, register_configs
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
 from harness.checks import check_writable_dir, reject_unknown_keys
@@ -205,7 +205,7 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
     return rows[rows["label"] == sweep.built.label].reset_index(drop=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="cost")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cost")
 def main(cfg: DictConfig) -> None:
     # Launchers may run jobs elsewhere; results always land where the user pointed.
     cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)

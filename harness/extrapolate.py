@@ -30,7 +30,7 @@ from archs import SequenceTooLongError
 from harness.build import BuiltModel, build
 from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
                             validate_model)
-from harness.config import ExtrapolateConfig, register_configs
+from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
 from harness.checks import check_writable_dir, code_fingerprint, reject_unknown_keys
@@ -252,7 +252,7 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
     return rows[mine].reset_index(drop=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="extrapolate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extrapolate")
 def main(cfg: DictConfig) -> None:
     cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)
     if cfg.checkpoint_dir:

@@ -58,8 +58,8 @@ class Terminated(BaseException):
 
 @contextlib.contextmanager
 def stop_signals_raise() -> Iterator[None]:
-    """While inside, SIGTERM/SIGUSR2 raise ``Terminated`` (main thread only); the previous
-    handlers come back afterwards."""
+    """While inside, the first SIGTERM/SIGUSR2 raises ``Terminated`` and later ones are
+    ignored (main thread only); the previous handlers come back afterwards."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -68,6 +68,11 @@ def stop_signals_raise() -> Iterator[None]:
     old = {}
 
     def handler(signum, _frame):
+        # SLURM signals a job more than once (every process of the step, then again at the
+        # limit): from the first one on, further stop signals are ignored, so a second one
+        # cannot cut the `timeout` row of the point in flight before it is written.
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
         raise Terminated(signum)
 
     for name in STOP_SIGNALS:

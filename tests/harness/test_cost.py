@@ -223,3 +223,19 @@ def test_generate_mode_and_its_figure(tmp_path):
     from harness.plot import cost_figures
     figures = cost_figures(df)
     assert "generation_throughput" in figures and not any(k.startswith("time_vs") for k in figures)
+
+
+@pytest.mark.parametrize("script", ["archbench-cost", "archbench-extrapolate"])
+def test_console_scripts_find_the_configs_from_any_folder(script, tmp_path):
+    # Installed entry points call the app from its module, not as __main__: a relative
+    # config_path resolved against the module and failed ("Primary config module 'conf'").
+    import shutil
+    from pathlib import Path
+    exe = Path(sys.executable).with_name(script)
+    if not exe.exists():
+        exe = shutil.which(script)
+    if exe is None:
+        pytest.skip(f"{script} is not installed in this environment (pip install -e .)")
+    res = subprocess.run([str(exe), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "arch:" in res.stdout and "results_dir:" in res.stdout

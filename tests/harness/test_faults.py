@@ -371,3 +371,23 @@ def test_stop_signal_during_training_is_the_first_points_timeout_row(tmp_path):
     written = run_points(points, row, row, SweepSettings(str(tmp_path), progress=False))
     assert [r["seq_len"] for r in written] == [8, 16] and set(load_rows(tmp_path)["status"]) == {"ok"}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_a_second_stop_signal_cannot_cut_the_first_ones_row():
+    # SLURM signals a job more than once at its time limit; only the first may raise, so
+    # the timeout row of the point in flight is written whatever follows.
+    from harness.sweep import Terminated, stop_signals_raise
+    before = signal.getsignal(signal.SIGTERM)
+    raised = []
+    with stop_signals_raise():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+        except Terminated as stop:
+            raised.append(stop.name)
+            os.kill(os.getpid(), signal.SIGTERM)   # the repeat: ignored, no second raise
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.2)
+            raised.append("survived")
+    assert raised == ["SIGTERM", "survived"]
+    assert signal.getsignal(signal.SIGTERM) == before

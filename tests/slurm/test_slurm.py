@@ -26,7 +26,6 @@ from tests.paths import ROOT
 
 pytestmark = pytest.mark.slurm
 
-NEEDS_RUNNER = "needs the runner's SIGTERM/claims (branch runner)"
 COST_SMOKE = ["bench=smoke", "progress=false", "model.target_params=20000", "bench.modes=[forward]"]
 EXTRAP_SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
 
@@ -105,7 +104,6 @@ def test_cost_sweep_returns_every_point_exactly_once(tmp_path, job_name):
     assert n == 4 and len(pd.read_parquet(parquet)) == 4
 
 
-@pytest.mark.xfail(strict=False, reason=NEEDS_RUNNER)
 def test_job_over_its_time_limit_becomes_timeout_rows(tmp_path, job_name):
     # One point that keeps timing for 5 minutes under a 1-minute SLURM limit (the shortest
     # SLURM has). signal_delay_s=0: no early SIGUSR2 (SLURM may send it up to a minute
@@ -158,7 +156,6 @@ def test_extrapolation_sweep_trains_and_evaluates_through_slurm(tmp_path, job_na
     assert len(_array_tasks(sweep)) == 2
 
 
-@pytest.mark.xfail(strict=False, reason=NEEDS_RUNNER)
 def test_two_array_tasks_never_measure_the_same_point(tmp_path, job_name):
     # Two array tasks with the same points (progress does not enter a point's key) run at
     # once on the two cores; claims must give each point to exactly one of them.
