@@ -241,6 +241,26 @@ def make_row(
     return {k: _jsonable(v) for k, v in row.items()}
 
 
+def store_case_row(store: "ResultStore", case: Mapping[str, Any], *, identity: Iterable[str],
+                   name: Iterable[str], experiment: str, **columns: Any) -> dict[str, Any]:
+    """One measured benchmark case as a validated row in ``store`` (one file per point, the
+    store's atomic writer), so collect/plot/report read it like any sweep's rows.
+
+    ``case`` is flat: ``status``, optional ``reason``, and everything measured or recorded.
+    The ``identity`` keys of ``case`` identify it: their values are the row's ``settings``
+    (``config_hash``) and the point key, prefixed by the ``name`` keys' values joined by
+    ``-``. ``columns`` are core columns the case names otherwise (``arch=case["impl"]``...).
+    Returns the row written."""
+    fields = dict(case)
+    status, reason = fields.pop("status"), fields.pop("reason", "")
+    ident = {k: fields.get(k) for k in identity}
+    key = point_key(ident, "-".join(str(fields[k]) for k in name))
+    row = make_row(status=status, reason=reason, **columns, experiment=experiment, point_key=key,
+                   settings=ident, **fields)
+    store.write(row, key)
+    return row
+
+
 def validate_row(row: Mapping[str, Any], stored: bool = False) -> None:
     """Raise ValueError naming the problem if a row breaks the schema. ``stored``: the row
     was read from a file, so it must also carry every core column (``make_row`` writes them
