@@ -62,6 +62,7 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 import logging
 import warnings
@@ -510,3 +511,16 @@ def load_rows(results_dir: str | os.PathLike, rejected: list[str] | None = None)
         if rejected is not None:
             rejected.extend(problems)
     return _coerce_types(order_columns(pd.DataFrame.from_records(rows)))
+
+
+def load_rows_reporting(results_dir: str | os.PathLike, stream: Any = None) -> tuple[pd.DataFrame, list[str]]:
+    """``load_rows`` for a command line: every rejected file or line is printed once to
+    ``stream`` (default: stderr) as ``rejected PATH:LINE: why`` instead of as a warning.
+    Returns the rows and the problems (empty when every row was good)."""
+    rejected: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # named below, once each
+        df = load_rows(results_dir, rejected)
+    for problem in rejected:
+        print(f"rejected {problem}", file=stream if stream is not None else sys.stderr)
+    return df, rejected
