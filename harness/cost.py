@@ -34,7 +34,7 @@ from harness.checks import (resolve_device, to_container, validate_bench, valida
 from harness.config import DTYPES, BenchConfig, CostConfig, register_configs
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
-from harness.checks import check_writable_dir, reject_unknown_keys
+from harness.checks import as_schema, check_writable_dir
 from harness.results import load_rows, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.timing import classify_exception, cpu_memory_limit, free_memory, run_with_timeout
@@ -44,11 +44,7 @@ register_configs()
 
 
 def _as_schema(cfg: DictConfig | CostConfig) -> CostConfig:
-    if isinstance(cfg, CostConfig):
-        return cfg
-    reject_unknown_keys(cfg, CostConfig)  # `+bench.seq_lenz=...` is not silently ignored
-    merged = OmegaConf.merge(OmegaConf.structured(CostConfig), cfg)
-    return OmegaConf.to_object(merged)
+    return as_schema(cfg, CostConfig)  # `+bench.seq_lenz=...` is refused, not silently ignored
 
 
 class Sweep:

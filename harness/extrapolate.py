@@ -33,7 +33,7 @@ from harness.checks import (resolve_device, to_container, validate_eval, validat
 from harness.config import ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.checks import check_writable_dir, code_fingerprint, reject_unknown_keys
+from harness.checks import as_schema, check_writable_dir, code_fingerprint
 from harness.results import atomic_write, config_hash, load_rows, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
@@ -46,10 +46,7 @@ register_configs()
 
 
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
-    if isinstance(cfg, ExtrapolateConfig):
-        return cfg
-    reject_unknown_keys(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is not silently ignored
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExtrapolateConfig), cfg))
+    return as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
 
 
 class Experiment:
