@@ -11,7 +11,6 @@ files, which stay the source of truth.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import atomic_write_group, load_rows, load_rows_reporting, order_columns
+from harness.results import atomic_write_group, load_rows, order_columns, results_dir_cli
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -55,13 +54,10 @@ def write_tables(rows: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="archbench-collect", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", help="directory holding per-point *.jsonl files (searched recursively)")
-    parser.add_argument("--out", default=None, help="where to write results.parquet/csv (default: results_dir)")
-    args = parser.parse_args(argv)
-    if not Path(args.results_dir).is_dir():
-        parser.error(f"{args.results_dir} is not a directory")
-    rows, rejected = load_rows_reporting(args.results_dir)  # each rejected file:line on stderr
+    args, rows, rejected = results_dir_cli(
+        "archbench-collect", __doc__.splitlines()[0], argv=argv,
+        results_help="directory holding per-point *.jsonl files (searched recursively)",
+        out_help="where to write results.parquet/csv (default: results_dir)")
     parquet, csv, n = write_tables(rows, args.out if args.out is not None else args.results_dir)
     print(f"{n} rows -> {parquet} and {csv}")
     if rejected:

@@ -55,6 +55,7 @@ dot-prefixed temp file, which readers ignore and ``clean_temp`` removes.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
@@ -524,3 +525,19 @@ def load_rows_reporting(results_dir: str | os.PathLike, stream: Any = None) -> t
     for problem in rejected:
         print(f"rejected {problem}", file=stream if stream is not None else sys.stderr)
     return df, rejected
+
+
+def results_dir_cli(prog: str, description: str, out_help: str, argv: Any = None,
+                    results_help: str = "directory of per-point result files (searched recursively)",
+                    ) -> tuple[argparse.Namespace, pd.DataFrame, list[str]]:
+    """The start of every command that reads a results folder (collect, plot): parse
+    ``RESULTS_DIR [--out OUT]`` (an argparse error if RESULTS_DIR is not a folder), then
+    ``load_rows_reporting``. Returns the arguments, the rows and the rejected problems."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("results_dir", help=results_help)
+    parser.add_argument("--out", default=None, help=out_help)
+    args = parser.parse_args(argv)
+    if not Path(args.results_dir).is_dir():
+        parser.error(f"{args.results_dir} is not a directory")
+    rows, rejected = load_rows_reporting(args.results_dir)  # each rejected file:line on stderr
+    return args, rows, rejected
