@@ -514,6 +514,18 @@ def load_rows(results_dir: str | os.PathLike, rejected: list[str] | None = None)
     return _coerce_types(order_columns(pd.DataFrame.from_records(rows)))
 
 
+def load_rows_where(results_dir: str | os.PathLike, **equal: Any) -> pd.DataFrame:
+    """``load_rows``, only the rows whose columns hold the values given (``label=...``),
+    re-indexed from 0; an empty frame when there are no rows at all."""
+    rows = load_rows(results_dir)
+    if rows.empty:
+        return rows
+    mine = pd.Series(True, index=rows.index)
+    for column, value in equal.items():
+        mine &= rows[column] == value
+    return rows[mine].reset_index(drop=True)
+
+
 def load_rows_reporting(results_dir: str | os.PathLike, stream: Any = None) -> tuple[pd.DataFrame, list[str]]:
     """``load_rows`` for a command line: every rejected file or line is printed once to
     ``stream`` (default: stderr) as ``rejected PATH:LINE: why`` instead of as a warning.
