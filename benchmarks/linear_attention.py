@@ -28,7 +28,7 @@ from torch.utils.benchmark import Timer
 
 from archs.linear_attention import LinearAttentionConfig, LinearAttentionMixer
 from archs.mamba2 import Mamba2Config, Mamba2Mixer
-from harness.results import ResultStore, make_row, point_key
+from harness.results import ResultStore, store_case_row
 
 FIELDS = ["bench", "impl", "seq_len", "status", "reason", "tokens_per_s", "median_ms",
           "n_runs", "max_abs_diff_vs_ref", "batch", "d_model", "n_heads", "dtype", "mode",
@@ -147,16 +147,10 @@ def measure(case: Case, L: int, args: argparse.Namespace, ref_out: dict) -> dict
 def store_row(store: ResultStore, row: dict) -> dict:
     """One measured case as a result row in the store (one file per point, the project's
     atomic writer): collect/plot/report read it like any sweep's rows."""
-    fields = dict(row)
-    status, reason = fields.pop("status"), fields.pop("reason", "")
-    ident = {k: fields.get(k) for k in ("bench", "impl", "seq_len", "batch", "d_model", "n_heads", "dtype",
-                                         "mode", "device", "threads")}
-    key = point_key(ident, f"{fields['bench']}-{fields['impl']}-{fields['seq_len']}")
-    out = make_row(status=status, reason=reason, arch=fields["impl"], backend=fields["impl"],
-                   time_ms=fields.get("median_ms") or None, experiment="bench_linear_attention",
-                   point_key=key, settings=ident, **fields)
-    store.write(out, key)
-    return out
+    return store_case_row(store, row, identity=("bench", "impl", "seq_len", "batch", "d_model", "n_heads",
+                                                "dtype", "mode", "device", "threads"),
+                          name=("bench", "impl", "seq_len"), experiment="bench_linear_attention",
+                          arch=row["impl"], backend=row["impl"], time_ms=row.get("median_ms") or None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

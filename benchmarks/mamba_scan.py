@@ -33,7 +33,7 @@ from torch.utils.benchmark import Timer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from archs.mamba import MambaMixer, selective_scan_chunked_bld, selective_scan_ref  # noqa: E402
-from harness.results import ResultStore, make_row, point_key  # noqa: E402
+from harness.results import ResultStore, store_case_row  # noqa: E402
 
 IMPLS = ("chunked", "ref", "mambapy")
 
@@ -172,17 +172,11 @@ def machine_info() -> dict[str, object]:
 
 def store_row(store: ResultStore, row: dict) -> dict:
     """One measured case as a result row in the store (the project's atomic writer)."""
-    fields = dict(row)
-    status, reason = fields.pop("status"), fields.pop("reason", "")
-    ident = {k: fields.get(k) for k in ("level", "impl", "seq_len", "batch", "d_model", "d_state", "expand",
-                                         "dtype", "cpu_model", "threads")}
-    key = point_key(ident, f"{fields['level']}-{fields['impl']}-{fields['seq_len']}")
-    out = make_row(status=status, reason=reason, arch=fields["impl"], backend=fields["impl"],
-                   mode=f"{fields['level']}_fwd_bwd", time_ms=fields.get("median_ms"),
-                   device=fields.get("cpu_model"), experiment="bench_mamba_scan", point_key=key,
-                   settings=ident, **fields)
-    store.write(out, key)
-    return out
+    return store_case_row(store, row, identity=("level", "impl", "seq_len", "batch", "d_model", "d_state",
+                                                "expand", "dtype", "cpu_model", "threads"),
+                          name=("level", "impl", "seq_len"), experiment="bench_mamba_scan",
+                          arch=row["impl"], backend=row["impl"], mode=f"{row['level']}_fwd_bwd",
+                          time_ms=row.get("median_ms"), device=row.get("cpu_model"))
 
 
 def run(args: argparse.Namespace, store: ResultStore | None = None) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """Checks that run before any compute: unknown config keys, writable folders, code identity.
 
 * ``reject_unknown_keys`` - keys in a composed config that its schema does not have
-  (Hydra lets ``+bench.seq_lenz=[999]`` through; this does not), with a suggestion.
+  (Hydra lets ``+bench.seq_lenz=[999]`` through; this does not), with a suggestion;
+  ``as_schema`` - that check, then the config as its schema's dataclass (each app's entry).
 * ``check_writable_dir`` - a results/checkpoint folder that is a file or cannot be
   written is named before training or the first measurement, not after.
 * ``validate_model`` / ``validate_bench`` / ``validate_eval`` / ``validate_figures`` - values
@@ -72,6 +73,17 @@ def reject_unknown_keys(cfg: Any, schema: type) -> None:
     if bad:
         raise ValueError(f"unknown config key(s): {', '.join(bad)}. They would be ignored; "
                          f"fix the spelling (the schema is harness/config.py: {schema.__name__}).")
+
+
+def as_schema(cfg: Any, schema: type) -> Any:
+    """A composed config as an instance of its ``schema`` dataclass (``harness.config``):
+    unknown keys are refused first (``reject_unknown_keys``: Hydra lets ``+bench.seq_lenz=...``
+    through), then it is merged over the schema's defaults, which checks the types. An
+    instance of ``schema`` is returned as it is."""
+    if isinstance(cfg, schema):
+        return cfg
+    reject_unknown_keys(cfg, schema)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
 
 
 # ---------------------------------------------------------------- folders

@@ -11,17 +11,15 @@ files, which stay the source of truth.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from harness.results import atomic_write_group, load_rows, order_columns
+from harness.results import atomic_write_group, load_rows, order_columns, results_dir_cli
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -42,27 +40,26 @@ def collect(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     """Write ``results.parquet`` and ``results.csv``; return their paths and the row count.
     Rows that break the schema are left out and named in ``rejected`` (and a warning)."""
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
-    df = _parquet_safe(order_columns(load_rows(results_dir, rejected)))
-    parquet, csv = atomic_write_group(out, "collect", {
+    return write_tables(load_rows(results_dir, rejected), out)
+
+
+def write_tables(rows: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path, int]:
+    """Write ``rows`` as ``results.parquet`` and ``results.csv`` in ``out_dir``, as one group;
+    return their paths and the row count."""
+    df = _parquet_safe(order_columns(rows))
+    parquet, csv = atomic_write_group(Path(out_dir), "collect", {
         "results.parquet": lambda p: df.to_parquet(p, index=False),
         "results.csv": lambda p: df.to_csv(p, index=False)})
     return parquet, csv, len(df)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="archbench-collect", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", help="directory holding per-point *.jsonl files (searched recursively)")
-    parser.add_argument("--out", default=None, help="where to write results.parquet/csv (default: results_dir)")
-    args = parser.parse_args(argv)
-    if not Path(args.results_dir).is_dir():
-        parser.error(f"{args.results_dir} is not a directory")
-    rejected: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # named below, once each
-        parquet, csv, n = collect(args.results_dir, args.out, rejected)
+    args, rows, rejected = results_dir_cli(
+        "archbench-collect", __doc__.splitlines()[0], argv=argv,
+        results_help="directory holding per-point *.jsonl files (searched recursively)",
+        out_help="where to write results.parquet/csv (default: results_dir)")
+    parquet, csv, n = write_tables(rows, args.out if args.out is not None else args.results_dir)
     print(f"{n} rows -> {parquet} and {csv}")
-    for problem in rejected:
-        print(f"rejected {problem}", file=sys.stderr)
     if rejected:
         print(f"{len(rejected)} file(s)/line(s) rejected (not in the tables); fix or remove them "
               "(a re-run of the sweep re-measures a corrupt point)", file=sys.stderr)

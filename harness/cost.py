@@ -34,21 +34,17 @@ from harness.checks import (resolve_device, to_container, validate_bench, valida
 from harness.config import CONF_DIR, DTYPES, BenchConfig, CostConfig, register_configs
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
-from harness.checks import check_writable_dir, reject_unknown_keys
-from harness.results import load_rows, make_row, point_key
+from harness.checks import as_schema, check_writable_dir
+from harness.results import load_rows_where, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
-from harness.timing import classify_exception, cpu_memory_limit, free_memory, run_with_timeout
+from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout
 
 log = logging.getLogger(__name__)
 register_configs()
 
 
 def _as_schema(cfg: DictConfig | CostConfig) -> CostConfig:
-    if isinstance(cfg, CostConfig):
-        return cfg
-    reject_unknown_keys(cfg, CostConfig)  # `+bench.seq_lenz=...` is not silently ignored
-    merged = OmegaConf.merge(OmegaConf.structured(CostConfig), cfg)
-    return OmegaConf.to_object(merged)
+    return as_schema(cfg, CostConfig)  # `+bench.seq_lenz=...` is refused, not silently ignored
 
 
 class Sweep:
@@ -185,24 +181,15 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     check_writable_dir(cfg.results_dir, "results_dir")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or 256, validate_only=True)  # fail before compute
-    threads = torch.get_num_threads()
-    try:
-        if cfg.bench.threads:
-            torch.set_num_threads(cfg.bench.threads)
-        # The cap holds for this job only: the next job of a multirun starts uncapped.
-        with cpu_memory_limit(cfg.bench.cpu_memory_limit_gb if device.type == "cpu" else None):
-            torch.manual_seed(cfg.seed)
-            sweep = Sweep(cfg)
-            if cfg.bench.search == "max_len":
-                sweep.run_max_len()
-            else:
-                sweep.run_grid()
-    finally:
-        torch.set_num_threads(threads)
-    rows = load_rows(cfg.results_dir)
-    if rows.empty:
-        return rows
-    return rows[rows["label"] == sweep.built.label].reset_index(drop=True)
+    # The threads and the cap hold for this job only: the next job of a multirun starts afresh.
+    with job_limits(device, cfg.bench.cpu_memory_limit_gb, threads=cfg.bench.threads):
+        torch.manual_seed(cfg.seed)
+        sweep = Sweep(cfg)
+        if cfg.bench.search == "max_len":
+            sweep.run_max_len()
+        else:
+            sweep.run_grid()
+    return load_rows_where(cfg.results_dir, label=sweep.built.label)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cost")

@@ -33,11 +33,11 @@ from harness.checks import (resolve_device, to_container, validate_eval, validat
 from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.checks import check_writable_dir, code_fingerprint, reject_unknown_keys
-from harness.results import atomic_write, config_hash, load_rows, make_row, point_key
+from harness.checks import as_schema, check_writable_dir, code_fingerprint
+from harness.results import atomic_write, config_hash, load_rows_where, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
-from harness.timing import classify_exception, cpu_memory_limit, free_memory, run_with_timeout
+from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout
 from harness.train import (TrainResult, autocast_dtype, factor_columns, identity_settings, load_checkpoint,
                            save_checkpoint, train)
 
@@ -46,10 +46,7 @@ register_configs()
 
 
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
-    if isinstance(cfg, ExtrapolateConfig):
-        return cfg
-    reject_unknown_keys(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is not silently ignored
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExtrapolateConfig), cfg))
+    return as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
 
 
 class Experiment:
@@ -237,19 +234,11 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
     if cfg.checkpoint_dir:
         check_writable_dir(cfg.checkpoint_dir, "checkpoint_dir")
     # The cap and train.threads hold for this job only: the next job of a multirun starts afresh.
-    threads = torch.get_num_threads()
-    try:
-        with cpu_memory_limit(cfg.eval.cpu_memory_limit_gb if device.type == "cpu" else None):
-            torch.manual_seed(cfg.train.seed)
-            experiment = Experiment(cfg)
-            experiment.run()
-    finally:
-        torch.set_num_threads(threads)
-    rows = load_rows(cfg.results_dir)
-    if rows.empty:
-        return rows
-    mine = (rows["label"] == experiment.built.label) & (rows["train_key"] == experiment.train_key)
-    return rows[mine].reset_index(drop=True)
+    with job_limits(device, cfg.eval.cpu_memory_limit_gb):
+        torch.manual_seed(cfg.train.seed)
+        experiment = Experiment(cfg)
+        experiment.run()
+    return load_rows_where(cfg.results_dir, label=experiment.built.label, train_key=experiment.train_key)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extrapolate")

@@ -24,10 +24,8 @@ backend is involved (safe on headless machines and inside notebooks).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 from harness.fit import fit_power_law
 from harness.plot_distance import distance_figures
 from harness.report import write_report
-from harness.results import load_rows
+from harness.results import results_dir_cli
 from harness.series import (  # noqa: F401 - re-used names of the figures' API
     EXTRAPOLATION_METRICS, X_LABEL, Y_LABELS, by_series, extrapolation_groups, format_bytes, format_length,
     series_names, split_distance_rows, split_kinds,
@@ -385,18 +383,8 @@ def plot_extrapolation(df: pd.DataFrame, out_dir: str | Path, palette: dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="archbench-plot", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", help="directory of per-point result files (searched recursively)")
-    parser.add_argument("--out", default=None, help="output directory (default: results_dir)")
-    args = parser.parse_args(argv)
-    if not Path(args.results_dir).is_dir():
-        parser.error(f"{args.results_dir} is not a directory")
-    rejected: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # named below, once each
-        df = load_rows(args.results_dir, rejected)
-    for problem in rejected:
-        print(f"rejected {problem}", file=sys.stderr)
+    args, df, _ = results_dir_cli("archbench-plot", __doc__.splitlines()[0], argv=argv,
+                                  out_help="output directory (default: results_dir)")
     if df.empty:
         print(f"no result rows under {args.results_dir}; nothing to plot", file=sys.stderr)
         return 1

@@ -55,6 +55,7 @@ dot-prefixed temp file, which readers ignore and ``clean_temp`` removes.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
@@ -62,6 +63,7 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 import logging
 import warnings
@@ -239,6 +241,26 @@ def make_row(
     row.update(env_columns(env))
     validate_row(row)
     return {k: _jsonable(v) for k, v in row.items()}
+
+
+def store_case_row(store: "ResultStore", case: Mapping[str, Any], *, identity: Iterable[str],
+                   name: Iterable[str], experiment: str, **columns: Any) -> dict[str, Any]:
+    """One measured benchmark case as a validated row in ``store`` (one file per point, the
+    store's atomic writer), so collect/plot/report read it like any sweep's rows.
+
+    ``case`` is flat: ``status``, optional ``reason``, and everything measured or recorded.
+    The ``identity`` keys of ``case`` identify it: their values are the row's ``settings``
+    (``config_hash``) and the point key, prefixed by the ``name`` keys' values joined by
+    ``-``. ``columns`` are core columns the case names otherwise (``arch=case["impl"]``...).
+    Returns the row written."""
+    fields = dict(case)
+    status, reason = fields.pop("status"), fields.pop("reason", "")
+    ident = {k: fields.get(k) for k in identity}
+    key = point_key(ident, "-".join(str(fields[k]) for k in name))
+    row = make_row(status=status, reason=reason, **columns, experiment=experiment, point_key=key,
+                   settings=ident, **fields)
+    store.write(row, key)
+    return row
 
 
 def validate_row(row: Mapping[str, Any], stored: bool = False) -> None:
@@ -490,3 +512,44 @@ def load_rows(results_dir: str | os.PathLike, rejected: list[str] | None = None)
         if rejected is not None:
             rejected.extend(problems)
     return _coerce_types(order_columns(pd.DataFrame.from_records(rows)))
+
+
+def load_rows_where(results_dir: str | os.PathLike, **equal: Any) -> pd.DataFrame:
+    """``load_rows``, only the rows whose columns hold the values given (``label=...``),
+    re-indexed from 0; an empty frame when there are no rows at all."""
+    rows = load_rows(results_dir)
+    if rows.empty:
+        return rows
+    mine = pd.Series(True, index=rows.index)
+    for column, value in equal.items():
+        mine &= rows[column] == value
+    return rows[mine].reset_index(drop=True)
+
+
+def load_rows_reporting(results_dir: str | os.PathLike, stream: Any = None) -> tuple[pd.DataFrame, list[str]]:
+    """``load_rows`` for a command line: every rejected file or line is printed once to
+    ``stream`` (default: stderr) as ``rejected PATH:LINE: why`` instead of as a warning.
+    Returns the rows and the problems (empty when every row was good)."""
+    rejected: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # named below, once each
+        df = load_rows(results_dir, rejected)
+    for problem in rejected:
+        print(f"rejected {problem}", file=stream if stream is not None else sys.stderr)
+    return df, rejected
+
+
+def results_dir_cli(prog: str, description: str, out_help: str, argv: Any = None,
+                    results_help: str = "directory of per-point result files (searched recursively)",
+                    ) -> tuple[argparse.Namespace, pd.DataFrame, list[str]]:
+    """The start of every command that reads a results folder (collect, plot): parse
+    ``RESULTS_DIR [--out OUT]`` (an argparse error if RESULTS_DIR is not a folder), then
+    ``load_rows_reporting``. Returns the arguments, the rows and the rejected problems."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("results_dir", help=results_help)
+    parser.add_argument("--out", default=None, help=out_help)
+    args = parser.parse_args(argv)
+    if not Path(args.results_dir).is_dir():
+        parser.error(f"{args.results_dir} is not a directory")
+    rows, rejected = load_rows_reporting(args.results_dir)  # each rejected file:line on stderr
+    return args, rows, rejected

@@ -304,6 +304,21 @@ def cpu_memory_limit(gb: float | None) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_DATA, before)
 
 
+@contextlib.contextmanager
+def job_limits(device: torch.device, cpu_memory_limit_gb: float | None, threads: int | None = None) -> Iterator[None]:
+    """One job of a multirun: torch's thread count (set to ``threads`` when given) and, on a
+    CPU device, the memory cap hold for the block only; both come back on the way out, so
+    the next job starts afresh."""
+    before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        with cpu_memory_limit(cpu_memory_limit_gb if device.type == "cpu" else None):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def classify_exception(exc: BaseException) -> tuple[str, str]:
     """(status, reason) for a failed point: 'timeout', 'oom' or 'error', and a one-line
     reason ("OutOfMemoryError: CUDA out of memory. Tried to allocate 8.00 GiB ...")."""

@@ -12,7 +12,7 @@ from harness import timing
 from harness.counters import count_flops, peak_memory
 from harness.devices import device_peak, lookup_gpu, precision_key
 from harness.timing import (
-    Deadline, PointTimeout, classify_exception, current_deadline, free_memory, is_oom,
+    Deadline, PointTimeout, classify_exception, current_deadline, free_memory, is_oom, job_limits,
     run_with_timeout, time_budget, time_callable,
 )
 
@@ -298,3 +298,19 @@ def test_cuda_timing_and_memory():
     peak = peak_memory(lambda: torch.empty(64 * MiB, dtype=torch.uint8, device="cuda"), "cuda")
     assert peak.peak_bytes >= 64 * MiB and peak.baseline_bytes is not None
     assert device_peak("cuda", torch.bfloat16)[0] > 0
+
+
+def test_job_limits_restore_threads_and_memory_cap():
+    import resource
+
+    threads, cap = torch.get_num_threads(), resource.getrlimit(resource.RLIMIT_DATA)
+    want = 1 if threads != 1 else 2
+    with pytest.raises(RuntimeError, match="inside"):
+        with job_limits(torch.device("cpu"), 64.0, threads=want):
+            assert torch.get_num_threads() == want
+            assert resource.getrlimit(resource.RLIMIT_DATA)[0] == min(int(64.0 * 2**30), cap[1] % 2**63)
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == threads
+    assert resource.getrlimit(resource.RLIMIT_DATA) == cap
+    with job_limits(torch.device("meta"), 64.0):  # no cap off the CPU
+        assert resource.getrlimit(resource.RLIMIT_DATA) == cap
