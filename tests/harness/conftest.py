@@ -76,3 +76,18 @@ def cost_only_dir(tmp_path: Path) -> Path:
 def write_synthetic_results():
     """``write_results`` itself, for module-scoped fixtures that cannot use tmp_path."""
     return write_results
+
+
+@pytest.fixture
+def failing_arch(monkeypatch) -> str:
+    """A registered architecture (tests.fakes.failing) that fails on purpose - OOM, error, or
+    a training failure - at a chosen length; the registry is restored afterwards."""
+    from archs import _registry, register_arch
+    from tests.fakes import failing
+
+    # Load the built-ins first: copying a not-yet-loaded registry would fill the copy, and
+    # the restored original would then stay empty for the tests after this one.
+    _registry.ensure_loaded()
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    register_arch("failing_test", family="test")(failing)
+    return "failing_test"

@@ -13,9 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from archs import _registry, register_arch
 from harness import cost
-from tests.fakes import failing
 from harness.results import CORE_COLUMNS, load_rows
 
 from tests.configs import assert_option_applied  # noqa: E402
@@ -36,13 +34,6 @@ def _run(tmp_path, overrides=(), arch=None):
     if arch is not None:
         cfg.arch = arch
     return cost.run(cfg)
-
-
-@pytest.fixture
-def failing_arch(monkeypatch):
-    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
-    register_arch("failing_test", family="test")(failing)
-    return "failing_test"
 
 
 # --- composition -------------------------------------------------------------------------

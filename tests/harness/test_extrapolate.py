@@ -11,11 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from archs import _registry, register_arch
 from harness import extrapolate
 from harness.results import load_rows
 from harness.train import TrainResult
-from tests.fakes import failing
 
 from tests.configs import assert_option_applied  # noqa: E402
 from tests.paths import ROOT  # noqa: E402
@@ -113,13 +111,6 @@ def test_diverged_training_is_a_row_per_length(tmp_path, monkeypatch):
     df = _run(tmp_path, ["arch=lstm"])
     assert set(df["status"]) == {"diverged"} and len(df) == 2
     assert "loss nan at step 3" in df["reason"].iloc[0]
-
-
-@pytest.fixture
-def failing_arch(monkeypatch):
-    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
-    register_arch("failing_test", family="test")(failing)
-    return "failing_test"
 
 
 def test_oom_at_a_length_then_longer_lengths_skipped(tmp_path, failing_arch):

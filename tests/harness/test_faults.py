@@ -19,7 +19,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from archs import _registry, register_arch
+from archs import _registry
 from harness import collect as collect_mod
 from harness import cost, extrapolate
 from harness.checks import code_fingerprint
@@ -27,7 +27,6 @@ from harness.results import (ResultStore, atomic_write_group, finish_group, load
                              point_files)
 from harness.sweep import Claims
 from harness.train import CheckpointError, load_checkpoint
-from tests.fakes import failing
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = str(ROOT / "conf")
@@ -49,13 +48,6 @@ def _cli(app, args, cwd, **popen):
 
 def _sums(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in point_files(folder)}
-
-
-@pytest.fixture
-def fake_arch(monkeypatch):
-    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
-    register_arch("failing_fault", family="test")(failing)
-    return "failing_fault"
 
 
 # --- 1. memory caps / time budgets: restored after each job, part of the key -------------
@@ -119,10 +111,10 @@ def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
 # --- 3. training OOM / error -> rows --------------------------------------------------------
 
 @pytest.mark.parametrize("kind,status", [("oom", "oom"), ("error", "error")])
-def test_training_failure_becomes_a_row_for_every_eval_length(tmp_path, fake_arch, kind, status):
+def test_training_failure_becomes_a_row_for_every_eval_length(tmp_path, failing_arch, kind, status):
     cfg = _compose([*EXTRAP, f"results_dir={tmp_path}", f"checkpoint_dir={tmp_path / 'ck'}",
                     "eval.seq_lens=[32,64,128]"], "extrapolate")
-    cfg.arch = {"name": fake_arch, "fail_at": 8, "kind": kind}
+    cfg.arch = {"name": failing_arch, "fail_at": 8, "kind": kind}
     df = extrapolate.run(cfg)
     assert sorted(df["eval_seq_len"]) == [32, 64, 128]
     assert set(df["status"]) == {status} and set(df["train_status"]) == {status}
