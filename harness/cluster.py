@@ -60,3 +60,9 @@ def quiet_sacct_bypass() -> None:
     logger = logging.getLogger("submitit")
     if not any(isinstance(f, DropSacctBypass) for f in logger.filters):
         logger.addFilter(DropSacctBypass())
+
+
+def prepare_launchers() -> None:
+    """Both of the above; the Hydra apps call it at import, before any launcher runs."""
+    pickle_module_subclasses_by_name()
+    quiet_sacct_bypass()

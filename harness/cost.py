@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.build import BuiltModel, build
 from harness.checks import (resolve_device, to_container, validate_bench, validate_figures,
                             validate_model)
+from harness.cluster import prepare_launchers
 from harness.config import CONF_DIR, DTYPES, BenchConfig, CostConfig, register_configs
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
@@ -41,6 +42,8 @@ from harness.timing import classify_exception, free_memory, job_limits, run_with
 
 log = logging.getLogger(__name__)
 register_configs()
+# Before any launcher runs (module level, like the schemas): see harness/cluster.py.
+prepare_launchers()
 
 
 def _as_schema(cfg: DictConfig | CostConfig) -> CostConfig:

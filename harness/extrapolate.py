@@ -30,6 +30,7 @@ from archs import SequenceTooLongError
 from harness.build import BuiltModel, build
 from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
                             validate_model)
+from harness.cluster import prepare_launchers
 from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
@@ -43,6 +44,8 @@ from harness.train import (TrainResult, autocast_dtype, factor_columns, identity
 
 log = logging.getLogger(__name__)
 register_configs()
+# Before any launcher runs (module level, like the schemas): see harness/cluster.py.
+prepare_launchers()
 
 
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
