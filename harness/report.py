@@ -2,8 +2,9 @@
 
 Sections: provenance (experiments, devices, commits), figures, status counts,
 scaling exponents with 95% CIs and the fitted range, crossover lengths, failed points
-with their reasons, and the extrapolation table (architecture x evaluation length,
-mean over seeds with the standard deviation when there are several).
+with their reasons, and the extrapolation tables (architecture x evaluation length, and
+x trigger distance): the mean over seeds with its 95% confidence interval (Student's t
+over seeds) and the number of seeds when there are several.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.conformance import conformance_note
-from harness.fit import crossover_table, fit_exponent
+from harness.fit import crossover_table, fit_exponent, t_quantile_975
 from harness.results import atomic_write
 from harness.series import (
     EXTRAPOLATION_METRICS, SERIES_KEYS, Y_LABELS, by_series, extrapolation_groups, format_length, series_names,
@@ -129,6 +130,23 @@ def _failed_section(df: pd.DataFrame) -> str:
     return table + (f"\n… and {more} more.\n" if more > 0 else "")
 
 
+def seed_cells(values: pd.Series, by: Sequence[str]) -> pd.Series:
+    """One cell per group of ``by``: "mean ± h (n=k)" over seeds, h the half-width of the
+    95% Student-t interval (std / sqrt(k) x t(0.975, k-1)); a single seed prints its value.
+
+    With three seeds t = 4.30, so the interval is wide whenever the seeds disagree: that
+    is the honest reading of a 3-seed study, not a formatting choice."""
+    stats = values.groupby(level=list(by)).agg(["mean", "std", "count"])
+
+    def cell(m: float, s: float, n: int) -> str:
+        if n < 2:
+            return f"{m:.3f}"
+        half = t_quantile_975(n - 1) * s / math.sqrt(n)
+        return f"{m:.3f} ± {half:.3f} (n={n})"
+
+    return pd.Series([cell(*row) for row in stats.itertuples(index=False, name=None)], index=stats.index)
+
+
 def _distance_section(fixed: pd.DataFrame) -> str:
     """Accuracy by trigger distance (columns), one row per curve and evaluation length."""
     ok = fixed[fixed["status"] == "ok"]
@@ -136,13 +154,11 @@ def _distance_section(fixed: pd.DataFrame) -> str:
         return "_(no successful fixed-distance rows)_\n"
     ok = ok.assign(arch=series_names(ok), eval_seq_len=pd.to_numeric(ok["eval_seq_len"]),
                    trigger_distance=pd.to_numeric(ok["trigger_distance"]))
-    stats = ok.groupby(["arch", "eval_seq_len", "trigger_distance"])["accuracy"].agg(["mean", "std", "count"])
-    cell = [f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
-            for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
-    table = pd.Series(cell, index=stats.index).unstack("trigger_distance")
+    keys = ["arch", "eval_seq_len", "trigger_distance"]
+    table = seed_cells(ok.set_index(keys)["accuracy"], keys).unstack("trigger_distance")
     table.columns = [f"d={format_length(c)}" for c in table.columns]
     table = table.reset_index().assign(eval_seq_len=lambda t: t["eval_seq_len"].map(format_length))
-    return f"### accuracy by trigger distance (mean ± std over seeds)\n\n{markdown_table(table)}"
+    return f"### accuracy by trigger distance (mean ± 95% CI over seeds)\n\n{markdown_table(table)}"
 
 
 def _extrapolation_section(ext: pd.DataFrame) -> str:
@@ -153,14 +169,12 @@ def _extrapolation_section(ext: pd.DataFrame) -> str:
         for metric in EXTRAPOLATION_METRICS:
             if metric not in rows.columns or rows[metric].notna().sum() == 0:
                 continue
-            stats = rows.groupby(["arch", "eval_seq_len"])[metric].agg(["mean", "std", "count"])
-            cell = [f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
-                    for m, s, n in zip(stats["mean"], stats["std"], stats["count"])]
-            table = pd.Series(cell, index=stats.index).unstack("eval_seq_len")
+            keys = ["arch", "eval_seq_len"]
+            table = seed_cells(rows.set_index(keys)[metric].dropna(), keys).unstack("eval_seq_len")
             table.columns = [f"{format_length(c)} (train)" if c in train else format_length(c)
                              for c in table.columns]
             heading = f"{title}: {metric}" if title else metric
-            parts.append(f"### {heading} (mean ± std over seeds)\n\n{markdown_table(table.reset_index())}")
+            parts.append(f"### {heading} (mean ± 95% CI over seeds)\n\n{markdown_table(table.reset_index())}")
     return "\n".join(parts) or "_(no successful extrapolation rows)_\n"
 
 
