@@ -4,8 +4,9 @@
 "Accuracy at length L" with the trigger placed at random mixes every distance up to L;
 rows evaluated with ``eval.trigger_distances`` fix the distance d between the trigger and
 the query (see each task's ``distance_meaning``) and carry it in ``trigger_distance``.
-This module draws those rows: accuracy against d (log2 axis), one colour per curve, one
-line style per evaluation length, the mean and a 95% band over seeds, a dashed line at
+This module draws those rows: accuracy against d (log2 axis), one panel per curve, one
+colour per evaluation length, the mean over seeds in bold and each seed as a thin line
+(a study has a handful of seeds: their spread is the finding), a dashed line at
 the longest distance a training sequence can hold (train_seq_len - 1). Rows without a
 distance (the length axis) make the length figures; ``harness.series.split_distance_rows``
 is the split both use, so a length figure never averages over fixed-distance rows.
@@ -14,6 +15,7 @@ One figure per task and training length: ``accuracy_vs_distance[_<n>]``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,43 +23,67 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from harness.series import extrapolation_groups, format_length, series_names, split_distance_rows
 from harness.results import load_rows
 
 
 def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figure:
-    """Accuracy against trigger distance for rows of one task and training length."""
+    """Accuracy against trigger distance for rows of one task and training length.
+
+    One panel per curve (small multiples: a study has many variants, and overlaid they
+    hide each other), one colour per evaluation length within a panel (light = short,
+    dark = long), so "does accuracy depend on the length at a fixed distance?" reads as
+    "do a panel's lines coincide?"."""
     rows = rows.assign(series=series_names(rows),
                        trigger_distance=pd.to_numeric(rows["trigger_distance"]),
                        eval_seq_len=pd.to_numeric(rows["eval_seq_len"]))
     ok = rows[(rows["status"] == "ok") & rows["accuracy"].notna()]
     n_seeds = ok["seed"].nunique() if "seed" in ok.columns and not ok.empty else 1
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.subplots()
-    if ok.empty:
-        ax.text(0.5, 0.5, "no successful points", transform=ax.transAxes, ha="center")
-    else:
-        lengths = sorted(ok["eval_seq_len"].unique())
-        sns.lineplot(data=ok.assign(length=ok["eval_seq_len"].map(lambda n: format_length(float(n)))),
-                     x="trigger_distance", y="accuracy", hue="series", style="length",
-                     style_order=[format_length(float(n)) for n in lengths],
-                     hue_order=[n for n in palette if n in set(ok["series"])], palette=palette,
-                     estimator="mean", errorbar=("ci", 95) if n_seeds > 1 else None, n_boot=1000,
-                     seed=0, marker="o", ax=ax)
+    names = [n for n in palette if n in set(ok["series"])] + sorted(set(ok["series"]) - set(palette))
+    n_cols = min(3, max(1, len(names)))
+    n_rows = max(1, math.ceil(len(names) / n_cols))
+    fig = Figure(figsize=(4.2 * n_cols, 3.0 * n_rows + 0.7))
+    axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False).ravel()
     train = sorted(pd.to_numeric(rows.get("train_seq_len", pd.Series(dtype=float)), errors="coerce").dropna().unique())
-    for i, t in enumerate(train):
-        ax.axvline(t - 1, color="0.35", linestyle="--", linewidth=1,
-                   label="longest training distance" if i == 0 else None)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(lambda x, _pos: format_length(x))
-    ax.set_ylim(-0.02, 1.02)
-    band = f"mean and 95% CI over {n_seeds} seeds" if n_seeds > 1 else "one seed"
-    ax.set(xlabel="trigger distance d (tokens from trigger to query)", ylabel="accuracy",
-           title=f"{title} ({band})" if title else band)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+    if ok.empty:
+        axes[0].text(0.5, 0.5, "no successful points", transform=axes[0].transAxes, ha="center")
+    lengths = [format_length(float(n)) for n in sorted(ok["eval_seq_len"].unique())]
+    length_colours = dict(zip(lengths, sns.color_palette("crest", len(lengths)))) if lengths else {}
+    for ax, name in zip(axes, names):
+        mine = ok[ok["series"] == name]
+        seeds = mine["seed"].nunique() if "seed" in mine.columns else 1
+        mine = mine.assign(length=mine["eval_seq_len"].map(lambda n: format_length(float(n))))
+        order = [n for n in lengths if n in set(mine["length"])]
+        if seeds > 1:  # each seed thin: with a handful of seeds, the spread is the finding
+            sns.lineplot(data=mine, x="trigger_distance", y="accuracy", hue="length", hue_order=order,
+                         palette=length_colours, units="seed", estimator=None, linewidth=0.8, alpha=0.35,
+                         legend=False, ax=ax)
+        sns.lineplot(data=mine, x="trigger_distance", y="accuracy", hue="length", hue_order=order,
+                     palette=length_colours, estimator="mean", errorbar=None, marker="o", ms=4,
+                     linewidth=1.8, legend=False, ax=ax)
+        ax.set_title(f"{name} ({seeds} seed{'s' if seeds > 1 else ''})", fontsize="medium")
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[:max(1, len(names))]:
+        for t in train:
+            ax.axvline(t - 1, color="0.35", linestyle="--", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(lambda x, _pos: format_length(x))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set(xlabel="trigger distance d", ylabel="accuracy")
+    handles = [Line2D([], [], color=c, marker="o", ms=4, label=n) for n, c in length_colours.items()]
+    if train:
+        handles.append(Line2D([], [], color="0.35", linestyle="--", label="longest training distance"))
+    if handles:
+        fig.legend(handles=handles, title="evaluation length", loc="lower center", fontsize="small",
+                   title_fontsize="small", ncols=len(handles), frameon=False)
+    band = "mean over seeds (bold) and each seed (thin)" if n_seeds > 1 else "one seed"
+    fig.suptitle(f"{title}: accuracy by trigger distance ({band})" if title else band, x=0.01, ha="left",
+                 fontsize="medium")
+    legend_h = 0.45 / fig.get_figheight()  # inches kept for the legend row under the panels
+    fig.tight_layout(rect=(0, legend_h, 1, 1 - 0.25 / fig.get_figheight()))
     return fig
 
 

@@ -46,17 +46,31 @@ def test_split_separates_the_two_axes():
     assert len(by_length) + len(by_distance) == len(df)
 
 
-def test_figure_draws_the_mean_per_distance():
+def _panels(fig) -> dict[str, object]:
+    return {ax.get_title().split(" (")[0]: ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+
+
+def test_figure_draws_the_mean_per_distance_one_panel_per_curve():
     df = pd.DataFrame(_rows())
     _, fixed = split_distance_rows(df)
     fig = plot_distance.distance_figure(fixed, series_palette(series_names(fixed)), title="induction")
-    ax = fig.axes[0]
-    lines = {tuple(line.get_xdata()): line.get_ydata() for line in ax.get_lines() if len(line.get_xdata()) > 1}
-    # mamba at 4096: perfect up to its cliff, then the mean over seeds 0.1, 0.11, 0.12.
-    assert any(np.allclose(y, [1.0, 1.0, 1.0, 0.11]) for x, y in lines.items() if x == DISTANCES)
+    panels = _panels(fig)
+    assert set(panels) == {"mamba", "lstm"}
+    ax = panels["mamba"]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+    # mamba at 4096: perfect up to its cliff, then the mean over seeds 0.1, 0.11, 0.12 (bold) ...
+    bold = [line for line in lines if line.get_linewidth() > 1]
+    assert any(tuple(line.get_xdata()) == DISTANCES and np.allclose(line.get_ydata(), [1.0, 1.0, 1.0, 0.11])
+               for line in bold)
+    # ... and each seed as its own thin line: seed 2 ends at 0.12.
+    thin = [line for line in lines if line.get_linewidth() < 1]
+    assert any(tuple(line.get_xdata()) == DISTANCES and np.allclose(line.get_ydata(), [1.0, 1.0, 1.0, 0.12])
+               for line in thin)
     assert ax.get_xscale() == "log"
     assert "3 seeds" in ax.get_title()
     assert any(len(line.get_xdata()) and line.get_xdata()[0] == 255 for line in ax.get_lines())
+    # lstm's panel is its own: its cliff at 40 does not mix into mamba's lines.
+    assert all(max(line.get_ydata()[:2]) == 1.0 for line in bold if tuple(line.get_xdata()) == DISTANCES)
 
 
 def test_plot_draws_both_axes_without_mixing_them(results, tmp_path):
