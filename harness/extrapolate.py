@@ -104,6 +104,9 @@ class Experiment:
             return TrainResult(status=status, reason=reason, wall_s=time.perf_counter() - start)
         if ckpt and result.status == "ok":
             save_checkpoint(self.model, ckpt)
+            # the training curve (loss every train.log_every steps, lr, eval accuracy): when
+            # a long run learned - or that it never left chance - is half of a study's answer
+            atomic_write(ckpt.with_suffix(".history.csv"), pd.DataFrame(result.history).to_csv(index=False))
             atomic_write(summary, json.dumps(result.summary()))
         return result
 

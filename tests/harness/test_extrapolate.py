@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -89,6 +90,11 @@ def test_learned_positions_past_the_table_are_skipped_rows(tmp_path):
 def test_checkpoint_is_reused_and_points_resume(tmp_path, monkeypatch):
     first = _run(tmp_path, ["arch=lstm"])
     assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 1
+    # the training curve lies beside the weights: a loss at step 0 and at the last step
+    (curve_file,) = (tmp_path / "ckpt").glob("*.history.csv")
+    curve = pd.read_csv(curve_file).dropna(subset=["loss"])
+    assert curve["step"].iloc[0] == 0 and curve["step"].iloc[-1] == first["train_steps"].iloc[0] - 1
+    assert curve["loss"].iloc[-1] == pytest.approx(first["train_loss"].iloc[0])
 
     def no_training(*args, **kwargs):
         raise AssertionError("should have loaded the checkpoint")
