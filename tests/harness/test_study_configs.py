@@ -84,7 +84,7 @@ def test_variants_change_one_factor_from_the_baseline():
     assert (base["train.steps"], base["train.mixed_length"], base["train.initial_state"]) == (2000, True, "zero")
     changed = {}
     for v in VARIANTS:
-        if v not in ("baseline", "paper_protocol"):
+        if v not in ("baseline", "paper_protocol", "paper_random_trigger"):
             s = settings(v)
             changed[v] = {k for k in s.keys() | base.keys() if s.get(k) != base.get(k)}
     assert changed == {
@@ -93,6 +93,10 @@ def test_variants_change_one_factor_from_the_baseline():
         "noise_state": {"train.initial_state"}, "state_passing": {"train.initial_state"},
         "dt_long": {"arch.dt_min", "arch.dt_max"}, "out_proj_scaled": {"arch.rescale_out_proj"},
     }
+    # the paper protocol's ablation differs from it in the placement (and its shorter budget) only
+    paper, ablation = settings("paper_protocol"), settings("paper_random_trigger")
+    assert {k for k in paper.keys() | ablation.keys() if paper.get(k) != ablation.get(k)} == \
+        {"trigger_distance", "train.steps"}
 
 
 def test_a_state_passing_variant_runs(tmp_path):
