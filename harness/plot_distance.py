@@ -51,10 +51,10 @@ def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figur
         axes[0].text(0.5, 0.5, "no successful points", transform=axes[0].transAxes, ha="center")
     lengths = [format_length(float(n)) for n in sorted(ok["eval_seq_len"].unique())]
     length_colours = dict(zip(lengths, sns.color_palette("crest", len(lengths)))) if lengths else {}
+    ok = ok.assign(length=ok["eval_seq_len"].map(lambda n: format_length(float(n))))
     for ax, name in zip(axes, names):
         mine = ok[ok["series"] == name]
         seeds = mine["seed"].nunique() if "seed" in mine.columns else 1
-        mine = mine.assign(length=mine["eval_seq_len"].map(lambda n: format_length(float(n))))
         order = [n for n in lengths if n in set(mine["length"])]
         if seeds > 1:  # each seed thin: with a handful of seeds, the spread is the finding
             sns.lineplot(data=mine, x="trigger_distance", y="accuracy", hue="length", hue_order=order,
