@@ -19,8 +19,10 @@ from archs.sizing import param_count, width_for_target
 from harness.checks import to_container
 from harness.config import ModelConfig
 
-# Keys of an arch node that describe the run rather than the architecture.
-RESERVED = ("name", "label")
+# Keys of an arch node that describe the run rather than the architecture: `train` holds
+# the architecture's own training options (harness.extrapolate merges them over `train`;
+# a cost sweep, which trains nothing, ignores them).
+RESERVED = ("name", "label", "train")
 
 
 @dataclass
@@ -37,6 +39,7 @@ def split_arch(arch_node: Any) -> tuple[str, str, dict[str, Any]]:
     if "name" not in node:
         raise ValueError("the arch config needs `name:` (a registry key); see conf/arch/*.yaml")
     name, label = node.pop("name"), node.pop("label", None)
+    node.pop("train", None)
     return name, label or name, node
 
 

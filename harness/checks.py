@@ -86,6 +86,24 @@ def as_schema(cfg: Any, schema: type) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
 
 
+def merge_over(obj: Any, overrides: Any, where: str) -> Any:
+    """The dataclass instance ``obj`` with ``overrides`` (a mapping of its fields) merged over
+    it, checked as a config is: an unknown key or a wrong type raises ValueError naming
+    ``where.<key>``, and the result is built anew, so the dataclass's own checks run."""
+    if isinstance(overrides, DictConfig):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where} must be a mapping of {type(obj).__name__} keys, got {overrides!r}")
+    bad = unknown_keys(overrides, type(obj), f"{where}.")
+    if bad:
+        raise ValueError(f"unknown key(s) {', '.join(bad)}; {where} takes the keys of "
+                         f"{type(obj).__name__} (harness/config.py, harness/train.py)")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(obj), overrides))
+    except Exception as exc:  # omegaconf's validation errors, the dataclass's ValueErrors
+        raise ValueError(f"{where}: {str(exc).splitlines()[0]}") from exc
+
+
 # ---------------------------------------------------------------- folders
 
 

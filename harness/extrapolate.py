@@ -14,6 +14,7 @@ lengths are skipped), a diverged training run a ``diverged`` row per length.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from harness.cluster import prepare_launchers
 from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.checks import as_schema, check_writable_dir, code_fingerprint
+from harness.checks import as_schema, check_writable_dir, code_fingerprint, merge_over
 from harness.results import atomic_write, config_hash, load_rows_where, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
@@ -49,7 +50,14 @@ prepare_launchers()
 
 
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
-    return as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
+    cfg = as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
+    if "train" not in cfg.arch:
+        return cfg
+    # An architecture's own training options (`arch.train`, e.g. Mamba's noise start state)
+    # go over `train`: a multirun over architectures can then train each its own way.
+    arch = dict(cfg.arch)
+    train = merge_over(cfg.train, arch.pop("train"), "arch.train")
+    return dataclasses.replace(cfg, arch=arch, train=train)
 
 
 class Experiment:

@@ -25,7 +25,7 @@ from harness.build import build
 
 from tests.paths import CONF  # noqa: E402
 ARCH = CONF / "arch"
-RESERVED = ("name", "label", "defaults")
+RESERVED = ("name", "label", "train", "defaults")
 
 
 def _options(folder: Path) -> list[str]:

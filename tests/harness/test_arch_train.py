@@ -1,0 +1,100 @@
+"""`arch.train`: an architecture's own training options, merged over `train`, so one
+multirun over architectures can train each its own way (the demo: one Mamba with state
+passing, attention - which has no recurrent state to pass on - as usual)."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from harness import cost, extrapolate
+from harness.build import build, split_arch
+
+from tests.paths import ROOT  # noqa: E402
+
+CONF = str(ROOT / "conf")
+SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
+
+
+def _compose(app, overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(app, overrides=overrides)
+
+
+def _with_arch_train(raw, train):
+    with open_dict(raw):  # a composed config is closed to new keys (`+arch.train...` on the CLI)
+        raw.arch["train"] = train
+    return raw
+
+
+def _schema(overrides, train=None):
+    raw = _compose("extrapolate", overrides)
+    if train is not None:
+        _with_arch_train(raw, train)
+    return extrapolate._as_schema(raw)
+
+
+def test_arch_train_goes_over_train_and_leaves_the_arch_node():
+    cfg = _schema(["arch=mamba", "train.steps=400", "train.lr=0.01"], train={"initial_state": "noise", "lr": 0.002})
+    assert cfg.train.initial_state == "noise" and cfg.train.lr == 0.002  # the arch's value wins
+    assert cfg.train.steps == 400                                         # the rest is `train`'s
+    assert "train" not in cfg.arch
+    assert split_arch(cfg.arch)[0] == "mamba"
+    # idempotent: an already-merged config is returned as it is
+    assert extrapolate._as_schema(cfg) is cfg
+
+
+@pytest.mark.parametrize("train, match", [
+    ({"initial_stat": "noise"}, r"arch\.train\.initial_stat \(did you mean arch\.train\.initial_state\?\)"),
+    ({"steps": "many"}, r"arch\.train"),
+    ({"initial_state": "sideways"}, r"arch\.train.*initial_state must be one of"),
+    ({"warmup_steps": 5000}, r"arch\.train.*warmup_steps must be in"),
+    ("noise", r"arch\.train must be a mapping"),
+])
+def test_a_bad_arch_train_is_refused_naming_the_key(train, match):
+    with pytest.raises(ValueError, match=match):
+        _schema(["arch=mamba"], train=train)
+
+
+def test_arch_train_shapes_the_run_identity_and_the_rows(tmp_path):
+    common = [*SMOKE, "arch=lstm", f"results_dir={tmp_path / 'res'}", f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    plain = extrapolate.run(_compose("extrapolate", common))
+    noisy = extrapolate.run(_with_arch_train(_compose("extrapolate", common),
+                                             {"initial_state": "noise", "initial_state_scale": 0.5}))
+    assert set(plain["train_initial_state"]) == {"zero"}
+    assert set(noisy["train_initial_state"]) == {"noise"} and set(noisy["train_initial_state_scale"]) == {0.5}
+    # a different training run: its own checkpoint, not the plain one's weights
+    assert set(plain["train_key"]).isdisjoint(noisy["train_key"])
+    assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 2
+
+
+def test_arch_train_reaches_a_run_the_way_train_would(tmp_path):
+    # the same options given as arch.train or as train.* train the same model
+    common = [*SMOKE, "arch=lstm", f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    via_train = extrapolate.run(_compose("extrapolate", [*common, f"results_dir={tmp_path / 'a'}",
+                                                         "train.initial_state=noise"]))
+    via_arch = extrapolate.run(_with_arch_train(_compose("extrapolate", [*common, f"results_dir={tmp_path / 'b'}"]),
+                                                {"initial_state": "noise"}))
+    assert list(via_train["train_key"]) == list(via_arch["train_key"])
+    assert via_train.set_index("eval_seq_len")["loss"].equals(via_arch.set_index("eval_seq_len")["loss"])
+
+
+def test_the_demo_trains_one_mamba_with_state_passing_and_the_rest_as_usual():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        sweep = compose("extrapolate", overrides=["experiment=demo_extrapolation"], return_hydra_config=True)
+    options = str(sweep.hydra.sweeper.params["arch"]).split(",")
+    modes = {}
+    for option in options:
+        cfg = _schema(["experiment=demo_extrapolation", f"arch={option}"])
+        build(cfg.arch, cfg.model, 16, validate_only=True)
+        modes[split_arch(cfg.arch)[1]] = cfg.train.initial_state
+    assert modes == {"transformer_rope": "zero", "transformer_alibi": "zero", "jamba": "zero", "mamba": "zero",
+                     "mamba+state_passing": "passed"}
+
+
+def test_a_cost_sweep_ignores_arch_train():
+    raw = _compose("cost", ["arch=induction/mamba_noise_state"])
+    assert raw.arch.train.initial_state == "noise"
+    cfg = cost._as_schema(raw)
+    built = build(cfg.arch, cfg.model, 256, validate_only=True)
+    assert built.name == "mamba" and "train" not in built.kwargs
