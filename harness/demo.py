@@ -116,6 +116,7 @@ def accuracy_lines(ext: pd.DataFrame) -> list[str]:
         train = set(pd.to_numeric(rows.get("train_seq_len", pd.Series(dtype=float)), errors="coerce").dropna())
         table = rows.groupby(["arch", "eval_seq_len"])["accuracy"].mean().unstack("eval_seq_len")
         table.columns = [format_length(c) + ("*" if c in train else "") for c in table.columns]
+        table.index.name = None  # no "arch" line under the header
         lines.append(f"  accuracy, {title} (* = training length):")
         lines += ["    " + line for line in table.map(lambda v: f"{v:.2f}").to_string().splitlines()]
     return lines

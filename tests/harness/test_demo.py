@@ -37,6 +37,7 @@ def test_accuracy_lines_tabulate_by_evaluation_length_and_mark_training_length()
     assert "trained at 64" in lines[0]
     header = lines[1].split()
     assert header[:3] == ["64*", "128", "256"] and "512" not in header
+    assert lines[2].split()[0] in ("alibi", "rope")  # the rows follow the header directly
     rope = next(line for line in lines if line.strip().startswith("rope")).split()
     assert rope[1:] == ["1.00", "0.50", "0.00"]
 
