@@ -56,7 +56,8 @@ def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
     # An architecture's own training options (`arch.train`, e.g. Mamba's noise start state)
     # go over `train`: a multirun over architectures can then train each its own way.
     arch = dict(cfg.arch)
-    train = merge_over(cfg.train, arch.pop("train"), "arch.train")
+    overrides = arch.pop("train")  # None: an empty `train:` block
+    train = cfg.train if overrides is None else merge_over(cfg.train, overrides, "arch.train")
     return dataclasses.replace(cfg, arch=arch, train=train)
 
 

@@ -27,9 +27,12 @@ def _with_arch_train(raw, train):
     return raw
 
 
-def _schema(overrides, train=None):
+_UNSET = object()
+
+
+def _schema(overrides, train=_UNSET):
     raw = _compose("extrapolate", overrides)
-    if train is not None:
+    if train is not _UNSET:
         _with_arch_train(raw, train)
     return extrapolate._as_schema(raw)
 
@@ -42,6 +45,9 @@ def test_arch_train_goes_over_train_and_leaves_the_arch_node():
     assert split_arch(cfg.arch)[0] == "mamba"
     # idempotent: an already-merged config is returned as it is
     assert extrapolate._as_schema(cfg) is cfg
+    # an empty `train:` block in an arch file changes nothing
+    empty = _schema(["arch=mamba", "train.steps=400"], train=None)
+    assert empty.train == _schema(["arch=mamba", "train.steps=400"]).train and "train" not in empty.arch
 
 
 @pytest.mark.parametrize("train, match", [
