@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from harness.config import DTYPES, FIGURES, MATCH, MODES, BenchConfig, EvalConfig, ModelConfig
 
@@ -100,8 +101,11 @@ def merge_over(obj: Any, overrides: Any, where: str) -> Any:
                          f"{type(obj).__name__} (harness/config.py, harness/train.py)")
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(obj), overrides))
-    except Exception as exc:  # omegaconf's validation errors, the dataclass's ValueErrors
-        raise ValueError(f"{where}: {str(exc).splitlines()[0]}") from exc
+    except OmegaConfBaseException as exc:  # a wrong type: name the key
+        key = getattr(exc, "full_key", None)
+        raise ValueError(f"{where}.{key}: {exc.msg}" if key else f"{where}: {exc.msg}") from exc
+    except ValueError as exc:  # the dataclass's own checks (they name the field)
+        raise ValueError(f"{where}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- folders

@@ -14,7 +14,6 @@ lengths are skipped), a diverged training run a ``diverged`` row per length.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from archs import SequenceTooLongError
+from harness.arch_train import apply_arch_train, move_arch_train
 from harness.build import BuiltModel, build
 from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
                             validate_model)
@@ -35,7 +35,7 @@ from harness.cluster import prepare_launchers
 from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.checks import as_schema, check_writable_dir, code_fingerprint, merge_over
+from harness.checks import as_schema, check_writable_dir, code_fingerprint
 from harness.results import atomic_write, config_hash, load_rows_where, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
@@ -50,15 +50,10 @@ prepare_launchers()
 
 
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
+    if isinstance(cfg, DictConfig):
+        cfg = move_arch_train(cfg)  # before anything is resolved
     cfg = as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
-    if "train" not in cfg.arch:
-        return cfg
-    # An architecture's own training options (`arch.train`, e.g. Mamba's noise start state)
-    # go over `train`: a multirun over architectures can then train each its own way.
-    arch = dict(cfg.arch)
-    overrides = arch.pop("train")  # None: an empty `train:` block
-    train = cfg.train if overrides is None else merge_over(cfg.train, overrides, "arch.train")
-    return dataclasses.replace(cfg, arch=arch, train=train)
+    return apply_arch_train(cfg)
 
 
 class Experiment:

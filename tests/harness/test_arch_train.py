@@ -38,8 +38,8 @@ def _schema(overrides, train=_UNSET):
 
 
 def test_arch_train_goes_over_train_and_leaves_the_arch_node():
-    cfg = _schema(["arch=mamba", "train.steps=400", "train.lr=0.01"], train={"initial_state": "noise", "lr": 0.002})
-    assert cfg.train.initial_state == "noise" and cfg.train.lr == 0.002  # the arch's value wins
+    cfg = _schema(["arch=mamba", "train.steps=400"], train={"initial_state": "noise", "lr": 0.002})
+    assert cfg.train.initial_state == "noise" and cfg.train.lr == 0.002  # the arch's values
     assert cfg.train.steps == 400                                         # the rest is `train`'s
     assert "train" not in cfg.arch
     assert split_arch(cfg.arch)[0] == "mamba"
@@ -52,7 +52,8 @@ def test_arch_train_goes_over_train_and_leaves_the_arch_node():
 
 @pytest.mark.parametrize("train, match", [
     ({"initial_stat": "noise"}, r"arch\.train\.initial_stat \(did you mean arch\.train\.initial_state\?\)"),
-    ({"steps": "many"}, r"arch\.train"),
+    ({"steps": "many"}, r"arch\.train\.steps: .*'many'"),
+    ({"mixed_length": "sometimes"}, r"arch\.train\.mixed_length: "),
     ({"initial_state": "sideways"}, r"arch\.train.*initial_state must be one of"),
     ({"warmup_steps": 5000}, r"arch\.train.*warmup_steps must be in"),
     ("noise", r"arch\.train must be a mapping"),
@@ -60,6 +61,32 @@ def test_arch_train_goes_over_train_and_leaves_the_arch_node():
 def test_a_bad_arch_train_is_refused_naming_the_key(train, match):
     with pytest.raises(ValueError, match=match):
         _schema(["arch=mamba"], train=train)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["arch=induction/mamba_noise_state", "train.initial_state_scale=2.0"],
+     r"train\.initial_state_scale=2\.0 vs arch\.train\.initial_state_scale=1\.0"),
+    (["experiment=length_generalisation", "arch=induction/mamba_state_passing", "lengen=noise_state"],
+     r"train\.initial_state='noise' vs arch\.train\.initial_state='passed'"),
+])
+def test_a_train_value_the_arch_would_override_is_refused(overrides, match):
+    # set on the command line or by a lengen variant, it would be silently ignored
+    with pytest.raises(ValueError, match=match):
+        _schema(overrides)
+
+
+def test_the_same_value_in_both_places_is_no_conflict():
+    cfg = _schema(["experiment=length_generalisation", "arch=induction/mamba_noise_state", "lengen=noise_state"])
+    assert cfg.train.initial_state == "noise"
+    # and the way to change it
+    cfg = _schema(["arch=induction/mamba_noise_state", "arch.train.initial_state_scale=2.0"])
+    assert cfg.train.initial_state_scale == 2.0
+
+
+def test_interpolations_of_train_see_the_architectures_value():
+    # the learned position table is sized ${train.seq_len}: it must be the length trained at
+    cfg = _schema(["arch=transformer_learned", "train.steps=400"], train={"seq_len": 512})
+    assert cfg.train.seq_len == 512 and cfg.arch["max_seq_len"] == 512
 
 
 def test_arch_train_shapes_the_run_identity_and_the_rows(tmp_path):
