@@ -20,7 +20,7 @@ from harness.checks import to_container
 from harness.config import ModelConfig
 
 # Keys of an arch node that describe the run rather than the architecture: `train` holds
-# the architecture's own training options (harness.extrapolate merges them over `train`;
+# the architecture's own training options (harness/arch_train.py merges them over `train`;
 # a cost sweep, which trains nothing, ignores them).
 RESERVED = ("name", "label", "train")
 
