@@ -12,7 +12,6 @@ architecture's value would win and it would be silently ignored.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -21,8 +20,9 @@ from harness.checks import merge_over, to_container
 from harness.train import TrainConfig
 
 
-def merged_train(train: TrainConfig, overrides: Any) -> TrainConfig:
-    """``train`` with ``overrides`` (the ``arch.train`` mapping) over it, checked."""
+def _check(train: TrainConfig, overrides: Any) -> None:
+    """``overrides`` (the ``arch.train`` mapping) are valid train keys and values, and none
+    of them would silently replace a ``train.KEY`` that was set to something else."""
     merged = merge_over(train, overrides, "arch.train")
     default = TrainConfig()
     clash = [k for k in to_container(overrides)
@@ -34,16 +34,16 @@ def merged_train(train: TrainConfig, overrides: Any) -> TrainConfig:
                          f"place: `arch.train.{clash[0]}=...` on the command line, or an arch config without "
                          f"a `train:` block (arch files with one are variants of their own: do not combine "
                          f"them with a lengen= variant)")
-    return merged
 
 
-def move_arch_train(cfg: DictConfig) -> DictConfig:
-    """A copy of the composed config with ``arch.train`` moved into ``train`` before anything
-    else is resolved, so an interpolation of ``train.*`` elsewhere (a learned position table
-    sized ``${train.seq_len}``) sees the architecture's value."""
-    if "train" not in cfg.get("arch", {}):
+def move_arch_train(cfg: Any) -> Any:
+    """The config (composed, or an ExtrapolateConfig built in code) with ``arch.train`` moved
+    into ``train`` before anything else is resolved, so an interpolation of ``train.*``
+    elsewhere (a learned position table sized ``${train.seq_len}``) sees the architecture's
+    value. A config without ``arch.train`` is returned as it is."""
+    if "train" not in cfg.arch:
         return cfg
-    cfg = copy.deepcopy(cfg)
+    cfg = copy.deepcopy(cfg) if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     node = cfg.arch.train
     overrides = to_container(node)                                   # resolved: to check
     raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
@@ -51,19 +51,8 @@ def move_arch_train(cfg: DictConfig) -> DictConfig:
         cfg.arch.pop("train")
     if overrides is None:  # an empty `train:` block
         return cfg
-    merged_train(merge_over(TrainConfig(), to_container(cfg.train), "train"), overrides)
+    _check(merge_over(TrainConfig(), to_container(cfg.train), "train"), overrides)
     with open_dict(cfg):
         for key, value in raw.items():
             cfg.train[key] = value
     return cfg
-
-
-def apply_arch_train(cfg: Any) -> Any:
-    """An ExtrapolateConfig whose ``arch`` still holds ``train`` (one built in code) with it
-    merged into ``train``; any other config is returned as it is."""
-    if "train" not in cfg.arch:
-        return cfg
-    arch = dict(cfg.arch)
-    overrides = arch.pop("train")
-    train = cfg.train if overrides is None else merged_train(cfg.train, overrides)
-    return dataclasses.replace(cfg, arch=arch, train=train)

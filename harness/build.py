@@ -38,9 +38,8 @@ def split_arch(arch_node: Any) -> tuple[str, str, dict[str, Any]]:
     node = dict(to_container(arch_node))
     if "name" not in node:
         raise ValueError("the arch config needs `name:` (a registry key); see conf/arch/*.yaml")
-    name, label = node.pop("name"), node.pop("label", None)
-    node.pop("train", None)
-    return name, label or name, node
+    run = {key: node.pop(key) for key in RESERVED if key in node}
+    return run["name"], run.get("label") or run["name"], node
 
 
 def _drop_defaults(info: ArchInfo, kwargs: dict[str, Any]) -> dict[str, Any]:

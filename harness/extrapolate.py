@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from archs import SequenceTooLongError
-from harness.arch_train import apply_arch_train, move_arch_train
+from harness.arch_train import move_arch_train
 from harness.build import BuiltModel, build
 from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
                             validate_model)
@@ -50,10 +50,8 @@ prepare_launchers()
 
 
 def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
-    if isinstance(cfg, DictConfig):
-        cfg = move_arch_train(cfg)  # before anything is resolved
-    cfg = as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
-    return apply_arch_train(cfg)
+    cfg = move_arch_train(cfg)  # before anything is resolved
+    return as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
 
 
 class Experiment:

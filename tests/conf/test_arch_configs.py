@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 
 from archs import arch_info, mixer_letters
 from harness import cost, extrapolate
-from harness.build import build
+from harness.build import RESERVED as build_reserved, build
 
 from tests.paths import CONF  # noqa: E402
 ARCH = CONF / "arch"
-RESERVED = ("name", "label", "train", "defaults")
+RESERVED = (*build_reserved, "defaults")  # harness.build.RESERVED + Hydra's own key
 
 
 def _options(folder: Path) -> list[str]:

@@ -3,6 +3,8 @@ multirun over architectures can train each its own way (the demo: one Mamba with
 passing, attention - which has no recurrent state to pass on - as usual)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
@@ -45,6 +47,9 @@ def test_arch_train_goes_over_train_and_leaves_the_arch_node():
     assert split_arch(cfg.arch)[0] == "mamba"
     # idempotent: an already-merged config is returned as it is
     assert extrapolate._as_schema(cfg) is cfg
+    # an ExtrapolateConfig built in code takes arch.train the same way
+    built = extrapolate._as_schema(dataclasses.replace(cfg, arch={**cfg.arch, "train": {"batch_size": 16}}))
+    assert built.train.batch_size == 16 and built.train.initial_state == "noise" and "train" not in built.arch
     # an empty `train:` block in an arch file changes nothing
     empty = _schema(["arch=mamba", "train.steps=400"], train=None)
     assert empty.train == _schema(["arch=mamba", "train.steps=400"]).train and "train" not in empty.arch
