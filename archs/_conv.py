@@ -6,12 +6,20 @@ parallel form, prefill chunks and single decode steps alike (the one PyTorch ver
 two transposes each way; autograd through K shifted multiply-adds allocates and
 zero-fills a full-size gradient per tap. This Function does K fused multiply-adds per
 direction into one buffer, and carries the K-1 inputs before x (the decode / prefill
-conv state), so chunked evaluation equals one pass.
+conv state), so chunked evaluation equals one pass. ``causal_conv1d_cpu`` is the same
+conv (+ SiLU) as one C kernel (_conv.c) for the ``fused`` backends on a CPU.
 """
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from archs import _native
+from archs.precision import acc_dtype
 
 
 class _CausalConv(torch.autograd.Function):
@@ -57,3 +65,69 @@ def causal_conv1d_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None,
     out = _CausalConv.apply(ext, weight, bias)
     new_prefix = ext[:, ext.shape[1] - (taps - 1):].transpose(1, 2)  # (B, E, K-1)
     return out, new_prefix
+
+
+# -- the same conv + SiLU as one C kernel (_conv.c), for the `fused` backends on a CPU ------
+_SOURCE = Path(__file__).with_name("_conv.c")
+
+
+class ConvDims(ctypes.Structure):
+    """Mirror of ``conv_dims`` in _conv.c."""
+    _fields_ = [(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "taps", "silu", "nthreads")]
+
+
+def _library(dtype: torch.dtype) -> ctypes.CDLL:
+    lib = _native.load(_SOURCE, dtype)
+    if not getattr(lib, "_archbench_typed", False):
+        lib.conv_fwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 4
+        lib.conv_bwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 7
+        lib.conv_fwd.restype = lib.conv_bwd.restype = None
+        lib._archbench_typed = True
+    return lib
+
+
+class _CpuConv(torch.autograd.Function):
+    """ext (B, K-1+L, E) contiguous, wT (K, E), bias (E,) -> act(conv) (B, L, E)."""
+
+    @staticmethod
+    def forward(ctx, ext: Tensor, wT: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+        taps = wT.shape[0]
+        batch, seqlen, dim = ext.shape[0], ext.shape[1] - (taps - 1), ext.shape[2]
+        dims = ConvDims(batch, seqlen, dim, taps, int(silu), torch.get_num_threads())
+        out = ext.new_empty(batch, seqlen, dim)
+        p = _native.pointer
+        _library(ext.dtype).conv_fwd(ctypes.byref(dims), p(ext), p(wT), p(bias), p(out))
+        ctx.save_for_backward(ext, wT, bias)
+        ctx.dims = dims
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        ext, wT, bias = ctx.saved_tensors
+        g = g.contiguous()
+        g_ext = torch.empty_like(ext)
+        dw = ext.new_empty(ext.shape[0], *wT.shape)
+        db = ext.new_empty(ext.shape[0], wT.shape[1])
+        p = _native.pointer
+        _library(ext.dtype).conv_bwd(ctypes.byref(ctx.dims), p(ext), p(wT), p(bias), p(g),
+                                     p(g_ext), p(dw), p(db))
+        return g_ext, dw.sum(0), None if bias is None else db.sum(0), None
+
+
+def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None, prefix: Tensor | None,
+                      silu: bool = False) -> tuple[Tensor, Tensor]:
+    """``causal_conv1d_channels_last`` (then SiLU when ``silu``) as one C kernel on a CPU,
+    computed in float32 (float64 for float64 inputs); the output has x's dtype. Raises
+    ``archs._native.NativeKernelUnavailable`` where the kernel cannot be built."""
+    taps = weight.shape[1]
+    if taps > 16:
+        raise ValueError(f"the CPU conv kernel takes at most 16 taps (KMAX in _conv.c), got {taps}")
+    dtype = acc_dtype(x, weight)
+    if prefix is None:
+        prefix = x.new_zeros(x.shape[0], x.shape[2], taps - 1)
+    ext = torch.cat([prefix.transpose(1, 2).to(dtype), x.to(dtype)], dim=1)  # (B, K-1+L, E)
+    out = _CpuConv.apply(ext, weight.to(dtype).t().contiguous(),
+                         None if bias is None else bias.to(dtype), silu)
+    new_prefix = ext[:, ext.shape[1] - (taps - 1):].transpose(1, 2).to(x.dtype)  # (B, E, K-1)
+    return out.to(x.dtype), new_prefix

@@ -8,10 +8,13 @@ thing in every family (fla's layout: ``ref.py`` / ``chunked.py`` / ``fused.py``)
            Mamba / Mamba-2: the step-by-step recurrence);
   chunked  the blocked PyTorch form, exact vs ref and linear in L (Mamba's cache-blocked
            scan, the chunked SSD of linear attention / Mamba-2, sliding-window blocks);
-  fused    a fused kernel: PyTorch's own ``scaled_dot_product_attention`` for the
-           attention families (FlashAttention / memory-efficient / cuDNN on a GPU, a fused
-           C++ kernel on the CPU; it needs no optional package), ``torch.nn.LSTM`` (cuDNN
-           on a GPU), or an optional CUDA package (mamba_ssm, causal_conv1d, fla);
+  fused    a fused kernel for the device the input is on: PyTorch's own
+           ``scaled_dot_product_attention`` for the attention families (FlashAttention /
+           memory-efficient / cuDNN on a GPU, a fused C++ kernel on the CPU; it needs no
+           optional package), ``torch.nn.LSTM`` (cuDNN on a GPU), an optional CUDA package
+           (mamba_ssm, causal_conv1d, fla) on a GPU, or a C kernel of the project's own
+           compiled at first use on a CPU (Mamba-1's scan: ``archs/_native.py``); rows
+           record the device beside the backend;
   auto     the fastest that runs here, resolved per device (and, for sliding windows, per
            length); ``Mixer.resolved_backend`` reports the choice, recorded in every row.
 
@@ -146,12 +149,17 @@ def require_cuda(owner: str, *tensors: torch.Tensor | None) -> None:
 
 
 def resolve_auto(requested: str, device: torch.device | str | None,
-                 fused_available: Callable[[], bool]) -> str:
+                 fused_available: Callable[[], bool],
+                 cpu_fused_available: Callable[[], bool] | None = None) -> str:
     """What runs for a checked backend word: "auto" is the fused kernel on a CUDA device
-    when its package imports, else the chunked PyTorch form; any other word is itself."""
+    when its package imports, on a CPU when the family has a CPU kernel that builds here
+    (``cpu_fused_available``), else the chunked PyTorch form; any other word is itself."""
     if requested != AUTO:
         return requested
-    return FUSED if is_cuda(device) and fused_available() else CHUNKED
+    if is_cuda(device):
+        return FUSED if fused_available() else CHUNKED
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return FUSED if on_cpu and cpu_fused_available is not None and cpu_fused_available() else CHUNKED
 
 
 def resolve_backend(requested: str, *, allowed: tuple[str, ...], fallback: str,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from harness.allocator import keep_freed_memory
 from harness.tasks import Task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -142,11 +143,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
+def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
+    """torch's fused (single-kernel) Adam/AdamW runs on CPU and CUDA floating parameters;
+    it computes the same update as the per-parameter loop in a fraction of the launches."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                for p in params)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = _fused_ok(params)
     if cfg.optimizer == "adam":
         # Plain Adam over every parameter, no decay (TrainConfig refuses weight_decay != 0).
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
     # Decay only matrices of linear layers/convs; embeddings, norms and biases are exempt,
     # and so are SSM parameters marked `_no_weight_decay` (A_log, D, dt biases).
     decay, no_decay = [], []
@@ -157,7 +166,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         (no_decay if exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -282,6 +291,7 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
     """Train ``model`` on ``task``; ``eval_fn`` returns the accuracy used for early stopping."""
     device = torch.device(device)
     set_threads(cfg.threads)
+    keep_freed_memory()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.to(device).train()

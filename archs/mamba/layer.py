@@ -8,10 +8,10 @@ State Spaces", Fig. 3) as a sequence mixer:
     y = selective_scan(x, dt, A, B, C, D)  # h_t = exp(dt A) h_{t-1} + dt B x_t ; y = C h + D x
     out = out_proj(y * silu(z))
 
-Backends: "ref" (sequential loop, the truth), "chunked" (cache-blocked PyTorch scan,
-the CPU default), "fused" (mamba_ssm's CUDA scan; the fused mamba_inner_fn when
-causal_conv1d is installed too), "auto" (fused when mamba_ssm imports and the input is on
-CUDA, else chunked). The backend that runs is what ``resolved_backend`` reports; a
+Backends: "ref" (sequential loop, the truth), "chunked" (cache-blocked PyTorch scan),
+"fused" (on a GPU: mamba_ssm's CUDA scan, the fused mamba_inner_fn when causal_conv1d is
+installed too; on a CPU: the project's C kernel, fused_cpu.c, compiled at first use),
+"auto" (fused when the device's kernel is available, else chunked). The backend that runs is what ``resolved_backend`` reports; a
 requested backend that cannot run raises. prefill always takes the unfused path: mamba_ssm's
 kernel has no initial-state input, so fused.selective_scan_fused adds the carried state's
 contribution in PyTorch.
@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from archs._conv import causal_conv1d_channels_last
-from archs.backends import check_backend, resolve_auto, require_cuda
+from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
+from archs.backends import BackendUnavailableError, check_backend, resolve_auto
 from archs.blocks import sample_dt_bias
-from archs.mamba import fused
+from archs.mamba import fused, fused_cpu
 from archs.mamba.chunked import default_block_len, selective_scan_chunked_bld
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
 from archs.mixer import Mixer
@@ -81,8 +81,8 @@ class MambaMixer(Mixer):
     def __init__(self, d_model: int, **kwargs) -> None:
         super().__init__()
         cfg = self.config = MambaConfig(d_model=d_model, **kwargs)
-        if cfg.backend == "fused":
-            fused.require_mamba_ssm()  # fail at build time, not at the first forward
+        if cfg.backend == "fused" and not fused.mamba_ssm_available():
+            fused_cpu.require_cpu_kernel()  # fail at build time, not at the first forward
         self.backend = cfg.backend
         d_inner, n = cfg.d_inner, cfg.d_state
         self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=cfg.bias)
@@ -112,28 +112,47 @@ class MambaMixer(Mixer):
     # -- backend bookkeeping ---------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
         return resolve_auto(self.backend, self.param_device if device is None else device,
-                            fused.mamba_ssm_available)
+                            fused.mamba_ssm_available, fused_cpu.cpu_kernel_available)
 
     def tiles(self) -> dict[str, int]:
         c = self.config  # block_len=None: chosen from shapes (here for batch 1)
         return {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state), "conv": c.d_conv}
 
     def _backend_for(self, x: Tensor) -> str:
+        """The backend for input x; "fused" is "fused_cpu" on a CPU, "fused" (mamba_ssm) on
+        CUDA, and raises where neither can run."""
         backend = self.resolved_backend(x.device)
-        if backend == "fused":
-            require_cuda("Mamba", x)
-        return backend
+        if backend != "fused":
+            return backend
+        kernel = self._fused_kernel(x)
+        if kernel == "fused":
+            fused.require_mamba_ssm()
+        elif kernel == "fused_cpu":
+            fused_cpu.require_cpu_kernel()
+        else:
+            raise BackendUnavailableError(
+                f"Mamba: backend 'fused' has kernels for CUDA and the CPU, got '{x.device}'; "
+                f"use backend='chunked' (or 'auto')")
+        return kernel
+
+    @staticmethod
+    def _fused_kernel(x: Tensor) -> str:
+        """Which fused kernels serve ``x``'s device: mamba_ssm's on CUDA, fused_cpu.c's on a CPU
+        (both are the ``fused`` backend; rows tell them apart by their device)."""
+        return {"cuda": "fused", "cpu": "fused_cpu"}.get(x.device.type, x.device.type)
 
     @property
     def A(self) -> Tensor:
         return -torch.exp(up(self.A_log))  # (d_inner, N)
 
     # -- pieces shared by the three forms -----------------------------------------------
-    def _conv(self, x: Tensor, prefix: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _conv(self, x: Tensor, prefix: Tensor | None, backend: str) -> tuple[Tensor, Tensor]:
         """silu(causal depthwise conv) of x (B, L, E) continuing ``prefix`` (B, E, K-1)
         (None = fresh sequence); also returns the K-1 inputs a continuation needs."""
-        out, new_prefix = causal_conv1d_channels_last(x, self.conv1d.weight[:, 0, :],
-                                                      self.conv1d.bias, prefix)
+        weight = self.conv1d.weight[:, 0, :]
+        if backend == "fused_cpu":
+            return causal_conv1d_cpu(x, weight, self.conv1d.bias, prefix, silu=True)
+        out, new_prefix = causal_conv1d_channels_last(x, weight, self.conv1d.bias, prefix)
         return F.silu(out), new_prefix
 
     def _ssm_params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -148,9 +167,9 @@ class MambaMixer(Mixer):
         """Selective scan on channels-last (B, L, .) tensors with the chosen backend."""
         args = dict(D=up(self.D), delta_bias=up(self.dt_proj.bias),
                     delta_softplus=True, initial_state=h0, return_last_state=want_last)
-        if backend == "chunked":
-            res = selective_scan_chunked_bld(u, delta, self.A, B, C, z=z,
-                                             block_len=self.config.block_len, **args)
+        if backend in ("chunked", "fused_cpu"):
+            scan = selective_scan_chunked_bld if backend == "chunked" else fused_cpu.selective_scan_cpu_bld
+            res = scan(u, delta, self.A, B, C, z=z, block_len=self.config.block_len, **args)
         else:
             scan = selective_scan_ref if backend == "ref" else fused.selective_scan_fused
             res = scan(u.transpose(1, 2), delta.transpose(1, 2), self.A, B.transpose(1, 2),
@@ -173,7 +192,7 @@ class MambaMixer(Mixer):
                       ) -> tuple[Tensor, dict | None]:
         xz = self.in_proj(x)
         u, z = xz.chunk(2, dim=-1)  # (B, L, E) each
-        u, conv_state = self._conv(u, None if state is None else state["conv"])
+        u, conv_state = self._conv(u, None if state is None else state["conv"], backend)
         delta, B, C = self._ssm_params(u)
         h0 = None if state is None else state["ssm"]
         y, last = self._scan(backend, u, delta, B, C, z, h0, want_last=state is not None)
@@ -224,12 +243,12 @@ class MambaMixer(Mixer):
             u = fused.causal_conv1d_update_fused(u, conv_state, weight, self.conv1d.bias)
         else:
             # (B, E) -> (B, 1, E): the conv over a one-token sequence
-            u, conv_state = self._conv(u[:, None], conv_state)
+            u, conv_state = self._conv(u[:, None], conv_state, backend)
             u = u[:, 0]
         delta, B, C = self._ssm_params(u)
         ssm = state["ssm"].clone()
-        update = (fused.selective_state_update_fused if backend == "fused"
-                  else selective_state_update_ref)
+        update = {"fused": fused.selective_state_update_fused,
+                  "fused_cpu": fused_cpu.selective_state_update_cpu}.get(backend, selective_state_update_ref)
         y = update(ssm, u, delta, self.A, B, C, up(self.D), z=z,
                    dt_bias=up(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y.to(x_t.dtype)), {"conv": conv_state.contiguous(), "ssm": ssm}

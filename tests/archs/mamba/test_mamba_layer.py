@@ -14,7 +14,7 @@ from archs.mamba import (
     MambaMixer,
     mamba_ssm_available,
 )
-from archs.mamba import fused
+from archs.mamba import fused, fused_cpu
 
 ATOL, RTOL = 1e-5, 1e-4
 TINY = dict(d_state=4, d_conv=4, expand=2)
@@ -26,8 +26,10 @@ def tiny_mixer(backend: str = "chunked", seed: int = 0, **kw) -> MambaMixer:
     return MambaMixer(16, backend=backend, block_len=4, **{**TINY, **kw})
 
 
-@pytest.mark.parametrize("backend", ["ref", "chunked"])
+@pytest.mark.parametrize("backend", ["ref", "chunked", "fused"])
 def test_forward_equals_steps_and_chunked_prefill(backend: str) -> None:
+    if backend == "fused" and not fused_cpu.cpu_kernel_available():
+        pytest.skip("no C compiler: the CPU kernel cannot be built")
     m = tiny_mixer(backend)
     x = torch.randn(2, 13, 16)
     with torch.no_grad():
@@ -108,11 +110,14 @@ def test_bf16_module_runs_scan_in_fp32() -> None:
 
 
 # -- backend resolution and the guarded fast path --------------------------------------------
-def test_auto_resolves_to_chunked_on_cpu() -> None:
+def test_auto_on_cpu_is_the_cpu_kernel_else_chunked(monkeypatch) -> None:
     m = tiny_mixer("auto")
-    assert m.resolved_backend() == "chunked"
-    assert m.resolved_backend("cpu") == "chunked"
+    want = "fused" if fused_cpu.cpu_kernel_available() else "chunked"
+    assert m.resolved_backend() == want
+    assert m.resolved_backend("cpu") == want
     assert tiny_mixer("ref").resolved_backend("cpu") == "ref"
+    monkeypatch.setenv("ARCHBENCH_CPU_KERNELS", "0")
+    assert m.resolved_backend("cpu") == "chunked"
 
 
 def test_bad_config_raises() -> None:
@@ -125,9 +130,10 @@ def test_bad_config_raises() -> None:
 
 
 @no_mamba_ssm
-def test_fast_backend_without_mamba_ssm_raises_clear_error() -> None:
+def test_fast_backend_without_mamba_ssm_raises_clear_error(monkeypatch) -> None:
     assert not mamba_ssm_available()
-    with pytest.raises(FastKernelsUnavailable, match=r"pip install archbench\[gpu\]"):
+    monkeypatch.setenv("ARCHBENCH_CPU_KERNELS", "0")  # neither fused kernel can run
+    with pytest.raises(FastKernelsUnavailable, match=r"backend='chunked'"):
         tiny_mixer("fused")
     x = torch.randn(1, 4, 3)
     with pytest.raises(ImportError, match=r"archbench\[gpu\]"):
@@ -224,7 +230,9 @@ def fake_mamba_ssm(monkeypatch):
         "mamba_ssm": {}, "mamba_ssm.ops": {}, "mamba_ssm.ops.triton": {},
         "mamba_ssm.ops.selective_scan_interface": {"selective_scan_fn": selective_scan_ref},
         "mamba_ssm.ops.triton.selective_state_update": {"selective_state_update": selective_state_update_ref},
-        "causal_conv1d": None}, fused, archs.mamba.layer)
+        "causal_conv1d": None}, fused)
+    # CPU tensors take mamba_ssm's route here, not the CPU kernel's
+    monkeypatch.setattr(archs.mamba.layer.MambaMixer, "_fused_kernel", staticmethod(lambda x: "fused"))
     yield
     backends.optional_import.cache_clear()
 

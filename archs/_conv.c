@@ -1,0 +1,87 @@
+/* The short causal depthwise convolution of Mamba / Mamba-2, with its SiLU, as one CPU
+ * kernel (the PyTorch version in _conv.py is the reference it is tested against).
+ *
+ *     pre_t = bias + sum_k w[k] * ext[t + k]        ext = [K-1 inputs before x; x]
+ *     out_t = silu(pre_t)  (or pre_t when silu == 0)
+ *
+ * Why: in PyTorch this is K multiply-adds forward, 2K backward, a SiLU and its derivative
+ * over (B, L, E) tensors, about a sixth of a small Mamba model's training step in per-op
+ * overhead and memory passes. Here a task owns one vector of channels of one sequence and
+ * walks it: the K taps stay in registers, and the backward pass keeps the last K input
+ * gradients in a rolling window, so every element is read and written once.
+ *
+ * Layouts: ext, g_ext (batch, K-1+L, dim) and out, g (batch, L, dim) contiguous;
+ * wT (K, dim) = the weights transposed; partial sums the caller reduces over the batch:
+ * dw_part (batch, K, dim), db_part (batch, dim).
+ */
+#include "_native.h"
+
+#define KMAX 16
+
+typedef struct { int64_t batch, seqlen, dim, taps, silu, nthreads; } conv_dims;
+
+static inline vec act(vec pre, int64_t silu) { return silu ? pre * vsigmoid(pre) : pre; }
+
+void conv_fwd(const conv_dims* p, const real* ext, const real* wT, const real* bias, real* out) {
+    const int64_t E = p->dim, K = p->taps, L = p->seqlen, T = L + K - 1;
+    const int64_t per_batch = (E + VL - 1) / VL;
+#pragma omp parallel for num_threads(p->nthreads) schedule(static)
+    for (int64_t task = 0; task < p->batch * per_batch; task++) {
+        const int64_t b = task / per_batch, e0 = (task % per_batch) * VL;
+        const int64_t w = E - e0 < VL ? E - e0 : VL;
+        vec wk[KMAX];
+        for (int64_t k = 0; k < K; k++) wk[k] = vload(wT + k * E + e0, w);
+        const vec bv = bias ? vload(bias + e0, w) : splat(0);
+        const real* x = ext + b * T * E + e0;
+        real* o = out + b * L * E + e0;
+        for (int64_t t = 0; t < L; t++) {
+            vec pre = bv;
+            for (int64_t k = 0; k < K; k++) pre += wk[k] * vload(x + (t + k) * E, w);
+            vstore(o + t * E, act(pre, p->silu), w);
+        }
+    }
+}
+
+/* g_ext[s] = sum_k w[k] * gpre[s - k] over the valid t = s - k in [0, L): the gradients of the
+ * last K outputs wait in a rolling window `win` (win[t % K] = gpre_t). */
+void conv_bwd(const conv_dims* p, const real* ext, const real* wT, const real* bias,
+              const real* g, real* g_ext, real* dw_part, real* db_part) {
+    const int64_t E = p->dim, K = p->taps, L = p->seqlen, T = L + K - 1;
+    const int64_t per_batch = (E + VL - 1) / VL;
+#pragma omp parallel for num_threads(p->nthreads) schedule(static)
+    for (int64_t task = 0; task < p->batch * per_batch; task++) {
+        const int64_t b = task / per_batch, e0 = (task % per_batch) * VL;
+        const int64_t w = E - e0 < VL ? E - e0 : VL;
+        vec wk[KMAX], dw[KMAX], win[KMAX];
+        for (int64_t k = 0; k < K; k++) {
+            wk[k] = vload(wT + k * E + e0, w);
+            dw[k] = win[k] = splat(0);
+        }
+        const vec bv = bias ? vload(bias + e0, w) : splat(0);
+        vec db = splat(0);
+        const real* x = ext + b * T * E + e0;
+        const real* gb = g + b * L * E + e0;
+        real* gx = g_ext + b * T * E + e0;
+        for (int64_t s = 0; s < T; s++) {
+            if (s < L) { /* the output at t = s: its pre-activation gradient joins the window */
+                vec pre = bv;
+                for (int64_t k = 0; k < K; k++) pre += wk[k] * vload(x + (s + k) * E, w);
+                vec gp = vload(gb + s * E, w);
+                if (p->silu) {
+                    const vec sg = vsigmoid(pre);
+                    gp *= sg * (1 + pre * (1 - sg));
+                }
+                db += gp;
+                for (int64_t k = 0; k < K; k++) dw[k] += gp * vload(x + (s + k) * E, w);
+                win[s % K] = gp;
+            } else {
+                win[s % K] = splat(0);
+            }
+            vec acc = splat(0); /* input s fed outputs t = s - k, k = 0..K-1 */
+            for (int64_t k = 0; k < K && k <= s; k++) acc += wk[k] * win[(s - k) % K];
+            vstore(gx + s * E, acc, w);
+        }
+        for (int64_t k = 0; k < K; k++) vstore(dw_part + (b * K + k) * E + e0, dw[k], w);
+        vstore(db_part + b * E + e0, db, w);
+    }
+}

@@ -1,0 +1,86 @@
+/* Shared pieces of archbench's CPU kernels (archs/_native.py compiles each kernel with
+ * this folder on the include path; the header is part of every build's cache key).
+ *
+ * REAL is float or double (-DREAL=..., REAL_IS_DOUBLE=1 for double). A `vec` is 64 bytes of
+ * REAL (16 floats or 8 doubles) through GCC/clang vector extensions - no intrinsics, so the
+ * same source builds on any x86-64 or ARM CPU; the compiler splits a 64-byte vector into
+ * the widths the CPU has. */
+#ifndef ARCHBENCH_NATIVE_H
+#define ARCHBENCH_NATIVE_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+typedef REAL real;
+
+#define VBYTES 64
+#define VL ((int64_t)(VBYTES / sizeof(real)))
+typedef real vec __attribute__((vector_size(VBYTES)));
+typedef real vec_u __attribute__((vector_size(VBYTES), aligned(sizeof(real)), may_alias));
+
+/* -- vectors ---------------------------------------------------------------------------- */
+static inline vec splat(real x) { return (vec){0} + x; }
+
+/* w lanes from p (w < VL at the edge of a group: the rest reads as 0) */
+static inline vec vload(const real* p, int64_t w) {
+    if (w == VL) return *(const vec_u*)p;
+    vec v = {0};
+    for (int64_t i = 0; i < w; i++) v[i] = p[i];
+    return v;
+}
+
+static inline void vstore(real* p, vec v, int64_t w) {
+    if (w == VL) { *(vec_u*)p = v; return; }
+    for (int64_t i = 0; i < w; i++) p[i] = v[i];
+}
+
+static inline real hsum(vec v) {
+    real s = 0;
+    for (int64_t i = 0; i < VL; i++) s += v[i];
+    return s;
+}
+
+#if REAL_IS_DOUBLE
+static inline vec vexp(vec x) {
+    vec r;
+    for (int64_t i = 0; i < VL; i++) r[i] = exp(x[i]);
+    return r;
+}
+#else
+typedef int32_t ivec __attribute__((vector_size(VBYTES)));
+
+/* exp for 16 floats at once: x = k ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for e^r
+ * (Cephes' expf coefficients, ~1 ulp), 2^k through the exponent bits. Clamped to the normal
+ * range (so exp(-inf) is 1e-38, not 0); NaN lanes stay NaN. Round-to-nearest by adding and
+ * subtracting 1.5 * 2^23 (no -ffast-math anywhere, so the compiler keeps both). */
+/* lane-wise `mask ? a : b`, mask lanes all-ones or zero (C has no vector ?:) */
+static inline vec vselect(ivec mask, vec a, vec b) { return (vec)((mask & (ivec)a) | (~mask & (ivec)b)); }
+
+static inline vec vexp(vec x) {
+    const vec lo = splat(-87.0f), hi = splat(88.0f), shifter = splat(12582912.0f);
+    vec c = vselect(x > lo, x, lo); /* max / min instructions; NaN becomes -87 here ... */
+    c = vselect(c < hi, c, hi);
+    vec k = (c * 1.44269504088896341f + shifter) - shifter;
+    vec r = c - k * 0.693359375f;
+    r = r + k * 2.12194440e-4f;
+    vec p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    ivec e = (__builtin_convertvector(k, ivec) + 127) << 23;
+    vec out = p * (vec)e;
+    return vselect(x == x, out, x); /* ... and NaN again here */
+}
+#endif
+
+static inline vec vsigmoid(vec x) { return 1 / (1 + vexp(-x)); }
+
+#endif

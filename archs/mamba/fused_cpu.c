@@ -1,0 +1,275 @@
+/* The Mamba-1 selective scan, forward and backward, as one CPU kernel.
+ *
+ * Same recurrence as ref.py (per channel d and state entry n):
+ *     a_t = exp(dt_t * A[d,n])
+ *     h_t = a_t * h_{t-1} + dt_t * u_t * B_t[n]
+ *     y_t = sum_n C_t[n] * h_t + D[d] * u_t ;   out_t = y_t * silu(z_t)
+ * dt arrives after softplus(delta + bias): that part stays in PyTorch autograd.
+ *
+ * Why a kernel: at the sizes of the small-model studies (d_inner 128, N 16, L 256) the
+ * PyTorch forms spend their time in per-op overhead and in moving (L, B, N, D) tensors
+ * through memory. Here one task owns VL channels (one SIMD vector: 16 floats in 64 bytes)
+ * of one sequence and walks the whole sequence: its N state vectors stay in registers
+ * (for N = 16, the Mamba default; in L1 otherwise), the decay is computed in registers by a
+ * polynomial exp and never stored, and nothing of size L x N leaves the core.
+ *
+ * The backward pass runs the adjoint recurrence from the end,
+ *     g_t = C_t * gy_t + a_{t+1} * g_{t+1}      (g_{L-1} also gets the last state's grad)
+ * chunk by chunk: the forward pass saved the state entering every CHUNK-step chunk, and the
+ * backward recomputes that chunk's states and decays into a small buffer before walking it
+ * backwards. Memory is O(L / CHUNK) states, never O(L) of them. dB and dC sum over the
+ * channels sharing B and C: each task reduces its vector's lanes (a transpose-add tree for
+ * 16 state entries at once) and writes one partial per task, summed by the caller.
+ *
+ * Compiled twice by archs/_native.py, with REAL = float and REAL = double (where VL = 8 and
+ * exp is libm's, for float64 checks). GCC or clang (vector extensions; no intrinsics, so any
+ * x86-64 or ARM CPU: a 64-byte vector is split into the widths the CPU has).
+ * Layouts (element strides given in `scan_dims`, innermost dimension contiguous):
+ *     u, dt, z, out, gout : (batch, seqlen, dim)      At : (dstate, dim) = A transposed
+ *     Bm, Cm              : (batch, seqlen, groups, dstate); channel d uses group d / (dim / groups)
+ *     h0, last, glast, dh0: (batch, dim, dstate)      ckpt : (batch, n_chunks, dstate, dim)
+ */
+#include "_native.h"
+
+#define NMAX 256 /* largest d_state (the state lives in a stack array of NMAX vectors) */
+
+typedef struct {
+    int64_t batch, seqlen, dim, dstate, groups, chunk;
+    int64_t s_u[2], s_dt[2], s_z[2], s_B[2], s_C[2], s_out[2]; /* (batch, time) strides */
+    int64_t nthreads;
+} scan_dims;
+
+/* Horizontal sums of 16 vectors of 16 lanes, as one vector: lane i = sum of v[i]'s lanes.
+ * Four rounds of pairwise shuffles and adds (45 operations instead of 16 x 15). */
+#if !REAL_IS_DOUBLE
+#if defined(__clang__)
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (ivec){__VA_ARGS__})
+#endif
+static inline vec hsum16x16(const vec* v) {
+    vec w[8], x[4], y[2];
+    for (int i = 0; i < 8; i++)
+        w[i] = SHUF(v[2 * i], v[2 * i + 1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+             + SHUF(v[2 * i], v[2 * i + 1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    for (int i = 0; i < 4; i++)
+        x[i] = SHUF(w[2 * i], w[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+             + SHUF(w[2 * i], w[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    for (int i = 0; i < 2; i++)
+        y[i] = SHUF(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+             + SHUF(x[2 * i], x[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    return SHUF(y[0], y[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+         + SHUF(y[0], y[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+#endif
+
+/* sums[n] = sum of v[n]'s lanes, n < N */
+static inline void hsums(const vec* v, int64_t N, real* sums) {
+    int64_t n = 0;
+#if !REAL_IS_DOUBLE
+    for (; n + 16 <= N; n += 16) *(vec_u*)(sums + n) = hsum16x16(v + n);
+#endif
+    for (; n < N; n++) sums[n] = hsum(v[n]);
+}
+
+/* -- tiles: one task = one sequence b and the VL channels [d0, d0 + width) of group g ----- */
+typedef struct { int64_t b, g, j, d0, width; } tile;
+
+static int64_t tiles_per_group(const scan_dims* p) {
+    return (p->dim / p->groups + VL - 1) / VL;
+}
+
+static tile tile_of(const scan_dims* p, int64_t task) {
+    int64_t per_group = p->dim / p->groups, blocks = tiles_per_group(p);
+    tile t;
+    t.b = task / (p->groups * blocks);
+    t.g = (task / blocks) % p->groups;
+    t.j = task % blocks;
+    t.d0 = t.g * per_group + t.j * VL;
+    int64_t end = (t.g + 1) * per_group;
+    t.width = end - t.d0 < VL ? end - t.d0 : VL;
+    return t;
+}
+
+static int64_t n_tasks(const scan_dims* p) { return p->batch * p->groups * tiles_per_group(p); }
+static int64_t n_chunks(const scan_dims* p) { return (p->seqlen + p->chunk - 1) / p->chunk; }
+
+/* h[n] lane d <-> state[b, d0 + d, n] (the (B, dim, dstate) layout of the public API) */
+static void load_state(const scan_dims* p, const real* state, tile t, vec* h) {
+    for (int64_t n = 0; n < p->dstate; n++) {
+        h[n] = splat(0);
+        if (state)
+            for (int64_t d = 0; d < t.width; d++) h[n][d] = state[(t.b * p->dim + t.d0 + d) * p->dstate + n];
+    }
+}
+
+static void store_state(const scan_dims* p, real* state, tile t, const vec* h) {
+    for (int64_t n = 0; n < p->dstate; n++)
+        for (int64_t d = 0; d < t.width; d++) state[(t.b * p->dim + t.d0 + d) * p->dstate + n] = h[n][d];
+}
+
+static inline real* ckpt_at(const scan_dims* p, real* ckpt, tile t, int64_t c, int64_t n) {
+    return ckpt + ((t.b * n_chunks(p) + c) * p->dstate + n) * p->dim + t.d0;
+}
+
+/* per-step inputs of a tile */
+#define AT(ptr, S, s) ((ptr) + t.b * p->S[0] + (s) * p->S[1])
+
+/* -- forward ------------------------------------------------------------------------------ */
+/* N is a compile-time 16 in the common case (the caller dispatches), so the n loops unroll
+ * and h[] lives in registers. */
+static inline __attribute__((always_inline)) void fwd_task(
+        const scan_dims* p, tile t, const int64_t N, const real* u, const real* dt,
+        const real* At, const real* Bm, const real* Cm, const real* D, const real* z,
+        const real* h0, real* out, real* last, real* ckpt) {
+    const int64_t w = t.width, K = p->chunk;
+    vec h[N], A[N]; /* a fixed 16 after inlining: registers */
+    load_state(p, h0, t, h);
+    for (int64_t n = 0; n < N; n++) A[n] = vload(At + n * p->dim + t.d0, w);
+    const vec Dv = D ? vload(D + t.d0, w) : splat(0);
+    for (int64_t s = 0; s < p->seqlen; s++) {
+        if (ckpt && s % K == 0)
+            for (int64_t n = 0; n < N; n++) vstore(ckpt_at(p, ckpt, t, s / K, n), h[n], w);
+        const vec uv = vload(AT(u, s_u, s) + t.d0, w), dtv = vload(AT(dt, s_dt, s) + t.d0, w);
+        const real* Bt = AT(Bm, s_B, s) + t.g * N;
+        const real* Ct = AT(Cm, s_C, s) + t.g * N;
+        const vec dtu = dtv * uv;
+        vec y = Dv * uv;
+#pragma GCC unroll 16
+        for (int64_t n = 0; n < N; n++) {
+            h[n] = vexp(dtv * A[n]) * h[n] + dtu * Bt[n];
+            y += Ct[n] * h[n];
+        }
+        if (z) {
+            const vec zv = vload(AT(z, s_z, s) + t.d0, w);
+            y *= zv * vsigmoid(zv);
+        }
+        vstore(AT(out, s_out, s) + t.d0, y, w);
+    }
+    if (last) store_state(p, last, t, h);
+}
+
+void scan_fwd(const scan_dims* p, const real* u, const real* dt, const real* At,
+              const real* Bm, const real* Cm, const real* D, const real* z, const real* h0,
+              real* out, real* last, real* ckpt) {
+#pragma omp parallel for num_threads(p->nthreads) schedule(static)
+    for (int64_t task = 0; task < n_tasks(p); task++) {
+        tile t = tile_of(p, task);
+        if (p->dstate == 16)
+            fwd_task(p, t, 16, u, dt, At, Bm, Cm, D, z, h0, out, last, ckpt);
+        else
+            fwd_task(p, t, p->dstate, u, dt, At, Bm, Cm, D, z, h0, out, last, ckpt);
+    }
+}
+
+/* -- backward ----------------------------------------------------------------------------- */
+typedef struct { vec *hs, *as, *ys, *gA, *sB, *sC; } bwd_buffers;
+
+static inline __attribute__((always_inline)) void bwd_task(
+        const scan_dims* p, tile t, const int64_t N, bwd_buffers buf, const real* u,
+        const real* dt, const real* At, const real* Bm, const real* Cm, const real* D,
+        const real* z, real* ckpt, const real* gout, const real* glast, real* du, real* ddt,
+        real* dz, real* dAt_part, real* dD_part, real* dB_part, real* dC_part, real* dh0) {
+    const int64_t w = t.width, K = p->chunk, L = p->seqlen, E = p->dim, G = p->groups;
+    vec carry[N], A[N]; /* carry = a_{s+1} g_{s+1}: the adjoint flowing backwards */
+    vec *hs = buf.hs, *as = buf.as, *ys = buf.ys, *gA = buf.gA, *sB = buf.sB, *sC = buf.sC;
+    load_state(p, glast, t, carry);
+    for (int64_t n = 0; n < N; n++) {
+        A[n] = vload(At + n * E + t.d0, w);
+        gA[n] = splat(0);
+    }
+    const vec Dv = D ? vload(D + t.d0, w) : splat(0);
+    vec gD = splat(0);
+    real sums[NMAX];
+    for (int64_t c = n_chunks(p) - 1; c >= 0; c--) {
+        const int64_t s0 = c * K, steps = L - s0 < K ? L - s0 : K;
+        for (int64_t n = 0; n < N; n++) hs[n] = vload(ckpt_at(p, ckpt, t, c, n), w);
+        for (int64_t k = 0; k < steps; k++) { /* recompute the chunk: hs[k+1] = h_s, as[k] = a_s */
+            const int64_t s = s0 + k;
+            const vec uv = vload(AT(u, s_u, s) + t.d0, w), dtv = vload(AT(dt, s_dt, s) + t.d0, w);
+            const real* Bt = AT(Bm, s_B, s) + t.g * N;
+            const real* Ct = AT(Cm, s_C, s) + t.g * N;
+            const vec dtu = dtv * uv;
+            vec y = splat(0);
+#pragma GCC unroll 16
+            for (int64_t n = 0; n < N; n++) {
+                vec a = vexp(dtv * A[n]);
+                vec hv = a * hs[k * N + n] + dtu * Bt[n];
+                as[k * N + n] = a;
+                hs[(k + 1) * N + n] = hv;
+                y += Ct[n] * hv;
+            }
+            ys[k] = y;
+        }
+        for (int64_t k = steps - 1; k >= 0; k--) { /* the adjoint, backwards */
+            const int64_t s = s0 + k, row = (t.b * L + s) * E + t.d0;
+            const vec uv = vload(AT(u, s_u, s) + t.d0, w), dtv = vload(AT(dt, s_dt, s) + t.d0, w);
+            const vec go = vload(AT(gout, s_out, s) + t.d0, w);
+            const real* Bt = AT(Bm, s_B, s) + t.g * N;
+            const real* Ct = AT(Cm, s_C, s) + t.g * N;
+            vec gy = go;
+            if (z) { /* out = v * silu(z), v = <C, h> + D u */
+                const vec zv = vload(AT(z, s_z, s) + t.d0, w), sg = vsigmoid(zv);
+                gy = go * zv * sg;
+                vstore(dz + row, go * (ys[k] + Dv * uv) * sg * (1 + zv * (1 - sg)), w);
+            }
+            gD += gy * uv;
+            const vec dtu = dtv * uv;
+            vec gu = gy * Dv, gdt = splat(0);
+#pragma GCC unroll 16
+            for (int64_t n = 0; n < N; n++) {
+                const vec a = as[k * N + n];
+                const vec g = gy * Ct[n] + carry[n]; /* dL/dh_s */
+                const vec ga = g * hs[k * N + n] * a; /* dL/d(dt A) through the decay */
+                sC[n] = gy * hs[(k + 1) * N + n];
+                sB[n] = g * dtu;
+                gu += g * dtv * Bt[n];
+                gdt += g * uv * Bt[n] + ga * A[n];
+                gA[n] += ga * dtv;
+                carry[n] = a * g;
+            }
+            vstore(du + row, gu, w);
+            vstore(ddt + row, gdt, w);
+            /* B and C are shared by the group's channels: one partial sum per tile */
+            const int64_t bc = ((t.j * p->batch + t.b) * L + s) * G * N + t.g * N;
+            hsums(sB, N, sums);
+            memcpy(dB_part + bc, sums, sizeof(real) * N);
+            hsums(sC, N, sums);
+            memcpy(dC_part + bc, sums, sizeof(real) * N);
+        }
+    }
+    store_state(p, dh0, t, carry);
+    for (int64_t n = 0; n < N; n++) vstore(dAt_part + (t.b * N + n) * E + t.d0, gA[n], w);
+    if (dD_part) vstore(dD_part + t.b * E + t.d0, gD, w);
+}
+
+/* Gradients. du, ddt, dz: (batch, seqlen, dim) contiguous. Partial sums the caller reduces:
+ * dAt_part (batch, dstate, dim) and dD_part (batch, dim) over sequences; dB_part and
+ * dC_part (tiles_per_group, batch, seqlen, groups, dstate) over a group's channel tiles. */
+void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
+              const real* Bm, const real* Cm, const real* D, const real* z, const real* ckpt,
+              const real* gout, const real* glast, real* du, real* ddt, real* dz,
+              real* dAt_part, real* dD_part, real* dB_part, real* dC_part, real* dh0) {
+    const int64_t N = p->dstate, K = p->chunk;
+#pragma omp parallel num_threads(p->nthreads)
+    {
+        bwd_buffers buf; /* per thread: the chunk's states, decays, readouts; accumulators */
+        buf.hs = aligned_alloc(VBYTES, sizeof(vec) * (K + 1) * N);
+        buf.as = aligned_alloc(VBYTES, sizeof(vec) * K * N);
+        buf.ys = aligned_alloc(VBYTES, sizeof(vec) * K);
+        buf.gA = aligned_alloc(VBYTES, sizeof(vec) * N);
+        buf.sB = aligned_alloc(VBYTES, sizeof(vec) * N);
+        buf.sC = aligned_alloc(VBYTES, sizeof(vec) * N);
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < n_tasks(p); task++) {
+            tile t = tile_of(p, task);
+            if (N == 16)
+                bwd_task(p, t, 16, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, du,
+                         ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0);
+            else
+                bwd_task(p, t, N, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, du,
+                         ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0);
+        }
+        free(buf.hs); free(buf.as); free(buf.ys); free(buf.gA); free(buf.sB); free(buf.sC);
+    }
+}

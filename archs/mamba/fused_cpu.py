@@ -1,0 +1,186 @@
+"""Mamba-1's ``fused`` backend on a CPU: the selective scan as one C kernel (fused_cpu.c).
+
+Same signatures and results as ``ref.selective_scan_ref`` / ``chunked.selective_scan_chunked_bld``;
+built at first use by ``archs._native`` (float32 and float64), and unavailable - with the
+reason - where no C compiler exists, in which case ``backend="auto"`` runs the chunked
+PyTorch scan instead and records it. What the kernel fuses: the decay exp(dt A), the
+recurrence, the C readout, the D skip and the SiLU(z) gate, forward and backward, with the
+state tile in L1 and no (L, B, N, D) tensor anywhere; softplus(delta + bias) stays in
+PyTorch autograd (it is (B, L, D), a 1/N share of the work).
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from archs import _native
+from archs.backends import BackendUnavailableError
+from archs.mamba.ref import check_scan_inputs
+from archs.precision import acc_dtype
+
+SOURCE = Path(__file__).with_name("fused_cpu.c")
+# Steps between the states the forward pass keeps for the backward (which recomputes the
+# rest): memory is L / CHUNK states; at 16 a chunk's recomputed states and decays (2 x 16
+# steps x N vectors of 64 bytes, 32 KiB at N = 16) stay in L1.
+CHUNK = 16
+VECTOR_BYTES = 64  # VBYTES in fused_cpu.c: a task owns this many bytes' worth of channels
+
+
+class ScanDims(ctypes.Structure):
+    """Mirror of ``scan_dims`` in fused_cpu.c (sizes, then (batch, time) element strides)."""
+    _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "dstate", "groups", "chunk")]
+                + [(f"s_{n}", ctypes.c_int64 * 2) for n in ("u", "dt", "z", "B", "C", "out")]
+                + [("nthreads", ctypes.c_int64)])
+
+
+def _library(dtype: torch.dtype) -> ctypes.CDLL:
+    try:
+        lib = _native.load(SOURCE, dtype)
+    except _native.NativeKernelUnavailable as exc:
+        raise BackendUnavailableError(
+            f"Mamba: backend 'fused' on a CPU runs a C kernel that cannot be built here: {exc}. "
+            f"Use backend='chunked' (or 'auto', which records what it ran)") from None
+    if not getattr(lib, "_archbench_typed", False):
+        lib.scan_fwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 11
+        lib.scan_bwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 18
+        lib.scan_fwd.restype = lib.scan_bwd.restype = None
+        lib._archbench_typed = True
+    return lib
+
+
+def cpu_kernel_available() -> bool:
+    """True when the float32 kernel builds and loads on this machine."""
+    return _native.unavailable_reason(SOURCE) is None
+
+
+def require_cpu_kernel() -> None:
+    _library(torch.float32)
+
+
+def _strides(t: Tensor | None) -> tuple[int, int]:
+    return (0, 0) if t is None else (t.stride(0), t.stride(1))
+
+
+def _inner_contiguous(t: Tensor | None, dims: int = 1) -> Tensor | None:
+    """``t`` with its last ``dims`` dimensions packed (a copy only when they are not)."""
+    if t is None:
+        return None
+    packed = t[(0,) * (t.dim() - dims)].is_contiguous() if t.numel() else True
+    return t if packed else t.contiguous()
+
+
+class _CpuScan(torch.autograd.Function):
+    """u, dt, z (B, L, E); At (N, E); Bm, Cm (B, L, G, N); D (E,); h0 (B, E, N).
+    Returns out (B, L, E) and the last state (B, E, N)."""
+
+    @staticmethod
+    def forward(ctx, u, dt, At, Bm, Cm, D, z, h0, chunk):
+        batch, seqlen, dim = u.shape
+        groups, dstate = Bm.shape[2], Bm.shape[3]
+        out = u.new_empty(batch, seqlen, dim)
+        last = u.new_empty(batch, dim, dstate)
+        dims = ScanDims(batch, seqlen, dim, dstate, groups, chunk, _strides(u), _strides(dt),
+                        _strides(z), _strides(Bm), _strides(Cm), _strides(out),
+                        torch.get_num_threads())
+        save = any(ctx.needs_input_grad)
+        ckpt = u.new_empty(batch, -(-seqlen // chunk), dstate, dim) if save else None
+        p = _native.pointer
+        _library(u.dtype).scan_fwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D),
+                                   p(z), p(h0), p(out), p(last), p(ckpt))
+        if save:
+            ctx.save_for_backward(u, dt, At, Bm, Cm, D, z, ckpt)
+        ctx.dims = dims
+        return out, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_last):
+        u, dt, At, Bm, Cm, D, z, ckpt = ctx.saved_tensors
+        dims = ctx.dims
+        batch, seqlen, dim = u.shape
+        groups, dstate = Bm.shape[2], Bm.shape[3]
+        g_out = g_out.contiguous()  # same strides as `out`, a fresh contiguous tensor
+        tiles = -(-(dim // groups) // (VECTOR_BYTES // u.element_size()))  # tasks per group
+        du, ddt = torch.empty_like(g_out), torch.empty_like(g_out)
+        dz = torch.empty_like(g_out) if z is not None else None
+        dAt = u.new_empty(batch, dstate, dim)
+        dD = u.new_empty(batch, dim) if D is not None else None
+        dB = u.new_empty(tiles, batch, seqlen, groups, dstate)
+        dC = torch.empty_like(dB)
+        dh0 = u.new_empty(batch, dim, dstate)
+        p = _native.pointer
+        g_last = None if g_last is None else g_last.contiguous()
+        _library(u.dtype).scan_bwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D),
+                                   p(z), p(ckpt), p(g_out), p(g_last), p(du), p(ddt), p(dz),
+                                   p(dAt), p(dD), p(dB), p(dC), p(dh0))
+        return (du, ddt, dAt.sum(0), dB.sum(0), dC.sum(0), None if dD is None else dD.sum(0),
+                dz, dh0 if ctx.needs_input_grad[7] else None, None)
+
+
+def _grouped(BC: Tensor) -> Tensor:
+    """(B, L, N) or (B, L, G, N) -> (B, L, G, N) with (G, N) packed."""
+    return _inner_contiguous(BC.unsqueeze(2) if BC.dim() == 3 else BC, dims=2)
+
+
+def selective_scan_cpu_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None = None, z: Tensor | None = None,
+                           delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                           initial_state: Tensor | None = None, return_last_state: bool = False,
+                           block_len: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """The scan in the channels-last layout a layer produces: u, delta, z (B, L, D);
+    B, C (B, L, N) or grouped (B, L, G, N); out (B, L, D) in u's dtype; the last state
+    (B, D, N) in float32 (float64 for float64 inputs). ``block_len``: steps between the
+    states kept for the backward pass (speed and memory only; default CHUNK)."""
+    check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
+                      C.movedim(1, -1), D, None if z is None else z.transpose(1, 2),
+                      delta_bias, initial_state)
+    if u.shape[1] == 0:
+        raise ValueError("the selective scan needs seqlen >= 1")
+    if u.device.type != "cpu":
+        raise BackendUnavailableError(f"Mamba: the CPU kernel got a tensor on '{u.device}'")
+    dtype = acc_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+
+    def cast(t: Tensor | None, dims: int = 1) -> Tensor | None:
+        return _inner_contiguous(None if t is None else t.to(dtype), dims)
+
+    dt = delta.to(dtype) if delta_bias is None else delta.to(dtype) + delta_bias.to(dtype)
+    dt = F.softplus(dt) if delta_softplus else dt
+    h0 = None if initial_state is None else initial_state.to(dtype).contiguous()
+    out, last = _CpuScan.apply(cast(u), _inner_contiguous(dt), A.to(dtype).t().contiguous(),
+                               _grouped(B.to(dtype)), _grouped(C.to(dtype)), cast(D), cast(z),
+                               h0, block_len or CHUNK)
+    out = out.to(u.dtype)
+    return (out, last) if return_last_state else out
+
+
+def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                       D: Tensor | None = None, z: Tensor | None = None,
+                       delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                       initial_state: Tensor | None = None, return_last_state: bool = False,
+                       block_len: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """``selective_scan_ref``'s signature and layout: u, delta, z (B, D, L); B, C (B, N, L)."""
+    res = selective_scan_cpu_bld(
+        u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(-1, 1), C.movedim(-1, 1), D,
+        None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, initial_state,
+        return_last_state, block_len)
+    if return_last_state:
+        return res[0].transpose(1, 2), res[1]
+    return res.transpose(1, 2)
+
+
+def selective_state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
+                               C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+                               dt_bias: Tensor | None = None, dt_softplus: bool = False) -> Tensor:
+    """One decode step with ``selective_state_update_ref``'s semantics (``state`` (B, D, N)
+    updated IN PLACE): the kernel's scan over a single step from ``state``."""
+    out, last = selective_scan_cpu_bld(
+        x[:, None], dt[:, None], A, B[:, None], C[:, None], D,
+        None if z is None else z[:, None], dt_bias, dt_softplus, initial_state=state,
+        return_last_state=True)
+    state.copy_(last)
+    return out[:, 0]
