@@ -82,13 +82,19 @@ class Experiment:
 
     def _eval_fn(self):
         gen = torch.Generator().manual_seed(self.cfg.eval.seed + 1)
-        return lambda: evaluate(self.model, self.task, self.cfg.train.seq_len, n_sequences=64,
-                                batch_size=self.cfg.train.batch_size, generator=gen, amp=self.amp,
-                                device=self.device)["accuracy"]
+
+        def early_stop_accuracy() -> float:
+            return evaluate(self.model, self.task, self.cfg.train.seq_len, n_sequences=64,
+                            batch_size=self.cfg.train.batch_size, generator=gen, amp=self.amp,
+                            device=self.device)["accuracy"]
+        early_stop_accuracy.generator = gen  # part of a resume snapshot
+        return early_stop_accuracy
 
     def trained(self) -> TrainResult:
         ckpt = self._checkpoint()
         summary = ckpt.with_suffix(".json") if ckpt else None
+        if ckpt and self.cfg.force:
+            self._resume_path().unlink(missing_ok=True)  # force=true trains from step 0
         if ckpt and ckpt.exists() and summary.exists() and not self.cfg.force:
             load_checkpoint(self.model, ckpt)  # a truncated file: an error naming it and force=true
             self.model.to(self.device)
@@ -96,8 +102,10 @@ class Experiment:
             return TrainResult(**json.loads(summary.read_text()))
         start = time.perf_counter()
         try:
+            # a run stopped by a time limit or a signal continues from its snapshot
             result = train(self.model, self.task, self.cfg.train, self.device,
-                           eval_fn=self._eval_fn(), progress=self.cfg.progress)
+                           eval_fn=self._eval_fn(), progress=self.cfg.progress,
+                           resume_path=self._resume_path(), resume_identity=self.train_key)
         except Exception as exc:  # noqa: BLE001 - a training OOM / error becomes rows, not a crash
             status, reason = classify_exception(exc)
             free_memory(exc)
@@ -110,7 +118,14 @@ class Experiment:
             # a long run learned - or that it never left chance - is half of a study's answer
             atomic_write(ckpt.with_suffix(".history.csv"), pd.DataFrame(result.history).to_csv(index=False))
             atomic_write(summary, json.dumps(result.summary()))
+        if ckpt:
+            self._resume_path().unlink(missing_ok=True)  # the checkpoint holds the result now
         return result
+
+    def _resume_path(self) -> Path | None:
+        """The resume snapshot beside the checkpoint (none without a checkpoint_dir)."""
+        ckpt = self._checkpoint()
+        return ckpt.with_suffix(".resume.pt") if ckpt else None
 
     # -- evaluation --------------------------------------------------------------------------
     def settings(self, eval_len: int, distance: int | None = None) -> dict[str, Any]:

@@ -88,11 +88,17 @@ def stop_signals_raise() -> Iterator[None]:
 
 def exit_on_terminate(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; a ``Terminated`` becomes ``SystemExit(128 + signum)`` (non-zero, and
-    not caught by launchers that keep going after a failed job)."""
+    not caught by launchers that keep going after a failed job) - after the signal is handed
+    to the handler that was there before the sweep's, if that one is Python code: submitit's
+    requeues a SLURM job array task cut by its time limit or preempted (SIGUSR2), and the
+    requeued task resumes (points by key, a training from its resume snapshot)."""
     try:
         return fn()
     except Terminated as stop:
         log.error("stopped by %s; rows written so far are kept, the rest stay unclaimed", stop.name)
+        handler = signal.getsignal(stop.signum)
+        if callable(handler):
+            handler(stop.signum, None)  # may requeue the job and exit itself
         raise SystemExit(128 + stop.signum) from None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -21,7 +22,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.allocator import keep_freed_memory
+from harness.resume import hold_stop_signals, load_snapshot, restore_rng, rng_states, save_snapshot
 from harness.tasks import Task
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -58,6 +62,8 @@ class TrainConfig:
                                        # starts (Buitrago Ruiz & Gu 2025); see train_initial_state()
     initial_state_scale: float = 1.0   # noise: every float tensor of the state ~ scale * N(0, 1)
     threads: int | None = None         # torch CPU threads (None: torch's default); pin runs with 1
+    snapshot_every_s: float = 300.0    # resumable runs: seconds between resume snapshots (0 = only
+                                       # when stopped by a signal); see harness/resume.py
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "seq_len"):
@@ -83,13 +89,16 @@ class TrainConfig:
             raise ValueError(f"train.initial_state_scale must be > 0, got {self.initial_state_scale}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"train.threads must be >= 1 or null (torch's default), got {self.threads}")
+        if self.snapshot_every_s < 0:
+            raise ValueError(f"train.snapshot_every_s must be >= 0 (0: only on a stop signal), "
+                             f"got {self.snapshot_every_s}")
 
 
 # TrainConfig fields added after results were committed: left out of a run's identity
 # (checkpoint and result keys) while at these defaults, so earlier keys stay valid.
-# `threads` never shapes the weights and is always left out.
+# `threads` and `snapshot_every_s` never shape the weights and are always left out.
 _LATER_FIELDS = {"optimizer": "adamw", "initial_state": "zero", "initial_state_scale": 1.0}
-_NOT_IDENTITY = ("threads",)
+_NOT_IDENTITY = ("threads", "snapshot_every_s")
 
 
 def identity_settings(settings: dict) -> dict:
@@ -287,8 +296,14 @@ def set_threads(threads: int | None) -> None:
 
 
 def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device | str = "cpu",
-          *, eval_fn: Callable[[], float] | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` on ``task``; ``eval_fn`` returns the accuracy used for early stopping."""
+          *, eval_fn: Callable[[], float] | None = None, progress: bool = True,
+          resume_path: str | os.PathLike | None = None, resume_identity: str = "") -> TrainResult:
+    """Train ``model`` on ``task``; ``eval_fn`` returns the accuracy used for early stopping
+    (its ``generator`` attribute, if any, is part of a resume snapshot).
+
+    ``resume_path``: keep a resume snapshot there and continue from it when it exists and
+    its identity is ``resume_identity`` (harness/resume.py); the caller deletes it once the
+    final weights are saved. A finished run's snapshot returns its result at once."""
     device = torch.device(device)
     set_threads(cfg.threads)
     keep_freed_memory()
@@ -299,53 +314,138 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     states = None if cfg.initial_state == "zero" else InitialStates(model, cfg, device)
-    result, first_loss, start = TrainResult(), None, time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"train {getattr(model, 'arch_name', '')}", disable=not progress,
+    run = _Run(model, opt, scaler, gen, states, eval_fn, resume_path, resume_identity)
+    if run.restore(device) and run.finished:
+        model.eval()
+        return run.result
+    result = run.result
+    bar = tqdm(range(run.start_step, cfg.steps), initial=run.start_step, total=cfg.steps,
+               desc=f"train {getattr(model, 'arch_name', '')}", disable=not progress,
                dynamic_ncols=True, leave=False)
-    for step in bar:
-        seq_len = cfg.seq_len
-        if cfg.mixed_length:
-            seq_len = int(torch.randint(task.min_len(), cfg.seq_len + 1, (1,), generator=gen))
-        batch = task.sample(cfg.batch_size, seq_len, gen).to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        if states is None:
-            total, loss = _loss(model, batch.inputs, batch.targets, amp, device, cfg.aux_loss_weight)
-        else:
-            total, loss = states.loss(batch.inputs, batch.targets, amp, cfg.aux_loss_weight)
-        value = loss.item()
-        first_loss = value if first_loss is None else first_loss
-        if not math.isfinite(value) or value > cfg.diverge_factor * max(first_loss, 1.0):
-            result.status, result.reason = "diverged", f"loss {value:.4g} at step {step}"
-            break
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        result.steps_done, result.final_loss = step + 1, value
-        result.tokens_seen += batch.inputs.numel()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            elapsed = time.perf_counter() - start
-            result.history.append({"step": step, "loss": value, "lr": lr_at(step, cfg)})
-            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{result.tokens_seen / max(elapsed, 1e-9):.0f}")
-        if eval_fn and cfg.eval_every and cfg.target_acc is not None and (step + 1) % cfg.eval_every == 0:
-            model.eval()
-            acc = eval_fn()
-            model.train()
-            result.history.append({"step": step, "eval_acc": acc})
-            if acc >= cfg.target_acc:
-                result.early_stopped, result.stop_reason = True, "target accuracy"
+    try:
+        for step in bar:
+            # a stop signal waits for the end of the step: snapshots sit at step boundaries
+            with hold_stop_signals():
+                stop = _train_step(step, run, task, cfg, device, amp, bar)
+            if stop:
                 break
-        if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
-            result.early_stopped, result.stop_reason = True, "time budget"
-            break
-    bar.close()
+            run.maybe_snapshot(cfg.snapshot_every_s)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # a stop signal or Ctrl-C: keep the progress
+            run.snapshot()
+        raise
+    finally:
+        bar.close()
     model.eval()
-    result.wall_s = time.perf_counter() - start
+    result.wall_s = run.elapsed()
+    run.snapshot(finished=True)
     return result
+
+
+def _train_step(step: int, run: "_Run", task: Task, cfg: TrainConfig, device: torch.device,
+                amp: torch.dtype | None, bar) -> bool:
+    """One optimisation step (and the checks after it); True when training should stop."""
+    model, opt, result = run.model, run.opt, run.result
+    seq_len = cfg.seq_len
+    if cfg.mixed_length:
+        seq_len = int(torch.randint(task.min_len(), cfg.seq_len + 1, (1,), generator=run.gen))
+    batch = task.sample(cfg.batch_size, seq_len, run.gen).to(device)
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    if run.states is None:
+        total, loss = _loss(model, batch.inputs, batch.targets, amp, device, cfg.aux_loss_weight)
+    else:
+        total, loss = run.states.loss(batch.inputs, batch.targets, amp, cfg.aux_loss_weight)
+    value = loss.item()
+    run.first_loss = value if run.first_loss is None else run.first_loss
+    if not math.isfinite(value) or value > cfg.diverge_factor * max(run.first_loss, 1.0):
+        result.status, result.reason = "diverged", f"loss {value:.4g} at step {step}"
+        return True
+    opt.zero_grad(set_to_none=True)
+    run.scaler.scale(total).backward()
+    if cfg.grad_clip > 0:
+        run.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    run.scaler.step(opt)
+    run.scaler.update()
+    result.steps_done, result.final_loss = step + 1, value
+    result.tokens_seen += batch.inputs.numel()
+    if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        result.history.append({"step": step, "loss": value, "lr": lr_at(step, cfg)})
+        bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{result.tokens_seen / max(run.elapsed(), 1e-9):.0f}")
+    if run.eval_fn and cfg.eval_every and cfg.target_acc is not None and (step + 1) % cfg.eval_every == 0:
+        model.eval()
+        acc = run.eval_fn()
+        model.train()
+        result.history.append({"step": step, "eval_acc": acc})
+        if acc >= cfg.target_acc:
+            result.early_stopped, result.stop_reason = True, "target accuracy"
+            return True
+    if cfg.time_budget_s is not None and run.elapsed() > cfg.time_budget_s:
+        result.early_stopped, result.stop_reason = True, "time budget"
+        return True
+    return False
+
+
+def _tensors(state) -> list[torch.Tensor] | None:
+    """A nested decode state's tensors in map_state's order (a snapshot stores no classes)."""
+    if state is None:
+        return None
+    found: list[torch.Tensor] = []
+    map_state(lambda t: found.append(t) or t, state)
+    return found
+
+
+class _Run:
+    """A training run's mutable state and its resume snapshots (harness/resume.py)."""
+
+    def __init__(self, model, opt, scaler, gen, states, eval_fn, resume_path, identity) -> None:
+        self.model, self.opt, self.scaler, self.gen, self.states = model, opt, scaler, gen, states
+        self.eval_fn = eval_fn
+        self.path = Path(resume_path) if resume_path else None
+        self.identity = identity
+        self.rngs = {"initial_state": states.gen if states else None,
+                     "eval": getattr(eval_fn, "generator", None)}
+        self.result, self.first_loss = TrainResult(), None
+        self.start_step, self.prior_wall, self.finished = 0, 0.0, False
+        self.started = self.last_snapshot = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall seconds of training, earlier sessions of a resumed run included."""
+        return self.prior_wall + time.perf_counter() - self.started
+
+    def restore(self, device: torch.device) -> bool:
+        snap = load_snapshot(self.path, self.identity)
+        if snap is None:
+            return False
+        self.model.load_state_dict(snap["model"])
+        self.opt.load_state_dict(snap["optimizer"])
+        self.scaler.load_state_dict(snap["scaler"])
+        restore_rng(snap["rng"], self.gen, self.rngs)
+        if self.states is not None and snap["carried"] is not None:
+            # the passed state, rebuilt in the model's own state structure from its tensors
+            leaves = iter(snap["carried"])
+            template = self.model.init_state(snap["carried"][0].shape[0], device=device)
+            self.states.carried = map_state(lambda t: next(leaves).to(device, t.dtype), template)
+        self.result = TrainResult(**snap["result"])
+        self.first_loss, self.start_step = snap["first_loss"], snap["step"]
+        self.prior_wall, self.finished = snap["wall_s"], snap.get("finished", False)
+        log.info("resumed %s at step %d of %s", self.path, self.start_step,
+                 "a finished run" if self.finished else "an interrupted run")
+        return True
+
+    def snapshot(self, finished: bool = False) -> None:
+        if self.path is None:
+            return
+        save_snapshot(self.path, self.identity, step=self.result.steps_done, model=self.model,
+                      optimizer=self.opt, scaler=self.scaler, rng=rng_states(self.gen, self.rngs),
+                      carried=_tensors(self.states.carried if self.states else None), result=self.result,
+                      first_loss=self.first_loss, wall_s=self.elapsed(), finished=finished)
+        self.last_snapshot = time.perf_counter()
+
+    def maybe_snapshot(self, every_s: float) -> None:
+        if every_s and time.perf_counter() - self.last_snapshot > every_s:
+            self.snapshot()
 
 
 # --- checkpoints: weights only, loaded without unpickling arbitrary objects ---------------

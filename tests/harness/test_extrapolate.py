@@ -2,6 +2,7 @@
 resume, bad task parameters, multirun over seeds, and the plots it feeds."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -167,3 +168,30 @@ def test_multirun_over_seeds_then_plot(tmp_path):
     from harness.plot import plot_extrapolation
     files = plot_extrapolation(df, tmp_path / "plots")
     assert files and all(Path(f).stat().st_size > 1000 for f in files)
+
+
+def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkeypatch):
+    """SIGTERM mid-training (a SLURM time limit): the re-run continues from the snapshot beside
+    the checkpoint and ends with the weights of an uninterrupted run; the snapshot is gone."""
+    from harness.sweep import Terminated
+    from tests.harness.test_resume import SignalAt
+
+    overrides = ["train.steps=8", "train.eval_every=0", "arch=mamba", "eval.seq_lens=[32]"]
+    _run(tmp_path / "whole", overrides)
+    real_get_task = extrapolate.get_task
+
+    def signalling_task(**kw):  # the same task object (its code is the checkpoint's identity)
+        task = real_get_task(**kw)
+        task.sample = SignalAt(copy.copy(task), 5).sample
+        return task
+    monkeypatch.setattr(extrapolate, "get_task", signalling_task)
+    with pytest.raises(Terminated):
+        _run(tmp_path / "cut", overrides)
+    assert list((tmp_path / "cut" / "ckpt").glob("*.resume.pt"))
+    monkeypatch.setattr(extrapolate, "get_task", real_get_task)
+    rows = _run(tmp_path / "cut", overrides)
+    assert (rows.status == "ok").all() and (rows.train_steps == 8).all()
+    assert not list((tmp_path / "cut" / "ckpt").glob("*.resume.pt"))
+    (whole,), (cut,) = ((tmp_path / d / "ckpt").glob("*[0-9a-f].pt") for d in ("whole", "cut"))
+    for (name, a), b in zip(torch.load(whole).items(), torch.load(cut).values()):
+        assert torch.equal(a, b), name
