@@ -14,25 +14,39 @@ import time
 import torch
 
 from archs import SequenceTooLongError
-from harness.tasks import Scores, Task, score_logits
+from harness.tasks import Scores, Task
+from harness.tasks.base import combine_chunks, score_parts
 from harness.timing import current_deadline
 from harness.train import autocast
 
 
 @torch.no_grad()
-def logits_for(model, inputs: torch.Tensor, chunk_len: int | None, amp=None) -> torch.Tensor:
-    """(B, L) -> (B, L, V), in one pass or in chunks of ``chunk_len`` carrying state."""
+def chunk_logits(model, inputs: torch.Tensor, chunk_len: int | None, amp=None):
+    """Yield (start, logits (B, l, V)) over ``inputs`` (B, L): one pass, or chunks of
+    ``chunk_len`` carrying the decode state - only one chunk's logits exist at a time."""
     device = inputs.device
     if not chunk_len or inputs.shape[1] <= chunk_len:
         with autocast(device, amp):
-            return model(inputs).float()
+            yield 0, model(inputs).float()
+        return
     state = model.init_state(inputs.shape[0])
-    outs = []
     for start in range(0, inputs.shape[1], chunk_len):
         with autocast(device, amp):
             logits, state = model.prefill(inputs[:, start:start + chunk_len], state)
-        outs.append(logits.float())
-    return torch.cat(outs, dim=1)
+        yield start, logits.float()
+
+
+def logits_for(model, inputs: torch.Tensor, chunk_len: int | None, amp=None) -> torch.Tensor:
+    """(B, L) -> (B, L, V), in one pass or in chunks of ``chunk_len`` carrying state."""
+    return torch.cat([logits for _, logits in chunk_logits(model, inputs, chunk_len, amp)], dim=1)
+
+
+def scores_for(model, inputs: torch.Tensor, targets: torch.Tensor, chunk_len: int | None,
+               amp=None) -> Scores:
+    """The scores of ``inputs`` against ``targets``, chunk by chunk: memory stays one chunk's
+    logits plus the state at any length (2^20 tokens x 64 sequences would be GBs of logits)."""
+    return combine_chunks([score_parts(logits, targets[:, start:start + logits.shape[1]])
+                           for start, logits in chunk_logits(model, inputs, chunk_len, amp)])
 
 
 @torch.no_grad()
@@ -64,7 +78,7 @@ def evaluate(model, task: Task, seq_len: int, *, n_sequences: int, batch_size: i
         b = min(batch_size, n_sequences - done)
         batch = task.sample(b, seq_len, generator, split="eval").to(device)
         for inputs, targets in zip(batch.inputs.split(micro_batch or b), batch.targets.split(micro_batch or b)):
-            scores = scores + score_logits(logits_for(model, inputs, chunk_len, amp), targets)
+            scores = scores + scores_for(model, inputs, targets, chunk_len, amp)
         done += b
     metrics = task.metrics(scores)
     out = {"loss": metrics["loss"], "accuracy": metrics.get("acc", math.nan),

@@ -78,11 +78,10 @@ class Scores:
 
 
 @torch.no_grad()
-def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> Scores:
-    """Scores of logits (B, L, V) against targets (B, L): loss and argmax accuracy.
-
-    Only positions whose target is not IGNORE_INDEX count.
-    """
+def score_parts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[Scores, torch.Tensor, torch.Tensor]:
+    """Position sums of logits (B, L, V) against targets (B, L), and per sequence whether it
+    has a scored position and whether every one is right (B,), so the scores of a sequence
+    seen in several chunks combine exactly (``combine_chunks``)."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}: "
@@ -92,15 +91,26 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> Scores:
     # Cross-entropy only where scored: long evaluations score a handful of positions.
     loss_sum = F.cross_entropy(logits[scored].float(), targets[scored], reduction="sum")
     correct = (logits.argmax(dim=-1) == targets) & scored
-    has_scored = scored.any(dim=-1)
-    seq_correct = (correct | ~scored).all(dim=-1) & has_scored
-    return Scores(
-        loss_sum=float(loss_sum),
-        n_scored=int(scored.sum()),
-        n_correct=int(correct.sum()),
-        n_seq=int(has_scored.sum()),
-        n_seq_correct=int(seq_correct.sum()),
-    )
+    sums = Scores(loss_sum=float(loss_sum), n_scored=int(scored.sum()), n_correct=int(correct.sum()))
+    return sums, scored.any(dim=-1), (correct | ~scored).all(dim=-1)
+
+
+def combine_chunks(parts: list[tuple[Scores, torch.Tensor, torch.Tensor]]) -> Scores:
+    """The Scores of sequences whose positions were scored in several chunks."""
+    sums = sum((p[0] for p in parts), Scores())
+    has_scored = torch.stack([p[1] for p in parts]).any(dim=0)
+    all_right = torch.stack([p[2] for p in parts]).all(dim=0)
+    return dataclasses.replace(sums, n_seq=int(has_scored.sum()),
+                               n_seq_correct=int((all_right & has_scored).sum()))
+
+
+@torch.no_grad()
+def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> Scores:
+    """Scores of logits (B, L, V) against targets (B, L): loss and argmax accuracy.
+
+    Only positions whose target is not IGNORE_INDEX count.
+    """
+    return combine_chunks([score_parts(logits, targets)])
 
 
 class Task(ABC):

@@ -116,3 +116,21 @@ def test_time_budget_stops_training_with_a_reason():
                                             time_budget_s=0.3), progress=False)
     assert result.status == "ok" and result.early_stopped and result.stop_reason == "time budget"
     assert result.steps_done < 10_000
+
+
+def test_chunked_scores_equal_one_pass_scores_per_sequence():
+    """Scoring chunk by chunk (constant memory at 2^20 tokens) counts each sequence once:
+    sequence accuracy needs every scored position of the sequence, across chunks."""
+    from harness.evaluate import scores_for
+    from harness.tasks import score_logits
+
+    task = get_task("copy", alphabet=6)
+    model = create_arch("lstm", vocab_size=task.vocab_size, d_model=16, n_layers=1)
+    batch = task.sample(5, 40, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = score_logits(model(batch.inputs), batch.targets)
+    for chunk in (7, 16, 40):
+        got = scores_for(model, batch.inputs, batch.targets, chunk)
+        assert (got.n_scored, got.n_correct, got.n_seq, got.n_seq_correct) == \
+            (whole.n_scored, whole.n_correct, whole.n_seq, whole.n_seq_correct)
+        assert abs(got.loss_sum - whole.loss_sum) < 1e-3
