@@ -1,0 +1,171 @@
+"""Training throughput of the small models the studies train, against the machine's peak.
+
+    python benchmarks/train_throughput.py                         # every preset x arch
+    python benchmarks/train_throughput.py --presets induction_paper --archs mamba --profile
+    python benchmarks/train_throughput.py --code-root /path/to/old/checkout --label before
+
+Each case composes the extrapolation app's config exactly as a study does (``experiment=``,
+``arch=`` and the preset's overrides), builds the model and task through
+``harness.extrapolate.Experiment`` and times ``harness.train.train`` itself - the real loop:
+sampling, forward, backward, clipping, the optimizer - in wall-clock seconds over enough
+steps for ``--min-time`` seconds, ``--repeats`` times (the median is reported). Beside it,
+in the same run and on the same threads, the machine's measured peak: a large fp32 matmul.
+A row: steps/s, tokens/s, the step's FLOPs (the model's analytic forward FLOPs x 3 for
+forward + backward, the usual 6·N·T convention plus each mixer's own sequence FLOPs) and
+the achieved GFLOP/s with its fraction of that peak, the backend that ran, the CPU, torch,
+the threads and the commit of the code measured (``--code-root`` measures another
+checkout with this script, e.g. the code before a change, so before and after come from one
+run on one machine). ``--profile`` writes the top of a torch.profiler table for each case.
+
+Rows go to the result store (``--out``, one file per case; ``python -m harness.collect``).
+Compare ratios within one run: absolute numbers move with the CPU model and the load.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# preset -> (experiment, overrides): the small models of the studies and the demo
+PRESETS = {
+    "induction_paper": ("induction_paper", ["model.d_model=64"]),                 # batch 8, L 256
+    "induction_b32": ("induction_extrapolation", ["train.mixed_length=false"]),   # batch 32, L 256
+    "demo": ("demo_extrapolation", []),                                           # batch 32, L 64
+    "lm_d128": ("induction_extrapolation", ["task=lm", "model=cpu_1m", "model.match=width",
+                                            "model.d_model=128", "train.batch_size=16",
+                                            "train.mixed_length=false", "model.vocab_size=null"]),
+}
+ARCHS = {"mamba": "induction/mamba", "mamba2": "induction/mamba2",
+         "transformer": "induction/transformer_rope", "linear_attention": "induction/linear_attention",
+         "lstm": "induction/lstm", "jamba": "induction/jamba"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
+    p.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(ARCHS))
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the studies pin 1)")
+    p.add_argument("--min-time", type=float, default=3.0, help="seconds of training per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--code-root", type=Path, default=ROOT,
+                   help="the checkout whose archs/ and harness/ are measured (default: this one)")
+    p.add_argument("--label", default="", help="a name for the code measured (e.g. before, after)")
+    p.add_argument("--profile", action="store_true", help="also write a profile table per case")
+    p.add_argument("--out", type=Path, default=ROOT / "results/cpu/benchmarks/train_throughput")
+    return p.parse_args(argv)
+
+
+def compose(code_root: Path, preset: str, arch: str, threads: int):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    experiment, overrides = PRESETS[preset]
+    with initialize_config_dir(config_dir=str(code_root / "conf"), version_base="1.3"):
+        return hydra_compose("extrapolate", overrides=[
+            f"experiment={experiment}", f"arch={ARCHS[arch]}", *overrides, "progress=false",
+            f"train.threads={threads}", "train.eval_every=0", "train.time_budget_s=null",
+            "checkpoint_dir=null", f"results_dir={code_root / 'results/local/bench_unused'}"])
+
+
+def peak_gflops() -> float:
+    """A 2048^3 fp32 matmul on the current threads: what the BLAS reaches on this CPU."""
+    import torch
+    from torch.utils.benchmark import Timer
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    t = Timer("torch.mm(a, b)", globals=dict(torch=torch, a=a, b=b),
+              num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=2.0)
+    return 2 * 2048 ** 3 / t.median / 1e9
+
+
+def time_training(exp, steps_hint: int, args) -> tuple[list[float], int]:
+    """Steps/s of ``repeats`` runs of harness.train.train, each about --min-time seconds."""
+    import dataclasses
+
+    from harness.train import train
+
+    base = exp.cfg.train
+
+    def run(steps: int) -> float:
+        cfg = dataclasses.replace(base, steps=steps, warmup_steps=min(base.warmup_steps, steps))
+        start = time.perf_counter()
+        train(exp.model, exp.task, cfg, exp.device, progress=False)
+        return time.perf_counter() - start
+
+    run(3)  # warm-up: first calls, kernel builds, allocator
+    per_step = run(steps_hint) / steps_hint
+    steps = max(steps_hint, int(args.min_time / per_step))
+    return [steps / run(steps) for _ in range(args.repeats)], steps
+
+
+def profile_case(exp, out: Path) -> None:
+    import dataclasses
+
+    from torch.profiler import profile
+
+    from harness.train import train
+
+    cfg = dataclasses.replace(exp.cfg.train, steps=20, warmup_steps=0)
+    with profile() as prof:
+        train(exp.model, exp.task, cfg, exp.device, progress=False)
+    out.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    sys.path.insert(0, str(args.code_root.resolve()))
+    import torch
+
+    from harness.env import environment
+    from harness.extrapolate import Experiment, _as_schema
+    from harness.results import ResultStore, store_case_row
+
+    torch.set_num_threads(args.threads)
+    env = environment()
+    peak = peak_gflops()
+    print(f"peak (2048^3 fp32 matmul, {args.threads} thread(s)): {peak:.1f} GFLOP/s on {env['cpu']}")
+    store, rows = ResultStore(args.out), []
+    for preset in args.presets:
+        for arch in args.archs:
+            exp = Experiment(_as_schema(compose(args.code_root, preset, arch, args.threads)))
+            tc = exp.cfg.train
+            rates, steps = time_training(exp, 5, args)
+            sps = statistics.median(rates)
+            flops = 3 * exp.model.analytic_flops(tc.batch_size, tc.seq_len)
+            row = dict(preset=preset, impl=arch, label=args.label, d_model=exp.model.cfg.d_model,
+                       n_layers=exp.model.cfg.n_layers, batch=tc.batch_size, seq_len=tc.seq_len,
+                       params=exp.model.num_params(), backend_used=exp.model.backends(exp.device),
+                       steps_per_s=sps, steps_per_s_runs=rates, steps_timed=steps,
+                       tokens_per_s=sps * tc.batch_size * tc.seq_len, gflop_per_step=flops / 1e9,
+                       gflops=sps * flops / 1e9, peak_gflops=peak, fraction_of_peak=sps * flops / 1e9 / peak,
+                       threads=args.threads, cpu_model=env["cpu"], torch_version=env["torch"],
+                       code_commit=env["git_commit"], code_dirty=env["git_dirty"],
+                       python=platform.python_version(), status="ok")
+            store_case_row(store, row, identity=("preset", "impl", "label", "batch", "seq_len", "d_model",
+                                                 "cpu_model", "threads", "code_commit"),
+                           name=("preset", "impl", "label"), experiment="bench_train_throughput",
+                           arch=arch, backend=row["backend_used"], mode="train_step",
+                           time_ms=1e3 / sps, device=env["cpu"])
+            rows.append(row)
+            print(f"{preset:16s} {arch:17s} {row['backend_used']:14s} {sps:8.2f} steps/s "
+                  f"{row['tokens_per_s']:9.0f} tok/s {row['gflops']:6.1f} GFLOP/s "
+                  f"({100 * row['fraction_of_peak']:.1f}% of peak)", flush=True)
+            if args.profile:
+                name = f"profile_{preset}_{arch}{'_' + args.label if args.label else ''}.txt"
+                profile_case(exp, args.out / name)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    run(args)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
