@@ -240,6 +240,9 @@ def validate_bench(b: BenchConfig | DictConfig) -> None:
         _fail("bench.min_repeats/min_run_time/time_budget_s", "must be positive")
 
 
+DISTANCE_AT = ("every_length", "shortest")
+
+
 def validate_eval(e: EvalConfig | DictConfig) -> None:
     if not e.seq_lens or any(n <= 0 for n in e.seq_lens):
         _fail("eval.seq_lens", f"must be a non-empty list of positive lengths, got {list(e.seq_lens)}")
@@ -254,6 +257,8 @@ def validate_eval(e: EvalConfig | DictConfig) -> None:
               f"got {list(e.trigger_distances)}")
     if e.cpu_memory_limit_gb is not None and e.cpu_memory_limit_gb <= 0:
         _fail("eval.cpu_memory_limit_gb", f"must be positive or null, got {e.cpu_memory_limit_gb}")
+    if e.distance_at not in DISTANCE_AT:
+        _fail("eval.distance_at", f"must be one of {list(DISTANCE_AT)}, got {e.distance_at!r}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -108,6 +108,10 @@ class EvalConfig:
     trigger_distances: Optional[List[int]] = None  # also evaluate with the trigger this many tokens
                                                # before the query (Task.at_distance): one row per
                                                # (length, distance) with a trigger_distance column
+    distance_at: str = "every_length"          # every_length: each distance at every length that
+                                               # holds it; shortest: only at the shortest one (with
+                                               # d = 2^k - 1, the trigger at the start of a 2^k-token
+                                               # sequence: the Mamba paper's reproduction's evaluation)
 
 
 @dataclass

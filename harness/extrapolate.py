@@ -207,10 +207,12 @@ class Experiment:
         for distance in [None, *(self.cfg.eval.trigger_distances or [])]:
             task = self.task if distance is None else self.task.at_distance(distance)
             at = "" if distance is None else f" d={distance}"
+            lengths = [n for n in sorted(set(self.cfg.eval.seq_lens)) if n >= task.min_len()]
+            if distance is not None and self.cfg.eval.distance_at == "shortest":
+                lengths = lengths[:1]
             points += [Point(self.key(n, distance), group=f"eval{at}",
                              info={"eval_seq_len": n, "distance": distance},
-                             desc=f"L={n}{at}", at=f"eval_seq_len={n}")
-                       for n in sorted(set(self.cfg.eval.seq_lens)) if n >= task.min_len()]
+                             desc=f"L={n}{at}", at=f"eval_seq_len={n}") for n in lengths]
 
         def train_once() -> None:
             self.trained_result = self.trained()

@@ -195,3 +195,14 @@ def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkey
     (whole,), (cut,) = ((tmp_path / d / "ckpt").glob("*[0-9a-f].pt") for d in ("whole", "cut"))
     for (name, a), b in zip(torch.load(whole).items(), torch.load(cut).values()):
         assert torch.equal(a, b), name
+
+
+def test_distance_at_shortest_evaluates_each_distance_at_its_first_length(tmp_path):
+    """eval.distance_at=shortest: d = 2^k - 1 only at 2^k (the trigger at the start, as the
+    paper's reproduction evaluates), not at every longer length."""
+    rows = _run(tmp_path, ["arch=lstm", "eval.seq_lens=[16,32,64]", "eval.trigger_distances=[15,31]",
+                           "eval.distance_at=shortest"])
+    by_distance = rows[rows.trigger_distance.notna()]
+    assert sorted(zip(by_distance.trigger_distance, by_distance.eval_seq_len)) == [(15, 16), (31, 32)]
+    with pytest.raises(ValueError, match="eval.distance_at"):
+        _run(tmp_path, ["arch=lstm", "eval.distance_at=nearest"])
