@@ -148,6 +148,14 @@ def require_cuda(owner: str, *tensors: torch.Tensor | None) -> None:
                 f"move the model to a GPU or use backend='chunked' (or 'auto')")
 
 
+def fused_kernel_for(device: torch.device | str) -> str:
+    """Whose kernels the ``fused`` backend runs for inputs on ``device``: "fused" (the optional
+    CUDA/Triton packages) on a GPU, "fused_cpu" (the project's C kernels, archs/_native.py)
+    on a CPU; other devices get their type name, which no mixer serves (an error naming it)."""
+    kind = torch.device(device).type
+    return {"cuda": "fused", "cpu": "fused_cpu"}.get(kind, kind)
+
+
 def resolve_auto(requested: str, device: torch.device | str | None,
                  fused_available: Callable[[], bool],
                  cpu_fused_available: Callable[[], bool] | None = None) -> str:

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
-from archs.backends import BackendUnavailableError, check_backend, resolve_auto
+from archs.backends import BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
 from archs.blocks import sample_dt_bias
 from archs.mamba import fused, fused_cpu
 from archs.mamba.chunked import default_block_len, selective_scan_chunked_bld
@@ -124,7 +124,7 @@ class MambaMixer(Mixer):
         backend = self.resolved_backend(x.device)
         if backend != "fused":
             return backend
-        kernel = self._fused_kernel(x)
+        kernel = self._fused_kernel(x.device)
         if kernel == "fused":
             fused.require_mamba_ssm()
         elif kernel == "fused_cpu":
@@ -135,11 +135,9 @@ class MambaMixer(Mixer):
                 f"use backend='chunked' (or 'auto')")
         return kernel
 
-    @staticmethod
-    def _fused_kernel(x: Tensor) -> str:
-        """Which fused kernels serve ``x``'s device: mamba_ssm's on CUDA, fused_cpu.c's on a CPU
-        (both are the ``fused`` backend; rows tell them apart by their device)."""
-        return {"cuda": "fused", "cpu": "fused_cpu"}.get(x.device.type, x.device.type)
+    # whose kernels "fused" runs for a device: mamba_ssm's on CUDA, fused_cpu.c's on a CPU
+    # (both are the `fused` backend; rows tell them apart by their device)
+    _fused_kernel = staticmethod(fused_kernel_for)
 
     @property
     def A(self) -> Tensor:

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from archs._conv import causal_conv1d_channels_last
-from archs.backends import check_backend, resolve_auto
+from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
+from archs.backends import BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
 from archs.blocks import GatedRMSNorm, sample_dt_bias
-from archs.mamba2 import chunked, fused, ref
+from archs.mamba import fused_cpu as mamba_cpu
+from archs.mamba2 import chunked, fused, fused_cpu, ref
 from archs.mixer import Mixer, State
 from archs.precision import up
 
@@ -35,7 +36,7 @@ class Mamba2Config:
     headdim: int = 32
     ngroups: int = 1  # B/C shared by all heads (like multi-value attention); >1 for TP
     chunk_size: int = 64  # chunked SSD: quadratic inside a chunk, so keep it small on CPU
-    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" (mamba_ssm) | "auto"
+    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" (mamba_ssm; a C kernel on CPU) | "auto"
     A_init_range: tuple[float, float] = (1.0, 16.0)  # A = -uniform[1, 16], as in mamba2
     dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max] (paper)
     dt_max: float = 0.1
@@ -86,8 +87,8 @@ class Mamba2Mixer(Mixer):
         super().__init__()
         self.config = c = config
         self.backend = c.backend
-        if c.backend == "fused":
-            fused.require_fused()  # fail now, with the install hint, rather than mid-run
+        if c.backend == "fused" and not fused.fused_available():
+            mamba_cpu.require_cpu_kernel()  # fail now, with the reason, rather than mid-run
         # order of the projection: [z, xBC, dt]
         self.in_proj = nn.Linear(c.d_model, c.d_inner + c.conv_dim + c.nheads, bias=c.bias)
         self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
@@ -101,7 +102,24 @@ class Mamba2Mixer(Mixer):
     # -- small pieces -------------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
         return resolve_auto(self.backend, self.param_device if device is None else device,
-                            fused.fused_available)
+                            fused.fused_available, mamba_cpu.cpu_kernel_available)
+
+    # whose kernels "fused" runs for a device: mamba_ssm's Triton ones on CUDA, Mamba-1's C
+    # scan and the C conv on a CPU (fused_cpu.py)
+    _fused_kernel = staticmethod(fused_kernel_for)
+
+    def _kernels(self, device: torch.device) -> str:
+        """The backend for inputs on ``device``, "fused" resolved to "fused" or "fused_cpu"."""
+        backend = self.resolved_backend(device)
+        if backend != "fused":
+            return backend
+        kernel = self._fused_kernel(device)
+        if kernel == "fused_cpu":
+            mamba_cpu.require_cpu_kernel()
+        elif kernel != "fused":
+            raise BackendUnavailableError(f"Mamba-2: backend 'fused' has kernels for CUDA and "
+                                          f"the CPU, got '{device}'; use backend='chunked'")
+        return kernel
 
     def tiles(self) -> dict[str, int]:
         return {"chunk": self.config.chunk_size, "conv": self.config.d_conv}
@@ -124,28 +142,30 @@ class Mamba2Mixer(Mixer):
     def _A(self) -> torch.Tensor:
         return -torch.exp(up(self.A_log))  # (H,), negative: a decay
 
-    def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None
+    def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None, backend: str
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise conv + SiLU over xBC (B, L, C) continuing from conv_state
         (B, C, W-1) (None: zeros); returns (out (B, L, C), new conv_state)."""
         weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
+        if backend == "fused_cpu":
+            return causal_conv1d_cpu(xBC, weight, self.conv1d.bias, conv_state, silu=True)
+        if backend == "fused":
+            return fused.conv1d_silu_fused(xBC, weight, self.conv1d.bias, conv_state)
         out, new_state = causal_conv1d_channels_last(xBC, weight, self.conv1d.bias, conv_state)
         return F.silu(out), new_state
 
     def _mix(self, u: torch.Tensor, state: State | None, want_state: bool
              ) -> tuple[torch.Tensor, State | None]:
-        c, backend = self.config, self.resolved_backend(u.device)
+        c, backend = self.config, self._kernels(u.device)
         z, xBC, dt = self._split(u)
         conv_state = None if state is None else state["conv"]
         ssm_state = None if state is None else state["ssm"]
-        if backend == "fused":
-            weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
-            xBC, new_conv = fused.conv1d_silu_fused(xBC, weight, self.conv1d.bias, conv_state)
-        else:
-            xBC, new_conv = self._conv(xBC, conv_state)
+        xBC, new_conv = self._conv(xBC, conv_state, backend)
         x, B, C = self._ssm_inputs(xBC)
         kw = dict(D=self.D, initial_state=ssm_state, return_final_state=want_state)
-        if backend == "fused":
+        if backend == "fused_cpu":
+            y, new_ssm = fused_cpu.ssd_cpu(x, dt, self._A(), B, C, **kw)
+        elif backend == "fused":
             y, new_ssm = fused.ssd_fused(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
         elif backend == "ref":
             y, new_ssm = ref.ssd_recurrent(x, dt, self._A(), B, C, **kw)
@@ -172,14 +192,16 @@ class Mamba2Mixer(Mixer):
 
     def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xBC, dt = self._split(u_t)  # u_t (B, D)
-        if self.resolved_backend(u_t.device) == "fused":
+        backend = self._kernels(u_t.device)
+        if backend == "fused":
             weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
             xBC, conv = fused.conv1d_silu_step_fused(xBC, weight, self.conv1d.bias, state["conv"])
             ssd_step = fused.ssd_step_fused
         else:
             # (B, C) -> (B, 1, C): the conv over a one-token sequence
-            xBC, conv = self._conv(xBC[:, None], state["conv"])
-            xBC, ssd_step = xBC[:, 0], ref.ssd_step
+            xBC, conv = self._conv(xBC[:, None], state["conv"], backend)
+            xBC = xBC[:, 0]
+            ssd_step = fused_cpu.ssd_step_cpu if backend == "fused_cpu" else ref.ssd_step
         x, B, C = self._ssm_inputs(xBC)
         y, ssm = ssd_step(x, dt, self._A(), B, C, state["ssm"], self.D)
         y = self.norm(rearrange(y, "b h p -> b (h p)"), z)

@@ -232,7 +232,7 @@ def fake_mamba_ssm(monkeypatch):
         "mamba_ssm.ops.triton.selective_state_update": {"selective_state_update": selective_state_update_ref},
         "causal_conv1d": None}, fused)
     # CPU tensors take mamba_ssm's route here, not the CPU kernel's
-    monkeypatch.setattr(archs.mamba.layer.MambaMixer, "_fused_kernel", staticmethod(lambda x: "fused"))
+    monkeypatch.setattr(archs.mamba.layer.MambaMixer, "_fused_kernel", staticmethod(lambda device: "fused"))
     yield
     backends.optional_import.cache_clear()
 

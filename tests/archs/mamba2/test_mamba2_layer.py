@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from archs.mamba.fused_cpu import cpu_kernel_available
 from archs.mamba2 import GatedRMSNorm, Mamba2Config, Mamba2Mixer, fused
 
 D_MODEL, BATCH, L = 16, 2, 21
@@ -22,8 +23,10 @@ def _x(length=L, seed=1):
 
 
 @pytest.mark.parametrize("ngroups", [1, 2])
-@pytest.mark.parametrize("backend", ["ref", "chunked"])
+@pytest.mark.parametrize("backend", ["ref", "chunked", "fused"])
 def test_forward_equals_steps_equals_two_prefills(backend, ngroups):
+    if backend == "fused" and not cpu_kernel_available():
+        pytest.skip("no C compiler: the CPU kernel cannot be built")
     m, x = _mixer(backend, ngroups=ngroups), _x()
     y = m(x)
     state, steps = m.init_state(BATCH), []
@@ -117,14 +120,18 @@ def test_bf16_mixer_runs_with_fp32_ssm_state():
     assert s["conv"].dtype == torch.bfloat16
 
 
-def test_auto_resolves_to_chunked_on_cpu():
+def test_auto_on_cpu_is_the_cpu_kernel_else_chunked(monkeypatch):
     m = _mixer("auto")
-    assert m.resolved_backend("cpu") == "chunked" == m.resolved_backend()
+    want = "fused" if cpu_kernel_available() else "chunked"
+    assert m.resolved_backend("cpu") == want == m.resolved_backend()
+    monkeypatch.setenv("ARCHBENCH_CPU_KERNELS", "0")
+    assert m.resolved_backend("cpu") == "chunked"
 
 
 @pytest.mark.skipif(fused.fused_available(), reason="mamba_ssm and causal_conv1d installed")
-def test_fast_backend_without_packages_raises_clear_error():
-    with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
+def test_fast_backend_without_packages_raises_clear_error(monkeypatch):
+    monkeypatch.setenv("ARCHBENCH_CPU_KERNELS", "0")  # neither fused route can run
+    with pytest.raises(ImportError, match=r"backend='chunked'"):
         _mixer("fused")
 
 
@@ -196,6 +203,8 @@ def fake_kernels(monkeypatch):
              "causal_conv1d": {"causal_conv1d_fn": causal_conv1d_fn,
                                "causal_conv1d_update": causal_conv1d_update}}
     install_fake_modules(monkeypatch, fakes, fused)
+    # CPU tensors take mamba_ssm's route here, not the CPU kernel's
+    monkeypatch.setattr(Mamba2Mixer, "_fused_kernel", staticmethod(lambda device: "fused"))
     yield
     backends.optional_import.cache_clear()
 

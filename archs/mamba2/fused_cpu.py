@@ -1,0 +1,55 @@
+"""Mamba-2's ``fused`` backend on a CPU: SSD run by Mamba-1's C scan kernel.
+
+SSD is a selective scan whose decay is a scalar per head: per head h, channel p of the head
+and state entry n,
+
+    h_t[p, n] = exp(dt_t[h] * A[h]) * h_{t-1}[p, n] + dt_t[h] * x_t[h, p] * B_t[g(h), n]
+    y_t[h, p] = sum_n C_t[g(h), n] * h_t[p, n] + D[h] * x_t[h, p]
+
+which is Mamba-1's recurrence over the H*P channels d = (h, p) with dt_d = dt[h],
+A[d, n] = A[h] for every n, D_d = D[h], and B, C grouped exactly as Mamba-2 groups heads
+(channel d's group d // (H P / G) is head h's group). So the C kernel of
+``archs/mamba/fused_cpu.c`` (state in registers, an adjoint backward from checkpoints) runs
+it unchanged; autograd sums the broadcast dt, A and D back to their heads. It recomputes the
+per-head decay for each (p, n) - wasted arithmetic the chunked form avoids, still far
+faster than the chunked form's per-op overhead at the studies' sizes.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+
+from archs.mamba.fused_cpu import selective_scan_cpu_bld
+from archs.mamba2.ref import _check_shapes
+
+Tensor = torch.Tensor
+
+
+def ssd_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+            initial_state: Tensor | None = None, return_final_state: bool = False
+            ) -> tuple[Tensor, Tensor | None]:
+    """``ref.ssd_recurrent``'s contract: x (b, l, h, p), dt (b, l, h) post-softplus, A (h,),
+    B and C (b, l, g, n), D (h,), initial_state (b, h, p, n) -> y (b, l, h, p) in x's
+    dtype and the final state (b, h, p, n) (float32, float64 for float64 inputs)."""
+    _check_shapes(x, dt, A, B, C)
+    _, _, heads, headdim = x.shape
+    d_state = B.shape[-1]
+    u = rearrange(x, "b l h p -> b l (h p)")
+    delta = repeat(dt, "b l h -> b l (h p)", p=headdim)
+    A_dn = repeat(A, "h -> (h p) n", p=headdim, n=d_state)
+    D_d = None if D is None else repeat(D, "h -> (h p)", p=headdim)
+    h0 = None if initial_state is None else rearrange(initial_state, "b h p n -> b (h p) n")
+    out = selective_scan_cpu_bld(u, delta, A_dn, B, C, D_d, initial_state=h0,
+                                 return_last_state=return_final_state)
+    y, last = out if return_final_state else (out, None)
+    y = rearrange(y, "b l (h p) -> b l h p", h=heads)
+    last = None if last is None else rearrange(last, "b (h p) n -> b h p n", h=heads)
+    return y, last
+
+
+def ssd_step_cpu(x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor,
+                 D: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One token with ``ref.ssd_step``'s contract: the scan of a single step from ``state``."""
+    y, new = ssd_cpu(x_t[:, None], dt_t[:, None], A, B_t[:, None], C_t[:, None], D,
+                     initial_state=state, return_final_state=True)
+    return y[:, 0], new
