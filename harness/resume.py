@@ -87,7 +87,7 @@ def restore_rng(states: dict[str, Any], gen: torch.Generator, extra: dict[str, t
 def save_snapshot(path: Path, identity: str, *, step: int, model: torch.nn.Module,
                   optimizer: torch.optim.Optimizer, scaler: Any, rng: dict[str, Any],
                   carried: Any, result: Any, first_loss: float | None, wall_s: float,
-                  finished: bool = False) -> None:
+                  recent_losses: list[float] | None = None, finished: bool = False) -> None:
     """Write the snapshot atomically (a kill mid-write leaves the previous one). ``finished``:
     the run is complete; resuming it returns its result without training."""
     from harness.results import atomic_write  # the one atomic writer
@@ -95,7 +95,7 @@ def save_snapshot(path: Path, identity: str, *, step: int, model: torch.nn.Modul
     payload = {"identity": identity, "step": step, "model": model.state_dict(),
                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
                "carried": carried, "result": asdict(result), "first_loss": first_loss,
-               "wall_s": wall_s, "finished": finished}
+               "wall_s": wall_s, "recent_losses": list(recent_losses or []), "finished": finished}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 

@@ -64,6 +64,9 @@ class TrainConfig:
     threads: int | None = None         # torch CPU threads (None: torch's default); pin runs with 1
     snapshot_every_s: float = 300.0    # resumable runs: seconds between resume snapshots (0 = only
                                        # when stopped by a signal); see harness/resume.py
+    target_loss: float | None = None   # stop once the mean training loss of the last
+                                       # LOSS_WINDOW steps falls below this (e.g. the step a
+                                       # model leaves a plateau); None = never
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "seq_len"):
@@ -89,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"train.initial_state_scale must be > 0, got {self.initial_state_scale}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"train.threads must be >= 1 or null (torch's default), got {self.threads}")
+        if self.target_loss is not None and not self.target_loss > 0:
+            raise ValueError(f"train.target_loss must be > 0 or null, got {self.target_loss}")
         if self.snapshot_every_s < 0:
             raise ValueError(f"train.snapshot_every_s must be >= 0 (0: only on a stop signal), "
                              f"got {self.snapshot_every_s}")
@@ -97,7 +102,9 @@ class TrainConfig:
 # TrainConfig fields added after results were committed: left out of a run's identity
 # (checkpoint and result keys) while at these defaults, so earlier keys stay valid.
 # `threads` and `snapshot_every_s` never shape the weights and are always left out.
-_LATER_FIELDS = {"optimizer": "adamw", "initial_state": "zero", "initial_state_scale": 1.0}
+_LATER_FIELDS = {"optimizer": "adamw", "initial_state": "zero", "initial_state_scale": 1.0,
+                 "target_loss": None}
+LOSS_WINDOW = 100  # steps averaged for train.target_loss (one batch of 8 is noisy)
 _NOT_IDENTITY = ("threads", "snapshot_every_s")
 
 
@@ -381,6 +388,13 @@ def _train_step(step: int, run: "_Run", task: Task, cfg: TrainConfig, device: to
         if acc >= cfg.target_acc:
             result.early_stopped, result.stop_reason = True, "target accuracy"
             return True
+    if cfg.target_loss is not None:
+        run.recent_losses.append(value)
+        window = run.recent_losses[-LOSS_WINDOW:]
+        if len(window) == LOSS_WINDOW and sum(window) / LOSS_WINDOW < cfg.target_loss:
+            result.early_stopped, result.stop_reason = True, "target loss"
+            return True
+        del run.recent_losses[:-LOSS_WINDOW]
     if cfg.time_budget_s is not None and run.elapsed() > cfg.time_budget_s:
         result.early_stopped, result.stop_reason = True, "time budget"
         return True
@@ -407,6 +421,7 @@ class _Run:
         self.rngs = {"initial_state": states.gen if states else None,
                      "eval": getattr(eval_fn, "generator", None)}
         self.result, self.first_loss = TrainResult(), None
+        self.recent_losses: list[float] = []  # train.target_loss's window
         self.start_step, self.prior_wall, self.finished = 0, 0.0, False
         self.started = self.last_snapshot = time.perf_counter()
 
@@ -429,6 +444,7 @@ class _Run:
             self.states.carried = map_state(lambda t: next(leaves).to(device, t.dtype), template)
         self.result = TrainResult(**snap["result"])
         self.first_loss, self.start_step = snap["first_loss"], snap["step"]
+        self.recent_losses = list(snap.get("recent_losses", []))
         self.prior_wall, self.finished = snap["wall_s"], snap.get("finished", False)
         log.info("resumed %s at step %d of %s", self.path, self.start_step,
                  "a finished run" if self.finished else "an interrupted run")
@@ -440,7 +456,8 @@ class _Run:
         save_snapshot(self.path, self.identity, step=self.result.steps_done, model=self.model,
                       optimizer=self.opt, scaler=self.scaler, rng=rng_states(self.gen, self.rngs),
                       carried=_tensors(self.states.carried if self.states else None), result=self.result,
-                      first_loss=self.first_loss, wall_s=self.elapsed(), finished=finished)
+                      first_loss=self.first_loss, wall_s=self.elapsed(),
+                      recent_losses=self.recent_losses, finished=finished)
         self.last_snapshot = time.perf_counter()
 
     def maybe_snapshot(self, every_s: float) -> None:

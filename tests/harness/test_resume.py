@@ -49,8 +49,8 @@ def _eval_fn(model):
     return accuracy
 
 
-def _run(cfg: TrainConfig, tmp_path, stop_at: int | None, name: str = "mamba"):
-    task = get_task(**TASK)
+def _run(cfg: TrainConfig, tmp_path, stop_at: int | None, name: str = "mamba", **task_kw):
+    task = get_task(**TASK, **task_kw)
     model = _model(name)
     path = tmp_path / "run.resume.pt"
     if stop_at is not None:
@@ -146,3 +146,21 @@ def test_stop_signal_reaches_the_launchers_handler_to_requeue(tmp_path):
         assert exit_.value.code == 128 + signal.SIGUSR2 and requeued == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_target_loss_stops_at_the_first_window_below_it_and_resumes_exactly(tmp_path):
+    from harness.train import LOSS_WINDOW
+    cfg = TrainConfig(steps=400, batch_size=4, seq_len=24, warmup_steps=2, log_every=1,
+                      target_loss=0.5, lr=3e-3)
+    easy = dict(trigger_distance=3)  # learnt in ~100 steps
+    whole_model, whole = _run(cfg, tmp_path / "whole", None, **easy)
+    assert whole.stop_reason == "target loss" and whole.early_stopped
+    losses = [h["loss"] for h in whole.history if "loss" in h]
+    assert sum(losses[-LOSS_WINDOW:]) / LOSS_WINDOW < 0.5 <= sum(losses[-LOSS_WINDOW - 1:-1]) / LOSS_WINDOW
+    assert whole.steps_done < 400
+    cut_model, cut = _run(cfg, tmp_path / "cut", stop_at=LOSS_WINDOW + 7, **easy)
+    assert cut.steps_done == whole.steps_done
+    for a, b in zip(whole_model.state_dict().values(), cut_model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="target_loss"):
+        TrainConfig(target_loss=0.0)
