@@ -1,5 +1,6 @@
-"""Forward+backward throughput of ONE Mamba-1 layer on CPU: our chunked scan vs the
-sequential reference vs the PyPI package mambapy (parallel scan), equal weights.
+"""Forward+backward throughput of ONE Mamba-1 layer on CPU: our CPU kernel (backend
+"fused", archs/mamba/fused_cpu.c) and chunked scan vs the sequential reference vs the PyPI
+package mambapy (parallel scan), equal weights.
 
     python benchmarks/mamba_scan.py                      # L = 1024 4096 16384, all impls
     python benchmarks/mamba_scan.py --skip ref:16384     # skip a slow combination
@@ -33,9 +34,10 @@ from torch.utils.benchmark import Timer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from archs.mamba import MambaMixer, selective_scan_chunked_bld, selective_scan_ref  # noqa: E402
+from archs.mamba.fused_cpu import selective_scan_cpu_bld  # noqa: E402
 from harness.results import ResultStore, store_case_row  # noqa: E402
 
-IMPLS = ("chunked", "ref", "mambapy")
+IMPLS = ("fused", "chunked", "ref", "mambapy")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +74,9 @@ def build_layers(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
     kw = dict(d_state=args.d_state, expand=args.expand)
     chunked = MambaMixer(args.d_model, backend="chunked", **kw)
     layers: dict[str, torch.nn.Module] = {"chunked": chunked}
+    if "fused" in args.impls:
+        layers["fused"] = MambaMixer(args.d_model, backend="fused", **kw)
+        layers["fused"].load_state_dict(chunked.state_dict())
     if "ref" in args.impls:
         layers["ref"] = MambaMixer(args.d_model, backend="ref", **kw)
         layers["ref"].load_state_dict(chunked.state_dict())
@@ -118,7 +123,7 @@ def scan_workloads(layers: dict, x: torch.Tensor, w: torch.Tensor) -> dict[str, 
         t = lambda a: a.transpose(1, 2)  # noqa: E731
         return t(selective_scan_ref(t(u), t(dt), A, t(B), t(C), D))
 
-    fns = {"chunked": selective_scan_chunked_bld, "ref": bld_ref}
+    fns = {"chunked": selective_scan_chunked_bld, "ref": bld_ref, "fused": selective_scan_cpu_bld}
     if "mambapy" in layers:
         fns["mambapy"] = layers["mambapy"].selective_scan  # its pscan path, same layout
 
@@ -223,10 +228,11 @@ def summarize(df: pd.DataFrame) -> str:
     lines = []
     for level, part in df[df.status == "ok"].groupby("level", sort=False):
         ok = part.pivot(index="seq_len", columns="impl", values="tokens_per_s")
-        for other in ("mambapy", "ref"):
-            if "chunked" in ok and other in ok:
-                for seq_len, ratio in (ok["chunked"] / ok[other]).dropna().items():
-                    lines.append(f"{level}: chunked / {other} at L={seq_len}: {ratio:.1f}x")
+        for ours, other in (("fused", "mambapy"), ("fused", "chunked"), ("chunked", "mambapy"),
+                            ("chunked", "ref")):
+            if ours in ok and other in ok:
+                for seq_len, ratio in (ok[ours] / ok[other]).dropna().items():
+                    lines.append(f"{level}: {ours} / {other} at L={seq_len}: {ratio:.1f}x")
     return "\n".join(lines)
 
 

@@ -40,9 +40,24 @@ def test_csv_benchmarks_write_rows_to_the_result_store(tmp_path):
     la = load_rows(tmp_path / "la")
     assert len(la) == 2 and "chunked" in set(la["impl"])
     assert set(la["status"]) == {"ok"} and la["time_ms"].gt(0).all() and la["seq_len"].eq(32).all()
-    mamba_scan.main(["--seq-lens", "32", "--impls", "ref", "chunked", "--min-run-time", "0.01",
-                     "--min-runs", "1", "--d-model", "16", "--out", str(tmp_path / "ms")])
+    mamba_scan.main(["--seq-lens", "32", "--impls", "ref", "chunked", "fused", "--min-run-time", "0.01",
+                     "--min-runs", "1", "--d-model", "16", "--out", str(tmp_path / "ms"),
+                     "--levels", "layer", "scan"])
     ms = load_rows(tmp_path / "ms")
-    assert sorted(ms["arch"]) == ["chunked", "ref"] and set(ms["status"]) == {"ok"}
+    assert sorted(ms["arch"]) == ["chunked", "chunked", "fused", "fused", "ref", "ref"]
+    assert set(ms["status"]) == {"ok"} and ms["max_abs_err_vs_ref"].lt(1e-4).all()
     with pytest.raises(SystemExit, match="results folder"):
         mamba_scan.main(["--out", str(tmp_path / "x.csv")])
+
+
+def test_train_throughput_writes_rows_with_the_machines_peak(tmp_path):
+    from benchmarks import train_throughput
+    from harness.results import load_rows
+
+    train_throughput.main(["--presets", "demo", "--archs", "mamba", "lstm", "--min-time", "0.05",
+                           "--repeats", "1", "--out", str(tmp_path / "tt"), "--label", "x"])
+    rows = load_rows(tmp_path / "tt")
+    assert sorted(rows["arch"]) == ["lstm", "mamba"] and set(rows["status"]) == {"ok"}
+    assert rows["steps_per_s"].gt(0).all() and rows["peak_gflops"].gt(0).all()
+    assert (rows["gflops"] / rows["peak_gflops"] - rows["fraction_of_peak"]).abs().max() < 1e-9
+    assert set(rows["backend_used"]) <= {"fused", "chunked"}
