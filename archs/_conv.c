@@ -10,20 +10,30 @@
  * walks it: the K taps stay in registers, and the backward pass keeps the last K input
  * gradients in a rolling window, so every element is read and written once.
  *
- * Layouts: ext, g_ext (batch, K-1+L, dim) and out, g (batch, L, dim) contiguous;
- * wT (K, dim) = the weights transposed; partial sums the caller reduces over the batch:
- * dw_part (batch, K, dim), db_part (batch, dim).
+ * Layouts: x (batch, L, dim) with (batch, time) strides s_x, its last dimension packed;
+ * prefix, g_prefix (batch, K-1, dim) = the K-1 inputs before x (the conv state, transposed);
+ * out, g, g_x (batch, L, dim) contiguous; wT (K, dim) = the weights transposed; partial sums
+ * the caller reduces over the batch: dw_part (batch, K, dim), db_part (batch, dim).
  */
 #include "_native.h"
 
 #define KMAX 16
 
-typedef struct { int64_t batch, seqlen, dim, taps, silu, nthreads; } conv_dims;
+typedef struct { int64_t batch, seqlen, dim, taps, silu, nthreads, s_x[2]; } conv_dims;
 
 static inline vec act(vec pre, int64_t silu) { return silu ? pre * vsigmoid(pre) : pre; }
 
-void conv_fwd(const conv_dims* p, const real* ext, const real* wT, const real* bias, real* out) {
-    const int64_t E = p->dim, K = p->taps, L = p->seqlen, T = L + K - 1;
+/* input s of [prefix; x] for sequence b at channel e0: the prefix's rows, then x's */
+static inline const real* input_row(const conv_dims* p, const real* x, const real* prefix,
+                                    int64_t b, int64_t s, int64_t e0) {
+    const int64_t K1 = p->taps - 1;
+    return s < K1 ? prefix + (b * K1 + s) * p->dim + e0
+                  : x + b * p->s_x[0] + (s - K1) * p->s_x[1] + e0;
+}
+
+void conv_fwd(const conv_dims* p, const real* x, const real* prefix, const real* wT,
+              const real* bias, real* out) {
+    const int64_t E = p->dim, K = p->taps, L = p->seqlen;
     const int64_t per_batch = (E + VL - 1) / VL;
 #pragma omp parallel for num_threads(p->nthreads) schedule(static)
     for (int64_t task = 0; task < p->batch * per_batch; task++) {
@@ -32,21 +42,22 @@ void conv_fwd(const conv_dims* p, const real* ext, const real* wT, const real* b
         vec wk[KMAX];
         for (int64_t k = 0; k < K; k++) wk[k] = vload(wT + k * E + e0, w);
         const vec bv = bias ? vload(bias + e0, w) : splat(0);
-        const real* x = ext + b * T * E + e0;
         real* o = out + b * L * E + e0;
         for (int64_t t = 0; t < L; t++) {
             vec pre = bv;
-            for (int64_t k = 0; k < K; k++) pre += wk[k] * vload(x + (t + k) * E, w);
+            for (int64_t k = 0; k < K; k++) pre += wk[k] * vload(input_row(p, x, prefix, b, t + k, e0), w);
             vstore(o + t * E, act(pre, p->silu), w);
         }
     }
 }
 
-/* g_ext[s] = sum_k w[k] * gpre[s - k] over the valid t = s - k in [0, L): the gradients of the
- * last K outputs wait in a rolling window `win` (win[t % K] = gpre_t). */
-void conv_bwd(const conv_dims* p, const real* ext, const real* wT, const real* bias,
-              const real* g, real* g_ext, real* dw_part, real* db_part) {
-    const int64_t E = p->dim, K = p->taps, L = p->seqlen, T = L + K - 1;
+/* The gradient of input s is sum_k w[k] * gpre[s - k] over the valid t = s - k in [0, L):
+ * the gradients of the last K outputs wait in a rolling window `win` (win[t % K] = gpre_t).
+ * Inputs s < K-1 are the prefix's (g_prefix), the rest x's (g_x). */
+void conv_bwd(const conv_dims* p, const real* x, const real* prefix, const real* wT,
+              const real* bias, const real* g, real* g_x, real* g_prefix, real* dw_part,
+              real* db_part) {
+    const int64_t E = p->dim, K = p->taps, L = p->seqlen, T = L + K - 1, K1 = K - 1;
     const int64_t per_batch = (E + VL - 1) / VL;
 #pragma omp parallel for num_threads(p->nthreads) schedule(static)
     for (int64_t task = 0; task < p->batch * per_batch; task++) {
@@ -59,27 +70,28 @@ void conv_bwd(const conv_dims* p, const real* ext, const real* wT, const real* b
         }
         const vec bv = bias ? vload(bias + e0, w) : splat(0);
         vec db = splat(0);
-        const real* x = ext + b * T * E + e0;
         const real* gb = g + b * L * E + e0;
-        real* gx = g_ext + b * T * E + e0;
         for (int64_t s = 0; s < T; s++) {
             if (s < L) { /* the output at t = s: its pre-activation gradient joins the window */
-                vec pre = bv;
-                for (int64_t k = 0; k < K; k++) pre += wk[k] * vload(x + (s + k) * E, w);
+                vec pre = bv, in[KMAX];
+                for (int64_t k = 0; k < K; k++) {
+                    in[k] = vload(input_row(p, x, prefix, b, s + k, e0), w);
+                    pre += wk[k] * in[k];
+                }
                 vec gp = vload(gb + s * E, w);
                 if (p->silu) {
                     const vec sg = vsigmoid(pre);
                     gp *= sg * (1 + pre * (1 - sg));
                 }
                 db += gp;
-                for (int64_t k = 0; k < K; k++) dw[k] += gp * vload(x + (s + k) * E, w);
+                for (int64_t k = 0; k < K; k++) dw[k] += gp * in[k];
                 win[s % K] = gp;
             } else {
                 win[s % K] = splat(0);
             }
             vec acc = splat(0); /* input s fed outputs t = s - k, k = 0..K-1 */
             for (int64_t k = 0; k < K && k <= s; k++) acc += wk[k] * win[(s - k) % K];
-            vstore(gx + s * E, acc, w);
+            vstore(s < K1 ? g_prefix + (b * K1 + s) * E + e0 : g_x + (b * L + s - K1) * E + e0, acc, w);
         }
         for (int64_t k = 0; k < K; k++) vstore(dw_part + (b * K + k) * E + e0, dw[k], w);
         vstore(db_part + b * E + e0, db, w);

@@ -73,46 +73,48 @@ _SOURCE = Path(__file__).with_name("_conv.c")
 
 class ConvDims(ctypes.Structure):
     """Mirror of ``conv_dims`` in _conv.c."""
-    _fields_ = [(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "taps", "silu", "nthreads")]
+    _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "taps", "silu", "nthreads")]
+                + [("s_x", ctypes.c_int64 * 2)])
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
     lib = _native.load(_SOURCE, dtype)
     if not getattr(lib, "_archbench_typed", False):
-        lib.conv_fwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 4
-        lib.conv_bwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 7
+        lib.conv_fwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 5
+        lib.conv_bwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 9
         lib.conv_fwd.restype = lib.conv_bwd.restype = None
         lib._archbench_typed = True
     return lib
 
 
 class _CpuConv(torch.autograd.Function):
-    """ext (B, K-1+L, E) contiguous, wT (K, E), bias (E,) -> act(conv) (B, L, E)."""
+    """x (B, L, E) (last dim packed), prefix (B, K-1, E), wT (K, E), bias (E,) ->
+    act(conv) (B, L, E); no [prefix; x] copy is made."""
 
     @staticmethod
-    def forward(ctx, ext: Tensor, wT: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
-        taps = wT.shape[0]
-        batch, seqlen, dim = ext.shape[0], ext.shape[1] - (taps - 1), ext.shape[2]
-        dims = ConvDims(batch, seqlen, dim, taps, int(silu), torch.get_num_threads())
-        out = ext.new_empty(batch, seqlen, dim)
+    def forward(ctx, x: Tensor, prefix: Tensor, wT: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+        batch, seqlen, dim = x.shape
+        dims = ConvDims(batch, seqlen, dim, wT.shape[0], int(silu), torch.get_num_threads(),
+                        (x.stride(0), x.stride(1)))
+        out = x.new_empty(batch, seqlen, dim)
         p = _native.pointer
-        _library(ext.dtype).conv_fwd(ctypes.byref(dims), p(ext), p(wT), p(bias), p(out))
-        ctx.save_for_backward(ext, wT, bias)
+        _library(x.dtype).conv_fwd(ctypes.byref(dims), p(x), p(prefix), p(wT), p(bias), p(out))
+        ctx.save_for_backward(x, prefix, wT, bias)
         ctx.dims = dims
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
-        ext, wT, bias = ctx.saved_tensors
+        x, prefix, wT, bias = ctx.saved_tensors
         g = g.contiguous()
-        g_ext = torch.empty_like(ext)
-        dw = ext.new_empty(ext.shape[0], *wT.shape)
-        db = ext.new_empty(ext.shape[0], wT.shape[1])
+        g_x, g_prefix = torch.empty_like(g), torch.empty_like(prefix)
+        dw = x.new_empty(x.shape[0], *wT.shape)
+        db = x.new_empty(x.shape[0], wT.shape[1])
         p = _native.pointer
-        _library(ext.dtype).conv_bwd(ctypes.byref(ctx.dims), p(ext), p(wT), p(bias), p(g),
-                                     p(g_ext), p(dw), p(db))
-        return g_ext, dw.sum(0), None if bias is None else db.sum(0), None
+        _library(x.dtype).conv_bwd(ctypes.byref(ctx.dims), p(x), p(prefix), p(wT), p(bias), p(g),
+                                   p(g_x), p(g_prefix), p(dw), p(db))
+        return g_x, g_prefix, dw.sum(0), None if bias is None else db.sum(0), None
 
 
 def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None, prefix: Tensor | None,
@@ -124,10 +126,17 @@ def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None, prefix: Te
     if taps > 16:
         raise ValueError(f"the CPU conv kernel takes at most 16 taps (KMAX in _conv.c), got {taps}")
     dtype = acc_dtype(x, weight)
+    xc = x.to(dtype)
+    xc = xc if xc.stride(-1) == 1 else xc.contiguous()
     if prefix is None:
         prefix = x.new_zeros(x.shape[0], x.shape[2], taps - 1)
-    ext = torch.cat([prefix.transpose(1, 2).to(dtype), x.to(dtype)], dim=1)  # (B, K-1+L, E)
-    out = _CpuConv.apply(ext, weight.to(dtype).t().contiguous(),
+    pre = prefix.to(dtype).transpose(1, 2).contiguous()  # (B, K-1, E)
+    out = _CpuConv.apply(xc, pre, weight.to(dtype).t().contiguous(),
                          None if bias is None else bias.to(dtype), silu)
-    new_prefix = ext[:, ext.shape[1] - (taps - 1):].transpose(1, 2).to(x.dtype)  # (B, E, K-1)
+    # the K-1 most recent inputs of [prefix; x] (B, E, K-1): fewer than K-1 new ones keep
+    # the prefix's tail
+    new_prefix = prefix.to(x.dtype)
+    if taps > 1:
+        recent = x[:, -(taps - 1):].transpose(1, 2)  # at most K-1 inputs, not the whole of x
+        new_prefix = torch.cat([new_prefix, recent], dim=2)[..., -(taps - 1):]
     return out.to(x.dtype), new_prefix

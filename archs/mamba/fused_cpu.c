@@ -4,7 +4,8 @@
  *     a_t = exp(dt_t * A[d,n])
  *     h_t = a_t * h_{t-1} + dt_t * u_t * B_t[n]
  *     y_t = sum_n C_t[n] * h_t + D[d] * u_t ;   out_t = y_t * silu(z_t)
- * dt arrives after softplus(delta + bias): that part stays in PyTorch autograd.
+ * with dt = softplus(delta + bias) (both optional, per scan_dims.softplus and a NULL bias),
+ * computed here too: the caller passes delta.
  *
  * Why a kernel: at the sizes of the small-model studies (d_inner 128, N 16, L 256) the
  * PyTorch forms spend their time in per-op overhead and in moving (L, B, N, D) tensors
@@ -36,8 +37,14 @@
 typedef struct {
     int64_t batch, seqlen, dim, dstate, groups, chunk;
     int64_t s_u[2], s_dt[2], s_z[2], s_B[2], s_C[2], s_out[2]; /* (batch, time) strides */
-    int64_t nthreads;
+    int64_t nthreads, softplus;
 } scan_dims;
+
+/* dt of one step: softplus(delta + bias), each part optional; `pre` gets delta + bias */
+static inline vec step_dt(const scan_dims* p, const real* delta, vec bias, int64_t w, vec* pre) {
+    *pre = vload(delta, w) + bias;
+    return p->softplus ? vsoftplus(*pre) : *pre;
+}
 
 /* Horizontal sums of 16 vectors of 16 lanes, as one vector: lane i = sum of v[i]'s lanes.
  * Four rounds of pairwise shuffles and adds (45 operations instead of 16 x 15). */
@@ -121,16 +128,19 @@ static inline real* ckpt_at(const scan_dims* p, real* ckpt, tile t, int64_t c, i
 static inline __attribute__((always_inline)) void fwd_task(
         const scan_dims* p, tile t, const int64_t N, const real* u, const real* dt,
         const real* At, const real* Bm, const real* Cm, const real* D, const real* z,
-        const real* h0, real* out, real* last, real* ckpt) {
+        const real* h0, const real* dbias, real* out, real* last, real* ckpt) {
     const int64_t w = t.width, K = p->chunk;
     vec h[N], A[N]; /* a fixed 16 after inlining: registers */
     load_state(p, h0, t, h);
     for (int64_t n = 0; n < N; n++) A[n] = vload(At + n * p->dim + t.d0, w);
     const vec Dv = D ? vload(D + t.d0, w) : splat(0);
+    const vec biasv = dbias ? vload(dbias + t.d0, w) : splat(0);
     for (int64_t s = 0; s < p->seqlen; s++) {
         if (ckpt && s % K == 0)
             for (int64_t n = 0; n < N; n++) vstore(ckpt_at(p, ckpt, t, s / K, n), h[n], w);
-        const vec uv = vload(AT(u, s_u, s) + t.d0, w), dtv = vload(AT(dt, s_dt, s) + t.d0, w);
+        vec pre;
+        const vec uv = vload(AT(u, s_u, s) + t.d0, w);
+        const vec dtv = step_dt(p, AT(dt, s_dt, s) + t.d0, biasv, w, &pre);
         const real* Bt = AT(Bm, s_B, s) + t.g * N;
         const real* Ct = AT(Cm, s_C, s) + t.g * N;
         const vec dtu = dtv * uv;
@@ -151,25 +161,26 @@ static inline __attribute__((always_inline)) void fwd_task(
 
 void scan_fwd(const scan_dims* p, const real* u, const real* dt, const real* At,
               const real* Bm, const real* Cm, const real* D, const real* z, const real* h0,
-              real* out, real* last, real* ckpt) {
+              const real* dbias, real* out, real* last, real* ckpt) {
 #pragma omp parallel for num_threads(p->nthreads) schedule(static)
     for (int64_t task = 0; task < n_tasks(p); task++) {
         tile t = tile_of(p, task);
         if (p->dstate == 16)
-            fwd_task(p, t, 16, u, dt, At, Bm, Cm, D, z, h0, out, last, ckpt);
+            fwd_task(p, t, 16, u, dt, At, Bm, Cm, D, z, h0, dbias, out, last, ckpt);
         else
-            fwd_task(p, t, p->dstate, u, dt, At, Bm, Cm, D, z, h0, out, last, ckpt);
+            fwd_task(p, t, p->dstate, u, dt, At, Bm, Cm, D, z, h0, dbias, out, last, ckpt);
     }
 }
 
 /* -- backward ----------------------------------------------------------------------------- */
-typedef struct { vec *hs, *as, *ys, *gA, *sB, *sC; } bwd_buffers;
+typedef struct { vec *hs, *as, *ys, *dts, *pres, *gA, *sB, *sC; } bwd_buffers;
 
 static inline __attribute__((always_inline)) void bwd_task(
         const scan_dims* p, tile t, const int64_t N, bwd_buffers buf, const real* u,
         const real* dt, const real* At, const real* Bm, const real* Cm, const real* D,
-        const real* z, real* ckpt, const real* gout, const real* glast, real* du, real* ddt,
-        real* dz, real* dAt_part, real* dD_part, real* dB_part, real* dC_part, real* dh0) {
+        const real* z, real* ckpt, const real* gout, const real* glast, const real* dbias,
+        real* du, real* ddt, real* dz, real* dAt_part, real* dD_part, real* dB_part,
+        real* dC_part, real* dh0, real* dbias_part) {
     const int64_t w = t.width, K = p->chunk, L = p->seqlen, E = p->dim, G = p->groups;
     vec carry[N], A[N]; /* carry = a_{s+1} g_{s+1}: the adjoint flowing backwards */
     vec *hs = buf.hs, *as = buf.as, *ys = buf.ys, *gA = buf.gA, *sB = buf.sB, *sC = buf.sC;
@@ -179,18 +190,21 @@ static inline __attribute__((always_inline)) void bwd_task(
         gA[n] = splat(0);
     }
     const vec Dv = D ? vload(D + t.d0, w) : splat(0);
-    vec gD = splat(0);
+    const vec biasv = dbias ? vload(dbias + t.d0, w) : splat(0);
+    vec gD = splat(0), gbias = splat(0);
     real sums[NMAX];
     for (int64_t c = n_chunks(p) - 1; c >= 0; c--) {
         const int64_t s0 = c * K, steps = L - s0 < K ? L - s0 : K;
         for (int64_t n = 0; n < N; n++) hs[n] = vload(ckpt_at(p, ckpt, t, c, n), w);
         for (int64_t k = 0; k < steps; k++) { /* recompute the chunk: hs[k+1] = h_s, as[k] = a_s */
             const int64_t s = s0 + k;
-            const vec uv = vload(AT(u, s_u, s) + t.d0, w), dtv = vload(AT(dt, s_dt, s) + t.d0, w);
+            const vec uv = vload(AT(u, s_u, s) + t.d0, w);
+            const vec dtv = step_dt(p, AT(dt, s_dt, s) + t.d0, biasv, w, &buf.pres[k]);
             const real* Bt = AT(Bm, s_B, s) + t.g * N;
             const real* Ct = AT(Cm, s_C, s) + t.g * N;
             const vec dtu = dtv * uv;
             vec y = splat(0);
+            buf.dts[k] = dtv;
 #pragma GCC unroll 16
             for (int64_t n = 0; n < N; n++) {
                 vec a = vexp(dtv * A[n]);
@@ -203,7 +217,7 @@ static inline __attribute__((always_inline)) void bwd_task(
         }
         for (int64_t k = steps - 1; k >= 0; k--) { /* the adjoint, backwards */
             const int64_t s = s0 + k, row = (t.b * L + s) * E + t.d0;
-            const vec uv = vload(AT(u, s_u, s) + t.d0, w), dtv = vload(AT(dt, s_dt, s) + t.d0, w);
+            const vec uv = vload(AT(u, s_u, s) + t.d0, w), dtv = buf.dts[k];
             const vec go = vload(AT(gout, s_out, s) + t.d0, w);
             const real* Bt = AT(Bm, s_B, s) + t.g * N;
             const real* Ct = AT(Cm, s_C, s) + t.g * N;
@@ -228,8 +242,10 @@ static inline __attribute__((always_inline)) void bwd_task(
                 gA[n] += ga * dtv;
                 carry[n] = a * g;
             }
+            if (p->softplus) gdt *= vsigmoid(buf.pres[k]); /* softplus' = sigmoid */
+            gbias += gdt;
             vstore(du + row, gu, w);
-            vstore(ddt + row, gdt, w);
+            vstore(ddt + row, gdt, w); /* the gradient of delta (before bias and softplus) */
             /* B and C are shared by the group's channels: one partial sum per tile */
             const int64_t bc = ((t.j * p->batch + t.b) * L + s) * G * N + t.g * N;
             hsums(sB, N, sums);
@@ -241,15 +257,17 @@ static inline __attribute__((always_inline)) void bwd_task(
     store_state(p, dh0, t, carry);
     for (int64_t n = 0; n < N; n++) vstore(dAt_part + (t.b * N + n) * E + t.d0, gA[n], w);
     if (dD_part) vstore(dD_part + t.b * E + t.d0, gD, w);
+    if (dbias_part) vstore(dbias_part + t.b * E + t.d0, gbias, w);
 }
 
-/* Gradients. du, ddt, dz: (batch, seqlen, dim) contiguous. Partial sums the caller reduces:
- * dAt_part (batch, dstate, dim) and dD_part (batch, dim) over sequences; dB_part and
- * dC_part (tiles_per_group, batch, seqlen, groups, dstate) over a group's channel tiles. */
+/* Gradients. du, ddt (of delta), dz: (batch, seqlen, dim) contiguous. Partial sums the caller
+ * reduces: dAt_part (batch, dstate, dim), dD_part and dbias_part (batch, dim) over sequences;
+ * dB_part and dC_part (tiles_per_group, batch, seqlen, groups, dstate) over a group's tiles. */
 void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
               const real* Bm, const real* Cm, const real* D, const real* z, const real* ckpt,
-              const real* gout, const real* glast, real* du, real* ddt, real* dz,
-              real* dAt_part, real* dD_part, real* dB_part, real* dC_part, real* dh0) {
+              const real* gout, const real* glast, const real* dbias, real* du, real* ddt,
+              real* dz, real* dAt_part, real* dD_part, real* dB_part, real* dC_part, real* dh0,
+              real* dbias_part) {
     const int64_t N = p->dstate, K = p->chunk;
 #pragma omp parallel num_threads(p->nthreads)
     {
@@ -257,6 +275,8 @@ void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
         buf.hs = aligned_alloc(VBYTES, sizeof(vec) * (K + 1) * N);
         buf.as = aligned_alloc(VBYTES, sizeof(vec) * K * N);
         buf.ys = aligned_alloc(VBYTES, sizeof(vec) * K);
+        buf.dts = aligned_alloc(VBYTES, sizeof(vec) * K);
+        buf.pres = aligned_alloc(VBYTES, sizeof(vec) * K);
         buf.gA = aligned_alloc(VBYTES, sizeof(vec) * N);
         buf.sB = aligned_alloc(VBYTES, sizeof(vec) * N);
         buf.sC = aligned_alloc(VBYTES, sizeof(vec) * N);
@@ -264,12 +284,13 @@ void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
         for (int64_t task = 0; task < n_tasks(p); task++) {
             tile t = tile_of(p, task);
             if (N == 16)
-                bwd_task(p, t, 16, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, du,
-                         ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0);
+                bwd_task(p, t, 16, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, dbias,
+                         du, ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0, dbias_part);
             else
-                bwd_task(p, t, N, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, du,
-                         ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0);
+                bwd_task(p, t, N, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, dbias,
+                         du, ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0, dbias_part);
         }
-        free(buf.hs); free(buf.as); free(buf.ys); free(buf.gA); free(buf.sB); free(buf.sC);
+        free(buf.hs); free(buf.as); free(buf.ys); free(buf.dts); free(buf.pres);
+        free(buf.gA); free(buf.sB); free(buf.sC);
     }
 }

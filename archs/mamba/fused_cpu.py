@@ -3,10 +3,9 @@
 Same signatures and results as ``ref.selective_scan_ref`` / ``chunked.selective_scan_chunked_bld``;
 built at first use by ``archs._native`` (float32 and float64), and unavailable - with the
 reason - where no C compiler exists, in which case ``backend="auto"`` runs the chunked
-PyTorch scan instead and records it. What the kernel fuses: the decay exp(dt A), the
-recurrence, the C readout, the D skip and the SiLU(z) gate, forward and backward, with the
-state tile in L1 and no (L, B, N, D) tensor anywhere; softplus(delta + bias) stays in
-PyTorch autograd (it is (B, L, D), a 1/N share of the work).
+PyTorch scan instead and records it. What the kernel fuses: dt = softplus(delta + bias), the
+decay exp(dt A), the recurrence, the C readout, the D skip and the SiLU(z) gate, forward and
+backward, with the state in registers and no (L, B, N, D) tensor anywhere.
 """
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import ctypes
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -35,7 +33,7 @@ class ScanDims(ctypes.Structure):
     """Mirror of ``scan_dims`` in fused_cpu.c (sizes, then (batch, time) element strides)."""
     _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "dstate", "groups", "chunk")]
                 + [(f"s_{n}", ctypes.c_int64 * 2) for n in ("u", "dt", "z", "B", "C", "out")]
-                + [("nthreads", ctypes.c_int64)])
+                + [("nthreads", ctypes.c_int64), ("softplus", ctypes.c_int64)])
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
@@ -46,8 +44,8 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL:
             f"Mamba: backend 'fused' on a CPU runs a C kernel that cannot be built here: {exc}. "
             f"Use backend='chunked' (or 'auto', which records what it ran)") from None
     if not getattr(lib, "_archbench_typed", False):
-        lib.scan_fwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 11
-        lib.scan_bwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 18
+        lib.scan_fwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 12
+        lib.scan_bwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 20
         lib.scan_fwd.restype = lib.scan_bwd.restype = None
         lib._archbench_typed = True
     return lib
@@ -75,32 +73,32 @@ def _inner_contiguous(t: Tensor | None, dims: int = 1) -> Tensor | None:
 
 
 class _CpuScan(torch.autograd.Function):
-    """u, dt, z (B, L, E); At (N, E); Bm, Cm (B, L, G, N); D (E,); h0 (B, E, N).
-    Returns out (B, L, E) and the last state (B, E, N)."""
+    """u, delta, z (B, L, E); At (N, E); Bm, Cm (B, L, G, N); D, bias (E,); h0 (B, E, N);
+    dt = softplus(delta + bias) when ``softplus``. Returns out (B, L, E), last state (B, E, N)."""
 
     @staticmethod
-    def forward(ctx, u, dt, At, Bm, Cm, D, z, h0, chunk):
+    def forward(ctx, u, dt, At, Bm, Cm, D, z, h0, bias, softplus, chunk):
         batch, seqlen, dim = u.shape
         groups, dstate = Bm.shape[2], Bm.shape[3]
         out = u.new_empty(batch, seqlen, dim)
         last = u.new_empty(batch, dim, dstate)
         dims = ScanDims(batch, seqlen, dim, dstate, groups, chunk, _strides(u), _strides(dt),
                         _strides(z), _strides(Bm), _strides(Cm), _strides(out),
-                        torch.get_num_threads())
+                        torch.get_num_threads(), int(softplus))
         save = any(ctx.needs_input_grad)
         ckpt = u.new_empty(batch, -(-seqlen // chunk), dstate, dim) if save else None
         p = _native.pointer
         _library(u.dtype).scan_fwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D),
-                                   p(z), p(h0), p(out), p(last), p(ckpt))
+                                   p(z), p(h0), p(bias), p(out), p(last), p(ckpt))
         if save:
-            ctx.save_for_backward(u, dt, At, Bm, Cm, D, z, ckpt)
+            ctx.save_for_backward(u, dt, At, Bm, Cm, D, z, bias, ckpt)
         ctx.dims = dims
         return out, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_last):
-        u, dt, At, Bm, Cm, D, z, ckpt = ctx.saved_tensors
+        u, dt, At, Bm, Cm, D, z, bias, ckpt = ctx.saved_tensors
         dims = ctx.dims
         batch, seqlen, dim = u.shape
         groups, dstate = Bm.shape[2], Bm.shape[3]
@@ -113,13 +111,15 @@ class _CpuScan(torch.autograd.Function):
         dB = u.new_empty(tiles, batch, seqlen, groups, dstate)
         dC = torch.empty_like(dB)
         dh0 = u.new_empty(batch, dim, dstate)
+        dbias = u.new_empty(batch, dim) if bias is not None else None
         p = _native.pointer
         g_last = None if g_last is None else g_last.contiguous()
         _library(u.dtype).scan_bwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D),
-                                   p(z), p(ckpt), p(g_out), p(g_last), p(du), p(ddt), p(dz),
-                                   p(dAt), p(dD), p(dB), p(dC), p(dh0))
+                                   p(z), p(ckpt), p(g_out), p(g_last), p(bias), p(du), p(ddt),
+                                   p(dz), p(dAt), p(dD), p(dB), p(dC), p(dh0), p(dbias))
         return (du, ddt, dAt.sum(0), dB.sum(0), dC.sum(0), None if dD is None else dD.sum(0),
-                dz, dh0 if ctx.needs_input_grad[7] else None, None)
+                dz, dh0 if ctx.needs_input_grad[7] else None,
+                None if dbias is None else dbias.sum(0), None, None)
 
 
 def _grouped(BC: Tensor) -> Tensor:
@@ -148,12 +148,10 @@ def selective_scan_cpu_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     def cast(t: Tensor | None, dims: int = 1) -> Tensor | None:
         return _inner_contiguous(None if t is None else t.to(dtype), dims)
 
-    dt = delta.to(dtype) if delta_bias is None else delta.to(dtype) + delta_bias.to(dtype)
-    dt = F.softplus(dt) if delta_softplus else dt
     h0 = None if initial_state is None else initial_state.to(dtype).contiguous()
-    out, last = _CpuScan.apply(cast(u), _inner_contiguous(dt), A.to(dtype).t().contiguous(),
+    out, last = _CpuScan.apply(cast(u), cast(delta), A.to(dtype).t().contiguous(),
                                _grouped(B.to(dtype)), _grouped(C.to(dtype)), cast(D), cast(z),
-                               h0, block_len or CHUNK)
+                               h0, cast(delta_bias), bool(delta_softplus), block_len or CHUNK)
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
 

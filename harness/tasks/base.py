@@ -88,11 +88,15 @@ def score_parts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[Scores, to
             "expected logits (B, L, V) for targets (B, L)"
         )
     scored = targets != IGNORE_INDEX
-    # Cross-entropy only where scored: long evaluations score a handful of positions.
-    loss_sum = F.cross_entropy(logits[scored].float(), targets[scored], reduction="sum")
-    correct = (logits.argmax(dim=-1) == targets) & scored
-    sums = Scores(loss_sum=float(loss_sum), n_scored=int(scored.sum()), n_correct=int(correct.sum()))
-    return sums, scored.any(dim=-1), (correct | ~scored).all(dim=-1)
+    # Loss and argmax only where scored: long evaluations score a handful of positions.
+    rows = scored.nonzero()[:, 0]
+    picked, wanted = logits[scored].float(), targets[scored]
+    loss_sum = F.cross_entropy(picked, wanted, reduction="sum")
+    right = picked.argmax(dim=-1) == wanted
+    any_wrong = torch.zeros(targets.shape[0], dtype=torch.bool, device=targets.device)
+    any_wrong[rows[~right]] = True
+    sums = Scores(loss_sum=float(loss_sum), n_scored=int(scored.sum()), n_correct=int(right.sum()))
+    return sums, scored.any(dim=-1), ~any_wrong
 
 
 def combine_chunks(parts: list[tuple[Scores, torch.Tensor, torch.Tensor]]) -> Scores:

@@ -171,3 +171,16 @@ def test_build_cache_is_keyed_by_source_and_written_atomically(monkeypatch, tmp_
     with pytest.raises(_native.NativeKernelUnavailable, match="compiling k.c"):
         _native._build(src, _native.compiler(), _native.VARIANTS[torch.float64])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_softplus_in_the_kernel_over_its_whole_range():
+    """dt = softplus(delta + bias) is computed in the kernel (a polynomial log1p): steps from
+    e^-40 (nothing written) to 40 (the state reset) must match PyTorch's softplus."""
+    inputs = make_inputs(2, 32, 16, 64)
+    with torch.no_grad():
+        inputs["delta"].mul_(30)  # delta + bias over about [-60, 60]
+        inputs["A"].mul_(0.05)    # keep exp(dt A) away from underflow at dt = 60
+    want = run(selective_scan_ref, inputs)
+    got = run(selective_scan_cpu, inputs)
+    for name, a, e in zip(("out", "last", *inputs), got, want):
+        torch.testing.assert_close(a, e, atol=5e-5, rtol=5e-4, msg=lambda m, n=name: f"{n}: {m}")
