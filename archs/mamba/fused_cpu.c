@@ -38,6 +38,9 @@ typedef struct {
     int64_t batch, seqlen, dim, dstate, groups, chunk;
     int64_t s_u[2], s_dt[2], s_z[2], s_B[2], s_C[2], s_out[2]; /* (batch, time) strides */
     int64_t nthreads, softplus;
+    int64_t scalar_decay; /* A[d, n] is the same for every n (Mamba-2's per-head decay): At is
+                             (1, dim), the decay exp(dt A) is computed once per step, and
+                             dAt_part is (batch, 1, dim) */
 } scan_dims;
 
 /* dt of one step: softplus(delta + bias), each part optional; `pre` gets delta + bias */
@@ -124,15 +127,15 @@ static inline real* ckpt_at(const scan_dims* p, real* ckpt, tile t, int64_t c, i
 
 /* -- forward ------------------------------------------------------------------------------ */
 /* N is a compile-time 16 in the common case (the caller dispatches), so the n loops unroll
- * and h[] lives in registers. */
+ * and h[] lives in registers; SCALAR (scan_dims.scalar_decay) is a compile-time flag too. */
 static inline __attribute__((always_inline)) void fwd_task(
-        const scan_dims* p, tile t, const int64_t N, const real* u, const real* dt,
+        const scan_dims* p, tile t, const int64_t N, const int SCALAR, const real* u, const real* dt,
         const real* At, const real* Bm, const real* Cm, const real* D, const real* z,
         const real* h0, const real* dbias, real* out, real* last, real* ckpt) {
     const int64_t w = t.width, K = p->chunk;
     vec h[N], A[N]; /* a fixed 16 after inlining: registers */
     load_state(p, h0, t, h);
-    for (int64_t n = 0; n < N; n++) A[n] = vload(At + n * p->dim + t.d0, w);
+    for (int64_t n = 0; n < N; n++) A[n] = vload(At + (SCALAR ? 0 : n) * p->dim + t.d0, w);
     const vec Dv = D ? vload(D + t.d0, w) : splat(0);
     const vec biasv = dbias ? vload(dbias + t.d0, w) : splat(0);
     for (int64_t s = 0; s < p->seqlen; s++) {
@@ -144,10 +147,11 @@ static inline __attribute__((always_inline)) void fwd_task(
         const real* Bt = AT(Bm, s_B, s) + t.g * N;
         const real* Ct = AT(Cm, s_C, s) + t.g * N;
         const vec dtu = dtv * uv;
+        const vec a_step = SCALAR ? vexp(dtv * A[0]) : splat(0);
         vec y = Dv * uv;
 #pragma GCC unroll 16
         for (int64_t n = 0; n < N; n++) {
-            h[n] = vexp(dtv * A[n]) * h[n] + dtu * Bt[n];
+            h[n] = (SCALAR ? a_step : vexp(dtv * A[n])) * h[n] + dtu * Bt[n];
             y += Ct[n] * h[n];
         }
         if (z) {
@@ -165,10 +169,12 @@ void scan_fwd(const scan_dims* p, const real* u, const real* dt, const real* At,
 #pragma omp parallel for num_threads(p->nthreads) schedule(static)
     for (int64_t task = 0; task < n_tasks(p); task++) {
         tile t = tile_of(p, task);
+#define FWD(NS, SC) fwd_task(p, t, NS, SC, u, dt, At, Bm, Cm, D, z, h0, dbias, out, last, ckpt)
         if (p->dstate == 16)
-            fwd_task(p, t, 16, u, dt, At, Bm, Cm, D, z, h0, dbias, out, last, ckpt);
+            p->scalar_decay ? FWD(16, 1) : FWD(16, 0);
         else
-            fwd_task(p, t, p->dstate, u, dt, At, Bm, Cm, D, z, h0, dbias, out, last, ckpt);
+            p->scalar_decay ? FWD(p->dstate, 1) : FWD(p->dstate, 0);
+#undef FWD
     }
 }
 
@@ -176,7 +182,7 @@ void scan_fwd(const scan_dims* p, const real* u, const real* dt, const real* At,
 typedef struct { vec *hs, *as, *ys, *dts, *pres, *gA, *sB, *sC; } bwd_buffers;
 
 static inline __attribute__((always_inline)) void bwd_task(
-        const scan_dims* p, tile t, const int64_t N, bwd_buffers buf, const real* u,
+        const scan_dims* p, tile t, const int64_t N, const int SCALAR, bwd_buffers buf, const real* u,
         const real* dt, const real* At, const real* Bm, const real* Cm, const real* D,
         const real* z, real* ckpt, const real* gout, const real* glast, const real* dbias,
         real* du, real* ddt, real* dz, real* dAt_part, real* dD_part, real* dB_part,
@@ -186,7 +192,7 @@ static inline __attribute__((always_inline)) void bwd_task(
     vec *hs = buf.hs, *as = buf.as, *ys = buf.ys, *gA = buf.gA, *sB = buf.sB, *sC = buf.sC;
     load_state(p, glast, t, carry);
     for (int64_t n = 0; n < N; n++) {
-        A[n] = vload(At + n * E + t.d0, w);
+        A[n] = vload(At + (SCALAR ? 0 : n) * E + t.d0, w);
         gA[n] = splat(0);
     }
     const vec Dv = D ? vload(D + t.d0, w) : splat(0);
@@ -205,9 +211,10 @@ static inline __attribute__((always_inline)) void bwd_task(
             const vec dtu = dtv * uv;
             vec y = splat(0);
             buf.dts[k] = dtv;
+            const vec a_step = SCALAR ? vexp(dtv * A[0]) : splat(0);
 #pragma GCC unroll 16
             for (int64_t n = 0; n < N; n++) {
-                vec a = vexp(dtv * A[n]);
+                vec a = SCALAR ? a_step : vexp(dtv * A[n]);
                 vec hv = a * hs[k * N + n] + dtu * Bt[n];
                 as[k * N + n] = a;
                 hs[(k + 1) * N + n] = hv;
@@ -255,7 +262,13 @@ static inline __attribute__((always_inline)) void bwd_task(
         }
     }
     store_state(p, dh0, t, carry);
-    for (int64_t n = 0; n < N; n++) vstore(dAt_part + (t.b * N + n) * E + t.d0, gA[n], w);
+    if (SCALAR) { /* one decay for every n: its gradient is the sum over n */
+        vec total = splat(0);
+        for (int64_t n = 0; n < N; n++) total += gA[n];
+        vstore(dAt_part + t.b * E + t.d0, total, w);
+    } else {
+        for (int64_t n = 0; n < N; n++) vstore(dAt_part + (t.b * N + n) * E + t.d0, gA[n], w);
+    }
     if (dD_part) vstore(dD_part + t.b * E + t.d0, gD, w);
     if (dbias_part) vstore(dbias_part + t.b * E + t.d0, gbias, w);
 }
@@ -283,12 +296,13 @@ void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < n_tasks(p); task++) {
             tile t = tile_of(p, task);
+#define BWD(NS, SC) bwd_task(p, t, NS, SC, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, \
+                                 dbias, du, ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0, dbias_part)
             if (N == 16)
-                bwd_task(p, t, 16, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, dbias,
-                         du, ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0, dbias_part);
+                p->scalar_decay ? BWD(16, 1) : BWD(16, 0);
             else
-                bwd_task(p, t, N, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, dbias,
-                         du, ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0, dbias_part);
+                p->scalar_decay ? BWD(N, 1) : BWD(N, 0);
+#undef BWD
         }
         free(buf.hs); free(buf.as); free(buf.ys); free(buf.dts); free(buf.pres);
         free(buf.gA); free(buf.sB); free(buf.sC);

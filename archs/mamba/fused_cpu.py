@@ -33,7 +33,7 @@ class ScanDims(ctypes.Structure):
     """Mirror of ``scan_dims`` in fused_cpu.c (sizes, then (batch, time) element strides)."""
     _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "dstate", "groups", "chunk")]
                 + [(f"s_{n}", ctypes.c_int64 * 2) for n in ("u", "dt", "z", "B", "C", "out")]
-                + [("nthreads", ctypes.c_int64), ("softplus", ctypes.c_int64)])
+                + [(n, ctypes.c_int64) for n in ("nthreads", "softplus", "scalar_decay")])
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
@@ -73,18 +73,20 @@ def _inner_contiguous(t: Tensor | None, dims: int = 1) -> Tensor | None:
 
 
 class _CpuScan(torch.autograd.Function):
-    """u, delta, z (B, L, E); At (N, E); Bm, Cm (B, L, G, N); D, bias (E,); h0 (B, E, N);
-    dt = softplus(delta + bias) when ``softplus``. Returns out (B, L, E), last state (B, E, N)."""
+    """u, delta, z (B, L, E); At (N, E), or (1, E) for a decay shared by the N entries;
+    Bm, Cm (B, L, G, N); D, bias (E,); h0 (B, E, N); dt = softplus(delta + bias) when
+    ``softplus``. Returns out (B, L, E), last state (B, E, N)."""
 
     @staticmethod
     def forward(ctx, u, dt, At, Bm, Cm, D, z, h0, bias, softplus, chunk):
         batch, seqlen, dim = u.shape
         groups, dstate = Bm.shape[2], Bm.shape[3]
+        scalar_decay = At.shape[0] == 1 and dstate > 1
         out = u.new_empty(batch, seqlen, dim)
         last = u.new_empty(batch, dim, dstate)
         dims = ScanDims(batch, seqlen, dim, dstate, groups, chunk, _strides(u), _strides(dt),
                         _strides(z), _strides(Bm), _strides(Cm), _strides(out),
-                        torch.get_num_threads(), int(softplus))
+                        torch.get_num_threads(), int(softplus), int(scalar_decay))
         save = any(ctx.needs_input_grad)
         ckpt = u.new_empty(batch, -(-seqlen // chunk), dstate, dim) if save else None
         p = _native.pointer
@@ -106,7 +108,7 @@ class _CpuScan(torch.autograd.Function):
         tiles = -(-(dim // groups) // (VECTOR_BYTES // u.element_size()))  # tasks per group
         du, ddt = torch.empty_like(g_out), torch.empty_like(g_out)
         dz = torch.empty_like(g_out) if z is not None else None
-        dAt = u.new_empty(batch, dstate, dim)
+        dAt = u.new_empty(batch, At.shape[0], dim)
         dD = u.new_empty(batch, dim) if D is not None else None
         dB = u.new_empty(tiles, batch, seqlen, groups, dstate)
         dC = torch.empty_like(dB)
@@ -139,17 +141,29 @@ def selective_scan_cpu_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
                       C.movedim(1, -1), D, None if z is None else z.transpose(1, 2),
                       delta_bias, initial_state)
+    return scan_channels_last(u, delta, A.t(), B, C, D, z, delta_bias, delta_softplus,
+                              initial_state, return_last_state, block_len)
+
+
+def scan_channels_last(u: Tensor, delta: Tensor, At: Tensor, B: Tensor, C: Tensor,
+                       D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
+                       delta_softplus: bool, initial_state: Tensor | None,
+                       return_last_state: bool, block_len: int | None
+                       ) -> Tensor | tuple[Tensor, Tensor]:
+    """``selective_scan_cpu_bld`` without its checks, A given transposed: At (N, D), or (1, D)
+    for a decay each channel shares across its N state entries (Mamba-2's per-head decay:
+    the kernel then takes one exp per step instead of N)."""
     if u.shape[1] == 0:
         raise ValueError("the selective scan needs seqlen >= 1")
     if u.device.type != "cpu":
         raise BackendUnavailableError(f"Mamba: the CPU kernel got a tensor on '{u.device}'")
-    dtype = acc_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = acc_dtype(u, delta, At, B, C, D, z, delta_bias, initial_state)
 
     def cast(t: Tensor | None, dims: int = 1) -> Tensor | None:
         return _inner_contiguous(None if t is None else t.to(dtype), dims)
 
     h0 = None if initial_state is None else initial_state.to(dtype).contiguous()
-    out, last = _CpuScan.apply(cast(u), cast(delta), A.to(dtype).t().contiguous(),
+    out, last = _CpuScan.apply(cast(u), cast(delta), At.to(dtype).contiguous(),
                                _grouped(B.to(dtype)), _grouped(C.to(dtype)), cast(D), cast(z),
                                h0, cast(delta_bias), bool(delta_softplus), block_len or CHUNK)
     out = out.to(u.dtype)

@@ -9,17 +9,16 @@ and state entry n,
 which is Mamba-1's recurrence over the H*P channels d = (h, p) with dt_d = dt[h],
 A[d, n] = A[h] for every n, D_d = D[h], and B, C grouped exactly as Mamba-2 groups heads
 (channel d's group d // (H P / G) is head h's group). So the C kernel of
-``archs/mamba/fused_cpu.c`` (state in registers, an adjoint backward from checkpoints) runs
-it unchanged; autograd sums the broadcast dt, A and D back to their heads. It recomputes the
-per-head decay for each (p, n) - wasted arithmetic the chunked form avoids, still far
-faster than the chunked form's per-op overhead at the studies' sizes.
+``archs/mamba/fused_cpu.c`` (an adjoint backward from checkpoints) runs it, in its
+scalar-decay mode: the decay exp(dt A) is taken once per channel and step, not per state
+entry; autograd sums the broadcast dt, A and D back to their heads.
 """
 from __future__ import annotations
 
 import torch
 from einops import rearrange, repeat
 
-from archs.mamba.fused_cpu import selective_scan_cpu_bld
+from archs.mamba.fused_cpu import scan_channels_last
 from archs.mamba2.ref import _check_shapes
 
 Tensor = torch.Tensor
@@ -33,14 +32,13 @@ def ssd_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | 
     dtype and the final state (b, h, p, n) (float32, float64 for float64 inputs)."""
     _check_shapes(x, dt, A, B, C)
     _, _, heads, headdim = x.shape
-    d_state = B.shape[-1]
     u = rearrange(x, "b l h p -> b l (h p)")
     delta = repeat(dt, "b l h -> b l (h p)", p=headdim)
-    A_dn = repeat(A, "h -> (h p) n", p=headdim, n=d_state)
+    A_1d = repeat(A, "h -> 1 (h p)", p=headdim)  # one decay per channel, shared over n
     D_d = None if D is None else repeat(D, "h -> (h p)", p=headdim)
     h0 = None if initial_state is None else rearrange(initial_state, "b h p n -> b (h p) n")
-    out = selective_scan_cpu_bld(u, delta, A_dn, B, C, D_d, initial_state=h0,
-                                 return_last_state=return_final_state)
+    out = scan_channels_last(u, delta, A_1d, B, C, D_d, None, None, False, h0,
+                             return_final_state, None)
     y, last = out if return_final_state else (out, None)
     y = rearrange(y, "b l (h p) -> b l h p", h=heads)
     last = None if last is None else rearrange(last, "b (h p) n -> b h p n", h=heads)
