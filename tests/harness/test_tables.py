@@ -63,6 +63,16 @@ def test_every_committed_row_passes_the_schema():
     assert not problems, problems[:5]
 
 
+def test_a_full_disk_while_writing_a_point_says_so_and_leaves_no_part(full_disk):
+    store = ResultStore(full_disk / "res")
+    with pytest.raises(OSError, match=r"disk full: cannot write .*res/p\.jsonl"):
+        store.write(_row(), "p")
+    assert not list((full_disk / "res").iterdir())
+    (full_disk / "filler").unlink()
+    store.write(_row(), "p")
+    assert len(load_rows(full_disk / "res")) == 1
+
+
 # --- one file per point: force and re-measured points leave no duplicate ------------------
 
 def test_force_leaves_no_duplicate_of_a_point_in_a_job_subfolder(tmp_path):
