@@ -45,6 +45,7 @@ from harness.tasks import Task, get_task
 from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout
 from harness.train import (TrainResult, autocast_dtype, factor_columns, identity_settings, load_identified,
                            save_checkpoint, train)
+from harness.train import _loss as train_loss
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -129,8 +130,10 @@ class Experiment:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             return f"non-finite weights after the last update (train.lr={self.cfg.train.lr:g})"
         t = self.cfg.train
-        loss = evaluate(self.model, self.task, t.seq_len, n_sequences=min(8, t.batch_size), batch_size=t.batch_size,
-                        generator=torch.Generator().manual_seed(t.seed), amp=self.amp, device=self.device)["loss"]
+        batch = self.task.sample(min(8, t.batch_size), t.seq_len, torch.Generator().manual_seed(t.seed)).to(self.device)
+        self.model.eval()
+        with torch.no_grad():  # the training loss, on a batch, after the last update
+            loss = train_loss(self.model, batch.inputs, batch.targets, self.amp, self.device, 0.0)[1].item()
         if not math.isfinite(loss):
             return f"the trained model gives a non-finite loss ({loss}) (train.lr={t.lr:g})"
         return None
