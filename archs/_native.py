@@ -1,7 +1,7 @@
 """C kernels for the CPU, compiled at first use and loaded with ctypes.
 
 A family's ``fused`` backend on a CPU device is a small C file next to its Python wrapper
-(e.g. ``archs/mamba/fused_cpu.c``). It is compiled here the first time it is needed, with
+(e.g. ``archs/_scan_cpu.c``). It is compiled here the first time it is needed, with
 the machine's C compiler (``$CC``, else ``cc``/``gcc``) for this CPU (``-march=native``)
 and OpenMP, once in float32 and once in float64, into a cache folder
 (``$ARCHBENCH_KERNEL_CACHE``, default ``~/.cache/archbench/kernels``). The library's name

@@ -1,5 +1,5 @@
 """Forward+backward throughput of ONE Mamba-1 layer on CPU: our CPU kernel (backend
-"fused", archs/mamba/fused_cpu.c) and chunked scan vs the sequential reference vs the PyPI
+"fused", archs/_scan_cpu.c) and chunked scan vs the sequential reference vs the PyPI
 package mambapy (parallel scan), equal weights.
 
     python benchmarks/mamba_scan.py                      # L = 1024 4096 16384, all impls

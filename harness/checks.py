@@ -8,15 +8,18 @@
 * ``validate_model`` / ``validate_bench`` / ``validate_eval`` / ``validate_figures`` - values
   of the schemas in ``harness.config`` (a negative length, an unknown dtype name its key);
   ``resolve_device`` - ``auto``/``cpu``/``cuda[:N]``, with a clear error for anything else.
-* ``code_fingerprint`` - a hash of the source files that define a model (its classes'
-  modules, and the project modules those import from) and a task generator, so a
-  checkpoint trained by other code is never reused silently.
+* ``code_fingerprint`` - a hash of the source files that define a model (its classes' and
+  builder's modules, and every project module those import, transitively) and a task
+  generator, so a checkpoint trained by other code is never reused silently.
 """
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import difflib
 import hashlib
+import importlib
 import inspect
 import os
 import sys
@@ -24,7 +27,7 @@ import sysconfig
 import tempfile
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,9 @@ def merge_over(obj: Any, overrides: Any, where: str) -> Any:
 def check_writable_dir(path: str | os.PathLike, key: str) -> Path:
     """Create ``path`` if needed and prove a file can be written there; raise ValueError
     naming ``key`` (e.g. ``results_dir``) and the fix otherwise."""
+    if not str(path).strip():
+        raise ValueError(f"{key} is empty: point files would land in the current folder; give a folder "
+                         f"with {key}=...")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{key}={str(p)!r} is a file, not a folder; point {key} at a folder "
@@ -126,6 +132,63 @@ def check_writable_dir(path: str | os.PathLike, key: str) -> Path:
         raise ValueError(f"{key}={str(p)!r} cannot be written ({exc.strerror or exc}); "
                          f"choose a writable folder with {key}=...") from None
     return p
+
+
+def absolute_dir(path: str | None, key: str) -> str | None:
+    """``path`` made absolute against where the command was launched (Hydra may run a job
+    elsewhere); an empty one is refused, naming ``key``, before it could mean "here"."""
+    import hydra
+
+    if path is None:
+        return None
+    if not str(path).strip():
+        check_writable_dir(path, key)  # raises: the message says what to do
+    return hydra.utils.to_absolute_path(path)
+
+
+def data_memory_bytes() -> int | None:
+    """What this process's data segment holds now (VmData: what RLIMIT_DATA limits), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Room the process needs above what it holds when the cap starts, before any model: a thread
+# stack (the claim heartbeat), the allocator's next arena. (The model's own need is caught
+# when it is built: ``building_under_cap``.)
+MEMORY_CAP_HEADROOM = 32 * 2**20
+
+
+def check_memory_cap(gb: float | None, key: str) -> None:
+    """Refuse a CPU memory cap (RLIMIT_DATA, the whole process's) that is already below what
+    this process uses: it would fail building the model with a raw allocator error."""
+    used = data_memory_bytes()
+    if gb is None or used is None or gb * 2**30 >= used + MEMORY_CAP_HEADROOM:
+        return
+    need = (used + MEMORY_CAP_HEADROOM) / 2**30
+    _fail(key, f"{gb:g} GiB is below what this process already uses before any model is built "
+          f"({used / 2**30:.2f} GiB of data memory: Python, torch and its libraries; the cap "
+          f"covers the whole process). Set it to at least {need:.1f} GiB plus what the model and "
+          f"its activations need, or null for no cap")
+
+
+@contextlib.contextmanager
+def building_under_cap(gb: float | None, key: str) -> Iterator[None]:
+    """Around building the model under a CPU memory cap: running out of memory there is the
+    cap's fault, not a result - a ValueError naming ``key`` instead of a raw allocator error."""
+    from harness.timing import is_oom
+
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if gb is None or not is_oom(exc):
+            raise
+        raise ValueError(f"{key}={gb:g} GiB: building the model ran out of memory under this cap "
+                         f"({type(exc).__name__}: {str(exc).strip()[:120]}); raise it or set it to null") from None
 
 
 # ---------------------------------------------------------------- code fingerprint
@@ -148,32 +211,69 @@ def _project_file(obj: Any) -> Path | None:
     return path
 
 
+def _defining_modules(obj: Any) -> list[types.ModuleType]:
+    """The modules that define ``obj``: a module itself, a class's (and its bases'), a
+    function's, an instance's class's."""
+    if isinstance(obj, types.ModuleType):
+        return [obj]
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        names = [obj.__module__]
+    else:
+        names = [cls.__module__ for cls in (obj.__mro__ if isinstance(obj, type) else type(obj).__mro__)]
+    return [sys.modules[n] for n in names
+            if n in sys.modules and not n.startswith(("torch", "builtins", "typing"))]
+
+
+def _imported_modules(mod: types.ModuleType, source: str) -> set[str]:
+    """Names of the modules that ``mod``'s source imports anywhere (module level and inside
+    functions: lazy imports count), resolved the way Python would: ``from pkg import name``
+    counts ``pkg``, ``pkg.name`` if that is a module, else the module defining ``name``."""
+    names: set[str] = set()
+    package = mod.__package__ or mod.__name__.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            for alias in node.names:
+                names.add(f"{base}.{alias.name}")  # kept only if it is a module (see below)
+                owner = getattr(sys.modules.get(base), alias.name, None)
+                if getattr(owner, "__module__", None):
+                    names.add(owner.__module__)
+    return names
+
+
 def _module_files(objs: Iterable[Any]) -> set[Path]:
-    """Source files of the modules defining ``objs`` (classes, instances, modules) and of
-    the project modules those import names from (one level: ``ref.py`` beside ``layer.py``)."""
-    mods: set[types.ModuleType] = set()
-    for obj in objs:
-        classes = type(obj).__mro__ if not isinstance(obj, (type, types.ModuleType)) else \
-            (obj.__mro__ if isinstance(obj, type) else ())
-        if isinstance(obj, types.ModuleType):
-            mods.add(obj)
-        for cls in classes:
-            mod = sys.modules.get(cls.__module__)
-            if mod is not None and not cls.__module__.startswith(("torch", "builtins", "typing")):
-                mods.add(mod)
-    files = set()
-    for mod in mods:
-        own = _project_file(mod)
-        if own is None:
+    """Source files of the modules defining ``objs`` (classes, instances, functions, modules)
+    and of every module they import, transitively, within the same top-level packages (the
+    project's ``archs``/``harness``, a plugin's package): ``ref.py`` imported by
+    ``chunked.py`` imported by ``layer.py`` counts, as does a lazy import inside a function."""
+    queue = [m for obj in objs for m in _defining_modules(obj)]
+    roots = {m.__name__.split(".")[0] for m in queue if _project_file(m) is not None}
+    files: dict[str, Path] = {}
+    while queue:
+        mod = queue.pop()
+        if mod.__name__ in files:
             continue
-        files.add(own)
-        for value in vars(mod).values():
-            dep = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", "") or "")
-            if dep is not None and (dep.__name__.split(".")[0] == mod.__name__.split(".")[0]):
-                f = _project_file(dep)
-                if f is not None:
-                    files.add(f)
-    return files
+        path = _project_file(mod)
+        if path is None or not path.suffix == ".py":
+            continue
+        files[mod.__name__] = path
+        for name in _imported_modules(mod, path.read_text()):
+            if name.split(".")[0] not in roots or name in files:
+                continue
+            dep = sys.modules.get(name)
+            if dep is None:
+                try:
+                    dep = importlib.import_module(name)
+                except ImportError:  # `from pkg import function`: pkg.function is not a module
+                    continue
+            queue.append(dep)
+    return set(files.values())
 
 
 def code_fingerprint(*objs: Any, length: int = 12) -> str:
@@ -184,6 +284,13 @@ def code_fingerprint(*objs: Any, length: int = 12) -> str:
         expanded.append(obj)
         if hasattr(obj, "modules") and callable(obj.modules):
             expanded += list(obj.modules())
+        if isinstance(getattr(obj, "arch_name", None), str):  # the registered builder built it
+            from archs import arch_info
+
+            try:
+                expanded.append(arch_info(obj.arch_name).builder)
+            except (KeyError, ValueError):
+                pass
     h = hashlib.sha256()
     for path in sorted(_module_files(expanded)):
         rel = path.relative_to(REPO_ROOT) if REPO_ROOT in path.parents else Path(path.name)
@@ -238,6 +345,9 @@ def validate_bench(b: BenchConfig | DictConfig) -> None:
             _fail(f"bench.{key}", f"must be >= 0, got {getattr(b, key)}")
     if b.min_repeats < 1 or b.min_run_time <= 0 or b.time_budget_s <= 0:
         _fail("bench.min_repeats/min_run_time/time_budget_s", "must be positive")
+    if b.cpu_memory_limit_gb is not None and b.cpu_memory_limit_gb <= 0:
+        _fail("bench.cpu_memory_limit_gb", f"must be positive or null, got {b.cpu_memory_limit_gb}")
+    check_memory_cap(b.cpu_memory_limit_gb, "bench.cpu_memory_limit_gb")
 
 
 DISTANCE_AT = ("every_length", "shortest")
@@ -259,6 +369,7 @@ def validate_eval(e: EvalConfig | DictConfig) -> None:
         _fail("eval.cpu_memory_limit_gb", f"must be positive or null, got {e.cpu_memory_limit_gb}")
     if e.distance_at not in DISTANCE_AT:
         _fail("eval.distance_at", f"must be one of {list(DISTANCE_AT)}, got {e.distance_at!r}")
+    check_memory_cap(e.cpu_memory_limit_gb, "eval.cpu_memory_limit_gb")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,6 +18,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from harness.claims import DEFAULT_STALE_S
 from harness.train import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,7 +92,7 @@ class CostConfig:
     force: bool = False                        # re-measure points already in results_dir
     seed: int = 0
     progress: bool = True
-    claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
+    claim_stale_s: float = DEFAULT_STALE_S     # a claim without a heartbeat for this long is taken over
     figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
 
 
@@ -128,7 +129,7 @@ class ExtrapolateConfig:
     experiment: str = "adhoc"
     force: bool = False
     progress: bool = True
-    claim_stale_s: float = 6 * 3600.0          # a claim from another host older than this is taken over
+    claim_stale_s: float = DEFAULT_STALE_S     # a claim without a heartbeat for this long is taken over
     figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
 
 

@@ -35,7 +35,8 @@ from harness.cluster import prepare_launchers
 from harness.config import CONF_DIR, DTYPES, BenchConfig, CostConfig, register_configs
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
-from harness.checks import as_schema, check_writable_dir
+from harness.checks import absolute_dir, as_schema, building_under_cap, check_writable_dir
+from harness.claims import check_stale_s
 from harness.results import load_rows_where, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout
@@ -181,13 +182,15 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
     validate_bench(cfg.bench)
     validate_model(cfg.model)
     validate_figures(cfg.figures)
+    check_stale_s(cfg.claim_stale_s)
     device = resolve_device(cfg.device)
     check_writable_dir(cfg.results_dir, "results_dir")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or 256, validate_only=True)  # fail before compute
     # The threads and the cap hold for this job only: the next job of a multirun starts afresh.
     with job_limits(device, cfg.bench.cpu_memory_limit_gb, threads=cfg.bench.threads):
         torch.manual_seed(cfg.seed)
-        sweep = Sweep(cfg)
+        with building_under_cap(cfg.bench.cpu_memory_limit_gb, "bench.cpu_memory_limit_gb"):
+            sweep = Sweep(cfg)
         if cfg.bench.search == "max_len":
             sweep.run_max_len()
         else:
@@ -198,7 +201,7 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cost")
 def main(cfg: DictConfig) -> None:
     # Launchers may run jobs elsewhere; results always land where the user pointed.
-    cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)
+    cfg.results_dir = absolute_dir(cfg.results_dir, "results_dir")
     df = exit_on_terminate(lambda: run(cfg))
     if not df.empty:
         ok = df[df["status"] == "ok"]

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from archs import SequenceTooLongError
 from harness.arch_train import move_arch_train
+from harness.atomic import DiskFullError
 from harness.build import BuiltModel, build
 from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
                             validate_model)
@@ -35,12 +36,15 @@ from harness.cluster import prepare_launchers
 from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.checks import as_schema, check_writable_dir, code_fingerprint
-from harness.results import atomic_write, config_hash, load_rows_where, make_row, point_key
+from harness.checks import (absolute_dir, as_schema, building_under_cap, check_writable_dir,
+                            code_fingerprint)
+from harness.claims import check_stale_s
+from harness.results import (atomic_write, clean_stale_temps, config_hash, load_rows_where, make_row,
+                             point_key, safe_label)
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
 from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout
-from harness.train import (TrainResult, autocast_dtype, factor_columns, identity_settings, load_checkpoint,
+from harness.train import (TrainResult, autocast_dtype, batch_loss, factor_columns, identity_settings, load_identified,
                            save_checkpoint, train)
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,11 @@ class Experiment:
     def _checkpoint(self) -> Path | None:
         if not self.cfg.checkpoint_dir:
             return None
-        return Path(self.cfg.checkpoint_dir) / f"{self.built.label}-{self.train_key}.pt"
+        # The label is the user's text (any characters): sanitised, it cannot leave the folder.
+        folder = Path(self.cfg.checkpoint_dir)
+        path = folder / f"{safe_label(self.built.label)}-{self.train_key}.pt"
+        assert path.resolve().parent == folder.resolve(), path
+        return path
 
     def _eval_fn(self):
         gen = torch.Generator().manual_seed(self.cfg.eval.seed + 1)
@@ -92,32 +100,38 @@ class Experiment:
 
     def trained(self) -> TrainResult:
         ckpt = self._checkpoint()
-        summary = ckpt.with_suffix(".json") if ckpt else None
         if ckpt and self.cfg.force:
             self._resume_path().unlink(missing_ok=True)  # force=true trains from step 0
-        if ckpt and ckpt.exists() and summary.exists() and not self.cfg.force:
-            load_checkpoint(self.model, ckpt)  # a truncated file: an error naming it and force=true
+        if ckpt and ckpt.exists() and not self.cfg.force:
+            # Another run's file, or a truncated one: an error naming it and force=true.
+            identity = load_identified(self.model, ckpt, self.train_key)
             self.model.to(self.device)
             log.info("loaded %s", ckpt)
-            return TrainResult(**json.loads(summary.read_text()))
+            return TrainResult(**identity["result"])  # this run's numbers, saved with its weights
         start = time.perf_counter()
         try:
             # a run stopped by a time limit or a signal continues from its snapshot
             result = train(self.model, self.task, self.cfg.train, self.device,
                            eval_fn=self._eval_fn(), progress=self.cfg.progress,
                            resume_path=self._resume_path(), resume_identity=self.train_key)
+        except DiskFullError:
+            raise  # the environment, not the model: stop with the message naming the path
         except Exception as exc:  # noqa: BLE001 - a training OOM / error becomes rows, not a crash
             status, reason = classify_exception(exc)
             free_memory(exc)
             self.model.zero_grad(set_to_none=True)
             log.warning("%s: training failed (%s); every eval length gets a %s row", self.built.label, reason, status)
             return TrainResult(status=status, reason=reason, wall_s=time.perf_counter() - start)
+        broken = self._broken_by_last_update() if result.status == "ok" else None
+        if broken:
+            result.status, result.reason = "diverged", broken
         if ckpt and result.status == "ok":
-            save_checkpoint(self.model, ckpt)
+            save_checkpoint(self.model, ckpt, {"key": self.train_key, "settings": self.train_settings,
+                                               "result": result.summary()})
             # the training curve (loss every train.log_every steps, lr, eval accuracy): when
             # a long run learned - or that it never left chance - is half of a study's answer
             atomic_write(ckpt.with_suffix(".history.csv"), pd.DataFrame(result.history).to_csv(index=False))
-            atomic_write(summary, json.dumps(result.summary()))
+            atomic_write(ckpt.with_suffix(".json"), json.dumps({"key": self.train_key, **result.summary()}))
         if ckpt:
             self._resume_path().unlink(missing_ok=True)  # the checkpoint holds the result now
         return result
@@ -126,6 +140,20 @@ class Experiment:
         """The resume snapshot beside the checkpoint (none without a checkpoint_dir)."""
         ckpt = self._checkpoint()
         return ckpt.with_suffix(".resume.pt") if ckpt else None
+
+    def _broken_by_last_update(self) -> str | None:
+        """Why the model after training is broken, or None. The loop checks the loss before
+        each update; this checks what the last one left: finite weights, a finite loss."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return f"non-finite weights after the last update (train.lr={self.cfg.train.lr:g})"
+        t = self.cfg.train
+        batch = self.task.sample(min(8, t.batch_size), t.seq_len, torch.Generator().manual_seed(t.seed)).to(self.device)
+        self.model.eval()
+        with torch.no_grad():  # the training loss, on a batch, after the last update
+            loss = batch_loss(self.model, batch.inputs, batch.targets, self.amp, self.device, 0.0)[1].item()
+        if not math.isfinite(loss):
+            return f"the trained model gives a non-finite loss ({loss}) (train.lr={t.lr:g})"
+        return None
 
     # -- evaluation --------------------------------------------------------------------------
     def settings(self, eval_len: int, distance: int | None = None) -> dict[str, Any]:
@@ -182,10 +210,15 @@ class Experiment:
                     self.model, self.eval_task(), eval_len, n_sequences=e.n_sequences, batch_size=batch,
                     micro_batch=micro, generator=gen, chunk_len=e.chunk_len, amp=self.amp,
                     device=self.device), e.time_budget_s)
-                if "loss" in metrics and math.isfinite(metrics["loss"]):
+                elapsed_ms = 1e3 * (time.perf_counter() - start)
+                if "loss" in metrics and not math.isfinite(metrics["loss"]):
+                    # non-finite logits: the weights are broken, not the model bad at this length
+                    return self.row(eval_len, trained, "diverged", f"eval loss is {metrics['loss']} at "
+                                    f"length {eval_len}: the trained model gives non-finite logits",
+                                    time_ms=elapsed_ms, micro_batch=micro, **metrics)
+                if "loss" in metrics:
                     metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
-                return self.row(eval_len, trained, time_ms=1e3 * (time.perf_counter() - start),
-                                micro_batch=micro, **metrics)
+                return self.row(eval_len, trained, time_ms=elapsed_ms, micro_batch=micro, **metrics)
             except SequenceTooLongError as exc:
                 return self.row(eval_len, trained, "skipped", str(exc))
             except Exception as exc:  # noqa: BLE001 - every failure becomes a row
@@ -239,6 +272,20 @@ class Experiment:
         self.distance = None
 
 
+def check_trigger_distances(task: Task, distances: list[int], seq_lens: list[int]) -> None:
+    """Every ``eval.trigger_distances`` entry must be a knob of the task and fit at least
+    one evaluation length; one that fits none would silently give no rows."""
+    too_long = []
+    for d in distances:
+        need = task.at_distance(d).min_len()  # no such knob, or a bad distance: fails here, named
+        if need > max(seq_lens):
+            too_long.append(f"{d} (needs >= {need} tokens)")
+    if too_long:
+        raise ValueError(f"eval.trigger_distances {', '.join(too_long)} fit in no evaluation length "
+                         f"(eval.seq_lens={sorted(seq_lens)}), so they would give no rows; add a longer "
+                         f"length to eval.seq_lens or drop those distances")
+
+
 def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
     """Train (or load) and evaluate one architecture config; return its rows."""
     cfg = _as_schema(cfg)
@@ -251,26 +298,32 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
     if too_short:
         raise ValueError(f"eval.seq_lens has {too_short}, shorter than the task's min_len={task.min_len()} "
                          f"for {task.params()}")
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < task.vocab_size:
+        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of task "
+                         f"{task.name} ({task.vocab_size} tokens): its tokens would index past the "
+                         f"embedding. Set model.vocab_size >= {task.vocab_size}, or null for the task's own")
     build(cfg.arch, cfg.model, cfg.model.vocab_size or task.vocab_size, validate_only=True)
-    for d in cfg.eval.trigger_distances or []:
-        task.at_distance(d).min_len()  # no such knob, or a bad distance: fails here, named
+    check_trigger_distances(task, cfg.eval.trigger_distances or [], cfg.eval.seq_lens)
+    check_stale_s(cfg.claim_stale_s)
     device = resolve_device(cfg.device)
     check_writable_dir(cfg.results_dir, "results_dir")
     if cfg.checkpoint_dir:
         check_writable_dir(cfg.checkpoint_dir, "checkpoint_dir")
+        clean_stale_temps(cfg.checkpoint_dir)  # a save cut by a kill left a (full-size) temp file
     # The cap and train.threads hold for this job only: the next job of a multirun starts afresh.
     with job_limits(device, cfg.eval.cpu_memory_limit_gb):
         torch.manual_seed(cfg.train.seed)
-        experiment = Experiment(cfg)
+        with building_under_cap(cfg.eval.cpu_memory_limit_gb, "eval.cpu_memory_limit_gb"):
+            experiment = Experiment(cfg)
         experiment.run()
     return load_rows_where(cfg.results_dir, label=experiment.built.label, train_key=experiment.train_key)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extrapolate")
 def main(cfg: DictConfig) -> None:
-    cfg.results_dir = hydra.utils.to_absolute_path(cfg.results_dir)
+    cfg.results_dir = absolute_dir(cfg.results_dir, "results_dir")
     if cfg.checkpoint_dir:
-        cfg.checkpoint_dir = hydra.utils.to_absolute_path(cfg.checkpoint_dir)
+        cfg.checkpoint_dir = absolute_dir(cfg.checkpoint_dir, "checkpoint_dir")
     df = exit_on_terminate(lambda: run(cfg))
     if not df.empty:
         log.info("%d evaluation rows in %s", len(df), cfg.results_dir)

@@ -51,7 +51,8 @@ Files
 temporary ``.<key>.jsonl.<host>.<pid>.tmp`` in the same directory, fsync, then
 ``os.replace``. Parallel jobs (Hydra multirun, submitit, Ray) each write their own
 files and never append to a shared one; a writer killed mid-write leaves only a
-dot-prefixed temp file, which readers ignore and ``clean_temp`` removes.
+dot-prefixed temp file, which readers ignore and ``clean_temp`` removes
+(``harness/atomic.py``: the writer, the group writer, disk-full messages).
 """
 from __future__ import annotations
 
@@ -62,16 +63,18 @@ import json
 import math
 import os
 import re
-import socket
 import sys
-import time
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+# The one atomic writer lives in harness/atomic.py; it is imported from here as it always was.
+from harness.atomic import (DiskFullError, _host, atomic_write, atomic_write_group,  # noqa: F401
+                            clean_stale_temps, finish_group, group_lock, reporting_disk_full)
 
 log = logging.getLogger(__name__)
 
@@ -82,81 +85,32 @@ CORE_COLUMNS: tuple[str, ...] = (
 )
 META_COLUMNS: tuple[str, ...] = ("experiment", "point_key", "config_hash", "timestamp", "arch_kwargs")
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "timeout", "skipped", "diverged")
+# The type and range of every column other tools compute with, checked on every row written
+# and read (validate_row): a "64k" seq_len or a "fast" time_ms is refused, never turned into
+# NaN inside an ok row. (kind, lowest, highest); null (not measured) is always allowed.
+_TEXT, _INT, _NUMBER, _FLAG = "text", "integer", "number", "true/false"
+COLUMN_TYPES: dict[str, tuple[str, float | None, float | None]] = {
+    **{c: (_TEXT, None, None) for c in ("arch", "backend", "dtype", "mode", "reason", "device", "label",
+                                        "task", "experiment", "point_key", "config_hash", "timestamp",
+                                        "train_status")},
+    **{c: (_INT, 0, None) for c in ("params", "seq_len", "peak_mem_bytes", "flops", "state_bytes",
+                                    "active_params", "flops_analytic", "n_scored", "n_sequences",
+                                    "train_steps", "train_tokens")},
+    **{c: (_INT, 1, None) for c in ("batch", "eval_seq_len", "train_seq_len", "trigger_distance",
+                                    "micro_batch", "d_model", "n_layers")},
+    "seed": (_INT, None, None),
+    **{c: (_NUMBER, 0, None) for c in ("time_ms", "time_ms_p10", "time_ms_p90", "tokens_per_s", "wall_s",
+                                       "train_wall_s", "loss", "train_loss", "bpb")},
+    "perplexity": (_NUMBER, 1, None),
+    **{c: (_NUMBER, 0, 1) for c in ("accuracy", "seq_acc")},
+    "early_stopped": (_FLAG, None, None),
+}
 # Integer-valued core columns: loaded as nullable Int64 so a missing value stays missing.
-INT_COLUMNS: tuple[str, ...] = ("params", "seq_len", "batch", "peak_mem_bytes", "flops", "state_bytes")
-FLOAT_COLUMNS: tuple[str, ...] = ("time_ms", "time_ms_p10", "time_ms_p90", "tokens_per_s")
+INT_COLUMNS: tuple[str, ...] = tuple(c for c in CORE_COLUMNS if COLUMN_TYPES.get(c, ("",))[0] == _INT)
+FLOAT_COLUMNS: tuple[str, ...] = tuple(c for c in CORE_COLUMNS if COLUMN_TYPES.get(c, ("",))[0] == _NUMBER)
 
 SUFFIX = ".jsonl"
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]{0,199}$")
-
-
-# ---------------------------------------------------------------- the one atomic writer
-
-
-def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Path], None]) -> Path:
-    """Write ``path`` so readers see the old file or the new one, never a part: the
-    content goes to a dot-prefixed temp file in the same directory
-    (``.<name>.<host>.<pid>.tmp``), is fsynced, then ``os.replace``-d over ``path``.
-    ``content`` is text, bytes, or a function that writes the file at the path it is given
-    (``lambda p: df.to_parquet(p)``). A killed writer leaves only the temp file, which
-    readers ignore and ``ResultStore.clean_temp`` removes. The one writer of the project."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{_host()}.{os.getpid()}.tmp")
-    try:
-        if callable(content):
-            content(tmp)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(content.encode() if isinstance(content, str) else content)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(final.parent)
-    return final
-
-
-def atomic_write_group(directory: str | os.PathLike, name: str,
-                       writes: Mapping[str, str | bytes | Callable[[Path], None]]) -> list[Path]:
-    """Replace several files of ``directory`` together: after a kill at any moment the
-    next call (or ``finish_group``) leaves them all old or all new.
-
-    1. each new file is written in full as ``.<file>.<name>.new`` (fsynced);
-    2. a journal ``.<name>.journal`` listing them is written atomically - the commit point;
-    3. each ``.new`` file is renamed over its final name, then the journal is removed.
-    ``finish_group`` (run first by every call) completes a group whose journal exists
-    (roll forward) and deletes ``.new`` files without one (roll back)."""
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    finish_group(root, name)
-    staged = {}
-    for fname, content in writes.items():
-        new = root / f".{fname}.{name}.new"
-        atomic_write(new, content)
-        staged[new.name] = fname
-    atomic_write(root / f".{name}.journal", json.dumps(staged))
-    finish_group(root, name)
-    return [root / f for f in writes]
-
-
-def finish_group(directory: str | os.PathLike, name: str) -> None:
-    """Complete (journal present) or discard (journal absent) an interrupted
-    ``atomic_write_group``."""
-    root = Path(directory)
-    journal = root / f".{name}.journal"
-    try:
-        staged = json.loads(journal.read_text())
-    except FileNotFoundError:
-        for stray in root.glob(f".*.{name}.new"):
-            stray.unlink(missing_ok=True)
-        return
-    for new, final in staged.items():
-        if (root / new).exists():
-            os.replace(root / new, root / final)
-    _fsync_dir(root)
-    journal.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- hashing and keys
@@ -189,9 +143,27 @@ def config_hash(settings: Mapping[str, Any], length: int = 12) -> str:
 def point_key(settings: Mapping[str, Any], prefix: str = "") -> str:
     """A filename-safe key for one point: ``<prefix>-<config_hash>`` (prefix sanitised),
     e.g. ``point_key(cfg, "mamba-L4096-train")`` -> ``mamba-L4096-train-3f2a9c0d1e4b``."""
-    clean = re.sub(r"[^A-Za-z0-9._=+,-]+", "_", prefix).strip("._-")
-    h = config_hash(settings)
+    clean = _sanitise(prefix)
+    # Two prefixes that sanitise alike (mämba, mömba) must not share keys: then the raw one is
+    # hashed too. A prefix that needed no change keeps its hash (existing keys stay valid).
+    h = config_hash(settings if clean == prefix else {"settings": settings, "prefix": prefix})
     return f"{clean}-{h}" if clean else h
+
+
+def _sanitise(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+,-]+", "_", text).strip("._-")
+
+
+def safe_label(text: str) -> str:
+    """``text`` as a file-name part that stays inside its folder: every run of characters
+    outside ``A-Za-z0-9._=+,-`` becomes ``_``, leading/trailing ``._-`` go, and when that
+    changed anything a short hash of ``text`` is appended - so two labels that sanitise alike
+    (``mämba``, ``mömba``; ``../x``, ``x``) never share a key or a checkpoint. A clean text is
+    kept as it is (existing keys stay valid)."""
+    clean = _sanitise(text)
+    if clean == text:
+        return clean
+    return f"{clean or 'x'}_{hashlib.sha256(text.encode()).hexdigest()[:8]}" if text else ""
 
 
 def check_key(key: str) -> str:
@@ -279,6 +251,23 @@ def validate_row(row: Mapping[str, Any], stored: bool = False) -> None:
     for col in ("arch", "mode"):
         if not row.get(col):
             raise ValueError(f"row is missing {col!r}; every row names the architecture and what was measured")
+    for col, (kind, low, high) in COLUMN_TYPES.items():
+        if row.get(col) is not None:
+            _check_value(col, _jsonable(row[col]), kind, low, high)
+
+
+def _check_value(col: str, value: Any, kind: str, low: float | None, high: float | None) -> None:
+    if value is None:
+        return  # a non-finite float, stored as null
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits = {_TEXT: isinstance(value, str), _FLAG: isinstance(value, bool),
+            _NUMBER: number, _INT: number and float(value).is_integer()}[kind]
+    if not fits:
+        raise ValueError(f"column {col!r} must be {'an' if kind == _INT else 'a'} {kind} (or null), "
+                         f"got {value!r} ({type(value).__name__})")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ValueError(f"column {col!r} must be {bounds}, got {value!r}")
 
 
 # ---------------------------------------------------------------- the store
@@ -292,8 +281,11 @@ class ResultStore:
     """
 
     def __init__(self, results_dir: str | os.PathLike, *, clean: bool = True) -> None:
+        if isinstance(results_dir, str) and not results_dir.strip():
+            raise ValueError("results_dir is empty; give the folder for the point files (results_dir=...)")
         self.dir = Path(results_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._deeper: dict[str, list[Path]] | None = None  # point files in subfolders, by name
         if clean:
             self.clean_temp()
 
@@ -307,7 +299,22 @@ class ResultStore:
             raise ValueError(f"no rows to write for key {key!r}; write a status=skipped row instead")
         text = "".join(json.dumps(_jsonable({**r, "point_key": r.get("point_key") or key}),
                                   allow_nan=False) + "\n" for r in rows)
-        return atomic_write(self.path_for(key), text)
+        path = atomic_write(self.path_for(key), text)
+        self._supersede_copies(path)
+        return path
+
+    def _supersede_copies(self, path: Path) -> None:
+        """Move older files of the same point in subfolders (an earlier run's Hydra job
+        folder; the one cut short by a signal) aside as ``<name>.replaced``: one file per
+        point, so a re-measured or ``force``-d point is never in the table twice."""
+        if self._deeper is None:
+            self._deeper = {}
+            for p in point_files(self.dir):
+                if p.parent != self.dir:
+                    self._deeper.setdefault(p.name, []).append(p)
+        for old in self._deeper.pop(path.name, []):
+            moved = quarantine(old, ".replaced")
+            log.info("%s replaces %s (moved to %s)", path, old, moved.name)
 
     def has_valid(self, key: str) -> bool:
         """True if ``key`` is done: a file for it exists below the directory and every
@@ -356,48 +363,7 @@ class ResultStore:
         A temp file is removed if its writer ran on this host and is no longer alive,
         or if it is older than ``max_age_s`` (a write takes milliseconds; this covers
         writers on other hosts of a shared filesystem, whose pids we cannot check)."""
-        removed = 0
-        host = _host()
-        for tmp in self.dir.rglob(".*.tmp"):
-            parts = tmp.name.rsplit(".", 3)  # [".<key>.jsonl", host, pid, "tmp"]
-            same_host_dead = len(parts) == 4 and parts[1] == host and not _pid_alive(parts[2])
-            try:
-                too_old = time.time() - tmp.stat().st_mtime > max_age_s
-                if same_host_dead or too_old:
-                    tmp.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue  # its writer finished or another cleaner got there first
-        return removed
-
-
-def _host() -> str:
-    # Dots would break parsing the temp name back into (key, host, pid).
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not supported on every platform/filesystem.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return clean_stale_temps(self.dir, max_age_s)
 
 
 # ---------------------------------------------------------------- loading
@@ -412,13 +378,14 @@ def point_files(results_dir: str | os.PathLike) -> list[Path]:
     )
 
 
-def quarantine(path: Path) -> Path:
-    """Move a corrupt point file aside as ``<name>.corrupt`` (``.corrupt.1`` ... if taken)."""
-    target = path.with_name(path.name + ".corrupt")
+def quarantine(path: Path, suffix: str = ".corrupt") -> Path:
+    """Move a point file aside as ``<name>.corrupt`` (``.corrupt.1`` ... if taken), or with
+    another ``suffix``; readers of point files no longer see it."""
+    target = path.with_name(path.name + suffix)
     n = 0
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}.corrupt.{n}")
+        target = path.with_name(f"{path.name}{suffix}.{n}")
     try:
         os.replace(path, target)
     except FileNotFoundError:
@@ -504,7 +471,9 @@ def load_rows(results_dir: str | os.PathLike, rejected: list[str] | None = None)
     if not root.exists():
         raise FileNotFoundError(f"results directory {root} does not exist")
     rows = []
-    for path in point_files(root):
+    files = point_files(root)
+    _warn_duplicates(files)
+    for path in files:
         good, problems = read_point_file(path)
         rows.extend(good)
         for problem in problems:
@@ -512,6 +481,19 @@ def load_rows(results_dir: str | os.PathLike, rejected: list[str] | None = None)
         if rejected is not None:
             rejected.extend(problems)
     return _coerce_types(order_columns(pd.DataFrame.from_records(rows)))
+
+
+def _warn_duplicates(files: list[Path]) -> None:
+    """Warn about one point's file in several folders (written before ``ResultStore.write``
+    moved older copies aside): its rows would be in the table more than once."""
+    by_name: dict[str, list[Path]] = {}
+    for path in files:
+        by_name.setdefault(path.name, []).append(path)
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            warnings.warn(f"point {name[:-len(SUFFIX)]} has {len(paths)} files ({', '.join(map(str, paths))}): "
+                          f"its rows appear {len(paths)} times; keep one (the newest is the last measured)",
+                          RuntimeWarning, stacklevel=3)
 
 
 def load_rows_where(results_dir: str | os.PathLike, **equal: Any) -> pd.DataFrame:
@@ -541,15 +523,25 @@ def load_rows_reporting(results_dir: str | os.PathLike, stream: Any = None) -> t
 
 def results_dir_cli(prog: str, description: str, out_help: str, argv: Any = None,
                     results_help: str = "directory of per-point result files (searched recursively)",
-                    ) -> tuple[argparse.Namespace, pd.DataFrame, list[str]]:
+                    load: bool = True) -> tuple[argparse.Namespace, pd.DataFrame | None, list[str]]:
     """The start of every command that reads a results folder (collect, plot): parse
-    ``RESULTS_DIR [--out OUT]`` (an argparse error if RESULTS_DIR is not a folder), then
-    ``load_rows_reporting``. Returns the arguments, the rows and the rejected problems."""
+    ``RESULTS_DIR [--out OUT]`` (an argparse error if RESULTS_DIR is not a folder or OUT
+    cannot be one), then, if ``load``, ``load_rows_reporting``. Returns the arguments, the
+    rows and the rejected problems (None and [] without ``load``)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("results_dir", help=results_help)
     parser.add_argument("--out", default=None, help=out_help)
     args = parser.parse_args(argv)
     if not Path(args.results_dir).is_dir():
         parser.error(f"{args.results_dir} is not a directory")
+    if args.out is not None:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            parser.error(f"--out {args.out}: a file is in the way; --out takes a folder (created if missing)")
+        except OSError as exc:
+            parser.error(f"--out {args.out} cannot be created ({exc.strerror}); choose a writable folder")
+    if not load:
+        return args, None, []
     rows, rejected = load_rows_reporting(args.results_dir)  # each rejected file:line on stderr
     return args, rows, rejected

@@ -7,11 +7,12 @@ a measure function; ``run_points`` does everything else, the same way for every 
   ``force``). A file that does not parse to valid rows is moved aside as ``*.corrupt``,
   named in the log, and the point is measured again. Rows marked ``interrupted`` (a
   point cut short by SIGTERM/SIGUSR2) are not final: the next run measures them again.
-* **claims** - before measuring, a point is claimed by creating ``<dir>/.claims/<key>.claim``
-  with ``O_CREAT | O_EXCL`` (owner pid, host, time). A point claimed by a live process is
-  left to it, so concurrent launchers (joblib, SLURM array tasks) sharing one results
-  folder split the work and measure each point once. A claim whose owner is a dead process
-  on this host, or that is older than ``claim_stale_s`` on another host, is taken over.
+* **claims** - before measuring, a point is claimed (``harness.claims``: an exclusively
+  created ``<dir>/.claims/<key>.claim``, kept alive by a heartbeat). A point whose claim
+  shows a live owner is left to it, so concurrent launchers (joblib, SLURM array tasks)
+  sharing one results folder split the work and measure each point once; an empty,
+  unreadable or expired claim, or one whose owner is provably gone, is taken over by
+  exactly one process. The points left to others are counted at the end, at WARNING.
 * **failure -> row** - an exception in ``measure`` becomes an ``oom``/``error``/``timeout``
   row with the reason; within a ``group`` (e.g. a cost mode), longer points after an
   oom/timeout are ``skipped`` rows when ``skip_after_failure``.
@@ -24,26 +25,21 @@ a measure function; ``run_points`` does everything else, the same way for every 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import signal
-import socket
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from harness.claims import DEFAULT_STALE_S, Claims, check_stale_s
 from harness.results import ResultStore
 from harness.timing import classify_exception, free_memory
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR2")
-DEFAULT_CLAIM_STALE_S = 6 * 3600.0
 
 
 class Terminated(BaseException):
@@ -102,98 +98,6 @@ def exit_on_terminate(fn: Callable[[], Any]) -> Any:
         raise SystemExit(128 + stop.signum) from None
 
 
-# ---------------------------------------------------------------- claims
-
-
-def _host() -> str:
-    return socket.gethostname()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class Claims:
-    """Exclusive-create claim files under ``<results_dir>/.claims`` (see the module doc)."""
-
-    def __init__(self, results_dir: str | os.PathLike, stale_s: float = DEFAULT_CLAIM_STALE_S) -> None:
-        self.dir = Path(results_dir) / ".claims"  # hidden: readers of point files skip it
-        self.stale_s = stale_s
-        self.held: set[str] = set()
-
-    def path(self, key: str) -> Path:
-        return self.dir / f"{key}.claim"
-
-    def owner(self, key: str) -> dict[str, Any] | None:
-        try:
-            text = self.path(key).read_text()
-            mtime = self.path(key).stat().st_mtime
-        except FileNotFoundError:
-            return None
-        try:
-            info = json.loads(text)
-            if not isinstance(info, dict):
-                raise ValueError
-        except ValueError:
-            info = {}  # a claim cut short while being written: judged by its age alone
-        info.setdefault("time", mtime)
-        return info
-
-    def _stale(self, info: dict[str, Any]) -> bool:
-        if info.get("host") == _host() and isinstance(info.get("pid"), int):
-            return info["pid"] == os.getpid() or not _pid_alive(info["pid"])
-        return time.time() - float(info.get("time", 0)) > self.stale_s
-
-    def acquire(self, key: str) -> bool:
-        """True if this process now holds ``key``'s claim."""
-        path = self.path(key)
-        for _ in range(5):
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileNotFoundError:
-                continue  # the folder was removed by a finishing process just now
-            except FileExistsError:
-                info = self.owner(key)
-                if info is None:
-                    continue  # released meanwhile: try again
-                if not self._stale(info):
-                    return False
-                # Take over by renaming the stale claim away: only one contender's rename succeeds.
-                grave = path.with_name(f".{path.name}.{os.getpid()}.stale")
-                try:
-                    os.rename(path, grave)
-                except FileNotFoundError:
-                    continue
-                grave.unlink(missing_ok=True)
-                log.warning("took over a stale claim on %s (owner %s)", key, info)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": _host(), "time": time.time()}, f)
-            self.held.add(key)
-            return True
-        return False
-
-    def release(self, key: str) -> None:
-        if key in self.held:
-            self.held.discard(key)
-            self.path(key).unlink(missing_ok=True)
-
-    def release_all(self) -> None:
-        for key in list(self.held):
-            self.release(key)
-        try:
-            self.dir.rmdir()  # only when empty: no claim of anyone is touched
-        except OSError:
-            pass
-
-
 # ---------------------------------------------------------------- the runner
 
 
@@ -214,9 +118,12 @@ class SweepSettings:
     results_dir: str
     force: bool = False
     skip_after_failure: bool = True
-    claim_stale_s: float = DEFAULT_CLAIM_STALE_S
+    claim_stale_s: float = DEFAULT_STALE_S
     progress: bool = True
     desc: str = ""
+
+    def __post_init__(self) -> None:
+        self.claim_stale_s = check_stale_s(self.claim_stale_s)
 
 
 def run_points(
@@ -251,7 +158,7 @@ def run_points(
                 if not settings.force and store.has_valid(point.key):
                     continue
                 if not claims.acquire(point.key):
-                    log.info("%s: claimed by another process (%s); leaving it to that one",
+                    log.info("%s: claimed by a live process (%s); leaving it to that one",
                              point.key, claims.owner(point.key))
                     continue
                 try:
@@ -278,6 +185,10 @@ def run_points(
     finally:
         bar.close()
         claims.release_all()
+    if claims.left:
+        log.warning("%d point(s) left to other processes that hold their claims (they write those "
+                    "rows; re-run to measure any they did not finish): %s", len(claims.left),
+                    ", ".join(sorted(claims.left)[:5]) + (" ..." if len(claims.left) > 5 else ""))
     return written
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -197,7 +199,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _loss(model, inputs, targets, amp, device, aux_weight) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_loss(model, inputs, targets, amp, device, aux_weight) -> tuple[torch.Tensor, torch.Tensor]:
     with autocast(device, amp):
         logits = model(inputs)
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -283,7 +285,7 @@ class InitialStates:
         return self.carried
 
     def loss(self, inputs, targets, amp, aux_weight) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like ``_loss``, but the batch continues from ``start()`` through model.prefill."""
+        """Like ``batch_loss``, but the batch continues from ``start()`` through model.prefill."""
         state = self.start(inputs.shape[0])
         with autocast(self.device, amp):
             logits, final = self.model.prefill(inputs, state)
@@ -360,7 +362,7 @@ def _train_step(step: int, run: "_Run", task: Task, cfg: TrainConfig, device: to
     for group in opt.param_groups:
         group["lr"] = lr_at(step, cfg)
     if run.states is None:
-        total, loss = _loss(model, batch.inputs, batch.targets, amp, device, cfg.aux_loss_weight)
+        total, loss = batch_loss(model, batch.inputs, batch.targets, amp, device, cfg.aux_loss_weight)
     else:
         total, loss = run.states.loss(batch.inputs, batch.targets, amp, cfg.aux_loss_weight)
     value = loss.item()
@@ -466,29 +468,88 @@ class _Run:
 
 
 # --- checkpoints: weights only, loaded without unpickling arbitrary objects ---------------
+#
+# A checkpoint is {"format": 2, "identity": JSON text, "sha256": hash of the weights,
+# "weights": state_dict}: it says which training run made it (the run's key and settings,
+# its TrainResult), so a file copied or moved to another run's name is refused, and the
+# hash catches weights altered after the save. (Format 1, a bare state_dict, is read
+# where no identity is asked for.)
+
+CHECKPOINT_FORMAT = 2
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read as this model's weights."""
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    from harness.results import atomic_write  # the one atomic writer (never a half-written checkpoint)
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
-    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, identity: dict | None = None) -> None:
+    """Write ``model``'s weights with ``identity`` (JSON-able: the run's ``key``, settings,
+    result) and their hash, atomically; a full disk is a ``DiskFullError`` naming ``path``."""
+    from harness.atomic import atomic_write  # the one atomic writer (never a half-written checkpoint)
+
+    state = model.state_dict()
+    record = {"format": CHECKPOINT_FORMAT, "identity": json.dumps(identity or {}, sort_keys=True),
+              "sha256": weights_hash(state), "weights": state}
+    atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load weights (``weights_only=True``: no arbitrary objects are unpickled). A file that
-    does not load - truncated, garbage, another model's - is a ``CheckpointError`` naming
-    it and the fix; loading it less safely is never the fix."""
+def _refuse(path, problem: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} {problem}. Re-run with force=true to train again (the file "
+                           f"is then replaced), or delete it.")
+
+
+def load_identified(model: torch.nn.Module, path: str | os.PathLike, key: str | None = None) -> dict:
+    """Load ``path``'s weights into ``model`` and return the identity stored with them.
+    With ``key``, the file must have been written for the run with that key: a checkpoint
+    of another run (copied, moved, swapped), one without an identity, or weights that do not
+    match their hash is a ``CheckpointError`` saying which, never loaded."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad file
         # torch's own message may advise weights_only=False (unsafe); do not repeat it.
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         detail = "" if "weights_only" in str(exc) else f" ({type(exc).__name__}: {detail[:200]})"
-        raise CheckpointError(
-            f"checkpoint {path} cannot be loaded{detail}: it is truncated, corrupt or from other code. "
-            f"Re-run with force=true to train again (the file is then replaced), or delete it.") from None
+        raise _refuse(path, f"cannot be loaded{detail}: it is truncated, corrupt or from other code") from None
+    identified = isinstance(record, dict) and record.get("format") == CHECKPOINT_FORMAT
+    identity = json.loads(record["identity"]) if identified else {}
+    if key is not None:
+        if not identified:
+            raise _refuse(path, "records no identity (written by an older archbench or another program), so "
+                                "it cannot be shown to belong to this run")
+        if identity.get("key") != key:
+            raise _refuse(path, f"was written by training run {identity.get('key')!r}, not this one ({key!r}): "
+                                f"it was copied or moved here from another run ({_describe(identity)})")
+    weights = record["weights"] if identified else record
+    if identified and weights_hash(weights) != record.get("sha256"):
+        raise _refuse(path, "holds weights that do not match the hash saved with them (altered or damaged "
+                            "after it was written)")
+    try:
+        model.load_state_dict(weights)
+    except Exception as exc:  # noqa: BLE001 - another model's weights
+        raise _refuse(path, f"does not fit this model ({type(exc).__name__}: {str(exc).strip()[:200]})") from None
+    return identity
+
+
+def _describe(identity: dict) -> str:
+    settings = identity.get("settings") or {}
+    train = settings.get("train") or {}
+    return f"arch {settings.get('arch')!r}, seed {train.get('seed')!r}, seq_len {train.get('seq_len')!r}"
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load weights (``weights_only=True``: no arbitrary objects are unpickled), without an
+    identity check (``load_identified`` does one). A file that does not load - truncated,
+    garbage, another model's - is a ``CheckpointError`` naming it and the fix; loading it
+    less safely is never the fix."""
+    load_identified(model, path)
     return model

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from archs import create_arch  # noqa: E402
 from harness.tasks import get_task  # noqa: E402
+from harness.train import load_identified  # noqa: E402
 
 BACKENDS = ("ref", "chunked", "fused")
 TOLERANCE = 1e-9
@@ -69,7 +70,9 @@ def main() -> None:
     record = {"model": "arch=induction/mamba_paper_shell in float64", "batch": "induction_paper: 8 x 256, d = 249",
               "tolerance": TOLERANCE, "at_init": compare(None, batch)}
     for ckpt in args.checkpoint:
-        record[f"trained:{ckpt.name}"] = compare(torch.load(ckpt, map_location="cpu", weights_only=True), batch)
+        trained = model("ref", None)
+        load_identified(trained, ckpt)  # checks the weights against the hash saved with them
+        record[f"trained:{ckpt.name}"] = compare(trained.state_dict(), batch)
     checked = [v for k, v in record.items() if k == "at_init" or k.startswith("trained:")]
     worst = max(v[b]["grad_max_rel_diff"] for v in checked for b in BACKENDS[1:])
     record["passed"] = worst <= TOLERANCE

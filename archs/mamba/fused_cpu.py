@@ -1,132 +1,19 @@
-"""Mamba-1's ``fused`` backend on a CPU: the selective scan as one C kernel (fused_cpu.c).
+"""Mamba-1's ``fused`` backend on a CPU: the selective scan as one C kernel (archs/_scan_cpu.c,
+shared with Mamba-2 through archs/_scan_cpu.py).
 
 Same signatures and results as ``ref.selective_scan_ref`` / ``chunked.selective_scan_chunked_bld``;
-built at first use by ``archs._native`` (float32 and float64), and unavailable - with the
-reason - where no C compiler exists, in which case ``backend="auto"`` runs the chunked
-PyTorch scan instead and records it. What the kernel fuses: dt = softplus(delta + bias), the
-decay exp(dt A), the recurrence, the C readout, the D skip and the SiLU(z) gate, forward and
-backward, with the state in registers and no (L, B, N, D) tensor anywhere.
+unavailable - with the reason - where no C compiler exists, in which case ``backend="auto"``
+runs the chunked PyTorch scan instead and records it.
 """
 from __future__ import annotations
 
-import ctypes
-from pathlib import Path
-
-import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from archs import _native
-from archs.backends import BackendUnavailableError
+from archs._scan_cpu import CHUNK, SOURCE, cpu_kernel_available, require_cpu_kernel, scan_channels_last
 from archs.mamba.ref import check_scan_inputs
-from archs.precision import acc_dtype
 
-SOURCE = Path(__file__).with_name("fused_cpu.c")
-# Steps between the states the forward pass keeps for the backward (which recomputes the
-# rest): memory is L / CHUNK states; at 16 a chunk's recomputed states and decays (2 x 16
-# steps x N vectors of 64 bytes, 32 KiB at N = 16) stay in L1.
-CHUNK = 16
-VECTOR_BYTES = 64  # VBYTES in fused_cpu.c: a task owns this many bytes' worth of channels
-
-
-class ScanDims(ctypes.Structure):
-    """Mirror of ``scan_dims`` in fused_cpu.c (sizes, then (batch, time) element strides)."""
-    _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "dstate", "groups", "chunk")]
-                + [(f"s_{n}", ctypes.c_int64 * 2) for n in ("u", "dt", "z", "B", "C", "out")]
-                + [(n, ctypes.c_int64) for n in ("nthreads", "softplus", "scalar_decay")])
-
-
-def _library(dtype: torch.dtype) -> ctypes.CDLL:
-    try:
-        lib = _native.load(SOURCE, dtype)
-    except _native.NativeKernelUnavailable as exc:
-        raise BackendUnavailableError(
-            f"Mamba: backend 'fused' on a CPU runs a C kernel that cannot be built here: {exc}. "
-            f"Use backend='chunked' (or 'auto', which records what it ran)") from None
-    if not getattr(lib, "_archbench_typed", False):
-        lib.scan_fwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 12
-        lib.scan_bwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 20
-        lib.scan_fwd.restype = lib.scan_bwd.restype = None
-        lib._archbench_typed = True
-    return lib
-
-
-def cpu_kernel_available() -> bool:
-    """True when the float32 kernel builds and loads on this machine."""
-    return _native.unavailable_reason(SOURCE) is None
-
-
-def require_cpu_kernel() -> None:
-    _library(torch.float32)
-
-
-def _strides(t: Tensor | None) -> tuple[int, int]:
-    return (0, 0) if t is None else (t.stride(0), t.stride(1))
-
-
-def _inner_contiguous(t: Tensor | None, dims: int = 1) -> Tensor | None:
-    """``t`` with its last ``dims`` dimensions packed (a copy only when they are not)."""
-    if t is None:
-        return None
-    packed = t[(0,) * (t.dim() - dims)].is_contiguous() if t.numel() else True
-    return t if packed else t.contiguous()
-
-
-class _CpuScan(torch.autograd.Function):
-    """u, delta, z (B, L, E); At (N, E), or (1, E) for a decay shared by the N entries;
-    Bm, Cm (B, L, G, N); D, bias (E,); h0 (B, E, N); dt = softplus(delta + bias) when
-    ``softplus``. Returns out (B, L, E), last state (B, E, N)."""
-
-    @staticmethod
-    def forward(ctx, u, dt, At, Bm, Cm, D, z, h0, bias, softplus, chunk):
-        batch, seqlen, dim = u.shape
-        groups, dstate = Bm.shape[2], Bm.shape[3]
-        scalar_decay = At.shape[0] == 1 and dstate > 1
-        out = u.new_empty(batch, seqlen, dim)
-        last = u.new_empty(batch, dim, dstate)
-        dims = ScanDims(batch, seqlen, dim, dstate, groups, chunk, _strides(u), _strides(dt),
-                        _strides(z), _strides(Bm), _strides(Cm), _strides(out),
-                        torch.get_num_threads(), int(softplus), int(scalar_decay))
-        save = any(ctx.needs_input_grad)
-        ckpt = u.new_empty(batch, -(-seqlen // chunk), dstate, dim) if save else None
-        p = _native.pointer
-        _library(u.dtype).scan_fwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D),
-                                   p(z), p(h0), p(bias), p(out), p(last), p(ckpt))
-        if save:
-            ctx.save_for_backward(u, dt, At, Bm, Cm, D, z, bias, ckpt)
-        ctx.dims = dims
-        return out, last
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_out, g_last):
-        u, dt, At, Bm, Cm, D, z, bias, ckpt = ctx.saved_tensors
-        dims = ctx.dims
-        batch, seqlen, dim = u.shape
-        groups, dstate = Bm.shape[2], Bm.shape[3]
-        g_out = g_out.contiguous()  # same strides as `out`, a fresh contiguous tensor
-        tiles = -(-(dim // groups) // (VECTOR_BYTES // u.element_size()))  # tasks per group
-        du, ddt = torch.empty_like(g_out), torch.empty_like(g_out)
-        dz = torch.empty_like(g_out) if z is not None else None
-        dAt = u.new_empty(batch, At.shape[0], dim)
-        dD = u.new_empty(batch, dim) if D is not None else None
-        dB = u.new_empty(tiles, batch, seqlen, groups, dstate)
-        dC = torch.empty_like(dB)
-        dh0 = u.new_empty(batch, dim, dstate)
-        dbias = u.new_empty(batch, dim) if bias is not None else None
-        p = _native.pointer
-        g_last = None if g_last is None else g_last.contiguous()
-        _library(u.dtype).scan_bwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D),
-                                   p(z), p(ckpt), p(g_out), p(g_last), p(bias), p(du), p(ddt),
-                                   p(dz), p(dAt), p(dD), p(dB), p(dC), p(dh0), p(dbias))
-        return (du, ddt, dAt.sum(0), dB.sum(0), dC.sum(0), None if dD is None else dD.sum(0),
-                dz, dh0 if ctx.needs_input_grad[7] else None,
-                None if dbias is None else dbias.sum(0), None, None)
-
-
-def _grouped(BC: Tensor) -> Tensor:
-    """(B, L, N) or (B, L, G, N) -> (B, L, G, N) with (G, N) packed."""
-    return _inner_contiguous(BC.unsqueeze(2) if BC.dim() == 3 else BC, dims=2)
+__all__ = ["CHUNK", "SOURCE", "cpu_kernel_available", "require_cpu_kernel", "selective_scan_cpu",
+           "selective_scan_cpu_bld", "selective_state_update_cpu"]
 
 
 def selective_scan_cpu_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -143,31 +30,6 @@ def selective_scan_cpu_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
                       delta_bias, initial_state)
     return scan_channels_last(u, delta, A.t(), B, C, D, z, delta_bias, delta_softplus,
                               initial_state, return_last_state, block_len)
-
-
-def scan_channels_last(u: Tensor, delta: Tensor, At: Tensor, B: Tensor, C: Tensor,
-                       D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
-                       delta_softplus: bool, initial_state: Tensor | None,
-                       return_last_state: bool, block_len: int | None
-                       ) -> Tensor | tuple[Tensor, Tensor]:
-    """``selective_scan_cpu_bld`` without its checks, A given transposed: At (N, D), or (1, D)
-    for a decay each channel shares across its N state entries (Mamba-2's per-head decay:
-    the kernel then takes one exp per step instead of N)."""
-    if u.shape[1] == 0:
-        raise ValueError("the selective scan needs seqlen >= 1")
-    if u.device.type != "cpu":
-        raise BackendUnavailableError(f"Mamba: the CPU kernel got a tensor on '{u.device}'")
-    dtype = acc_dtype(u, delta, At, B, C, D, z, delta_bias, initial_state)
-
-    def cast(t: Tensor | None, dims: int = 1) -> Tensor | None:
-        return _inner_contiguous(None if t is None else t.to(dtype), dims)
-
-    h0 = None if initial_state is None else initial_state.to(dtype).contiguous()
-    out, last = _CpuScan.apply(cast(u), cast(delta), At.to(dtype).contiguous(),
-                               _grouped(B.to(dtype)), _grouped(C.to(dtype)), cast(D), cast(z),
-                               h0, cast(delta_bias), bool(delta_softplus), block_len or CHUNK)
-    out = out.to(u.dtype)
-    return (out, last) if return_last_state else out
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,

@@ -10,7 +10,7 @@ State Spaces", Fig. 3) as a sequence mixer:
 
 Backends: "ref" (sequential loop, the truth), "chunked" (cache-blocked PyTorch scan),
 "fused" (on a GPU: mamba_ssm's CUDA scan, the fused mamba_inner_fn when causal_conv1d is
-installed too; on a CPU: the project's C kernel, fused_cpu.c, compiled at first use),
+installed too; on a CPU: the project's C kernel, archs/_scan_cpu.c, compiled at first use),
 "auto" (fused when the device's kernel is available, else chunked). The backend that runs is what ``resolved_backend`` reports; a
 requested backend that cannot run raises. prefill always takes the unfused path: mamba_ssm's
 kernel has no initial-state input, so fused.selective_scan_fused adds the carried state's

@@ -9,7 +9,7 @@ and state entry n,
 which is Mamba-1's recurrence over the H*P channels d = (h, p) with dt_d = dt[h],
 A[d, n] = A[h] for every n, D_d = D[h], and B, C grouped exactly as Mamba-2 groups heads
 (channel d's group d // (H P / G) is head h's group). So the C kernel of
-``archs/mamba/fused_cpu.c`` (an adjoint backward from checkpoints) runs it, in its
+``archs/_scan_cpu.c`` (an adjoint backward from checkpoints) runs it, in its
 scalar-decay mode: the decay exp(dt A) is taken once per channel and step, not per state
 entry; autograd sums the broadcast dt, A and D back to their heads.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange, repeat
 
-from archs.mamba.fused_cpu import scan_channels_last
+from archs._scan_cpu import scan_channels_last
 from archs.mamba2.ref import _check_shapes
 
 Tensor = torch.Tensor

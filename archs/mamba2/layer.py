@@ -17,7 +17,7 @@ from torch import nn
 from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
 from archs.backends import BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
 from archs.blocks import GatedRMSNorm, sample_dt_bias
-from archs.mamba import fused_cpu as mamba_cpu
+from archs import _scan_cpu as scan_cpu
 from archs.mamba2 import chunked, fused, fused_cpu, ref
 from archs.mixer import Mixer, State
 from archs.precision import up
@@ -88,7 +88,7 @@ class Mamba2Mixer(Mixer):
         self.config = c = config
         self.backend = c.backend
         if c.backend == "fused" and not fused.fused_available():
-            mamba_cpu.require_cpu_kernel()  # fail now, with the reason, rather than mid-run
+            scan_cpu.require_cpu_kernel()  # fail now, with the reason, rather than mid-run
         # order of the projection: [z, xBC, dt]
         self.in_proj = nn.Linear(c.d_model, c.d_inner + c.conv_dim + c.nheads, bias=c.bias)
         self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
@@ -102,7 +102,7 @@ class Mamba2Mixer(Mixer):
     # -- small pieces -------------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
         return resolve_auto(self.backend, self.param_device if device is None else device,
-                            fused.fused_available, mamba_cpu.cpu_kernel_available)
+                            fused.fused_available, scan_cpu.cpu_kernel_available)
 
     # whose kernels "fused" runs for a device: mamba_ssm's Triton ones on CUDA, Mamba-1's C
     # scan and the C conv on a CPU (fused_cpu.py)
@@ -115,7 +115,7 @@ class Mamba2Mixer(Mixer):
             return backend
         kernel = self._fused_kernel(device)
         if kernel == "fused_cpu":
-            mamba_cpu.require_cpu_kernel()
+            scan_cpu.require_cpu_kernel()
         elif kernel != "fused":
             raise BackendUnavailableError(f"Mamba-2: backend 'fused' has kernels for CUDA and "
                                           f"the CPU, got '{device}'; use backend='chunked'")

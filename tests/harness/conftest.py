@@ -91,3 +91,32 @@ def failing_arch(monkeypatch) -> str:
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     register_arch("failing_test", family="test")(failing)
     return "failing_test"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A really full filesystem: a 4 MiB tmpfs (mounted here; needs root) with ``res`` and
+    ``ck`` folders made first, then filled by a ``filler`` file. Delete the filler and the
+    space comes back. Skipped where tmpfs cannot be mounted."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs (a full disk)")
+    try:
+        for folder in ("res", "ck"):
+            (mnt / folder).mkdir()
+        fd = os.open(mnt / "filler", os.O_CREAT | os.O_WRONLY)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

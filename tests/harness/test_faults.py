@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from archs import _registry
 from harness import collect as collect_mod
@@ -28,22 +27,10 @@ from harness.results import (ResultStore, atomic_write_group, finish_group, load
 from harness.sweep import Claims
 from harness.train import CheckpointError, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = str(ROOT / "conf")
-SMOKE = ["bench=smoke", "progress=false", "model.target_params=20000"]
-EXTRAP = ["train=smoke", "eval=smoke", "progress=false", "task=induction_heads",
-          "model.d_model=16", "model.n_layers=1"]
-
-
-def _compose(overrides, config="cost"):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config, overrides=overrides)
-
-
-def _cli(app, args, cwd, **popen):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
-    return subprocess.Popen([sys.executable, "-m", f"harness.{app}", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+from tests.apps import EXTRAP, SMOKE
+from tests.apps import cli as _cli
+from tests.apps import compose as _compose
+from tests.paths import ROOT
 
 
 def _sums(folder: Path) -> dict[str, str]:
@@ -271,7 +258,8 @@ def test_claims_of_dead_or_stale_owners_are_taken_over(tmp_path):
     claims.path("dead").write_text(json.dumps({"pid": dead.pid, "host": host, "time": time.time()}))
     claims.path("live").write_text(json.dumps({"pid": os.getppid(), "host": host, "time": time.time()}))
     claims.path("far").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
-    claims.path("old").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time() - 120}))
+    claims.path("old").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
+    os.utime(claims.path("old"), (time.time() - 120, time.time() - 120))  # its last heartbeat
     assert claims.acquire("dead") and claims.acquire("old") and claims.acquire("new")
     assert not claims.acquire("live") and not claims.acquire("far")
     assert json.loads(claims.path("dead").read_text())["pid"] == os.getpid()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from archs._scan_cpu import cpu_kernel_available
 from tests.paths import ROOT  # noqa: E402
 WHEELHOUSE = ROOT / ".whl"
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -82,9 +83,11 @@ def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
                 if m.name.endswith(".jsonl")]
     for sub in ("kernels", "cost", "generation", "extrapolation/induction"):
         assert any(n.startswith(f"results/dryrun_cpu/{sub}/") for n in names), sub
-    # Mamba-1 without mamba_ssm runs the chunked PyTorch scan, and every row says so
+    # Mamba-1 without mamba_ssm runs the CPU kernel (the chunked scan where none builds), and
+    # every row says which
+    want = "fused" if cpu_kernel_available() else "chunked"
     mamba = [r for r in rows if r.get("arch") == "mamba"]
-    assert mamba and all(r["backend"] == "chunked" for r in mamba)
+    assert mamba and all(r["backend"] == want for r in mamba)
     assert any(r.get("arch") == "mamba_ssm_scan" and "mamba_ssm" in r["reason"] for r in rows)
     summary = (out / "summary.md").read_text()
     assert "DRY RUN" in summary and all(name in summary for name in steps)

@@ -172,3 +172,18 @@ def test_two_array_tasks_never_measure_the_same_point(tmp_path, job_name):
         measured.update(int(n) for n in re.findall(r"forward L=(\d+): \w+", log.read_text()))
     assert len(list(sweep.glob("*/cost.log"))) == 2, "both array tasks should have run"
     assert measured == {n: 1 for n in lengths}, measured
+
+
+def test_a_job_that_can_never_start_stops_the_sweep_with_the_fix(tmp_path, job_name):
+    # slurm_cpu asks 4 CPUs per task; the local node has 2: the array would sit PENDING
+    # (Reason=PartitionConfig) forever. The sweep must stop, say why, and cancel the array.
+    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
+    if cpus >= 4:
+        pytest.skip(f"the node has {cpus} CPUs: slurm_cpu's 4 CPUs fit")
+    args = ["-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.name={job_name}", f"hydra.sweep.dir={tmp_path / 'mr'}",
+            *COST_SMOKE, "arch=lstm,mamba", "bench.seq_lens=[32]", f"results_dir={tmp_path / 'res'}"]
+    out = _finish(_start("cost", args, tmp_path), timeout=120)
+    for part in ("Reason=PartitionConfig", "asks 4 CPUs", f"at most {cpus} CPUs",
+                 f"hydra.launcher.cpus_per_task={cpus}", "was cancelled"):
+        assert part in out, (part, out[-3000:])
+    _wait_until(lambda: not _queued(job_name), 30, "the hopeless array to leave the queue")

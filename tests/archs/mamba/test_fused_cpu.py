@@ -1,4 +1,4 @@
-"""Mamba-1's CPU kernels (fused_cpu.c, _conv.c) against the sequential reference and the
+"""Mamba-1's CPU kernels (_scan_cpu.c, _conv.c) against the sequential reference and the
 PyTorch conv: outputs, final states and the gradient of every input, in float32 and
 float64, across the kernel's tiles (channel vectors of 16 / 8 lanes, partial ones at a
 group's edge, checkpoint chunks, the N = 16 register path and the general one); plus the

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archs.mamba.fused_cpu import cpu_kernel_available
+from archs._scan_cpu import cpu_kernel_available
 from archs.mamba2.fused_cpu import ssd_cpu, ssd_step_cpu
 from archs.mamba2.ref import ssd_recurrent, ssd_step
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from archs.mamba.fused_cpu import cpu_kernel_available
+from archs._scan_cpu import cpu_kernel_available
 from archs.mamba2 import GatedRMSNorm, Mamba2Config, Mamba2Mixer, fused
 
 D_MODEL, BATCH, L = 16, 2, 21
