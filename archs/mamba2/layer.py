@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from archs._conv import causal_conv1d_channels_last
+from archs._fla import check_chunk, chunk_ok
 from archs.backends import check_backend, resolve_auto
 from archs.blocks import GatedRMSNorm, sample_dt_bias
 from archs.mamba2 import chunked, fused, ref
@@ -22,6 +23,10 @@ from archs.mixer import Mixer, State
 from archs.precision import up
 
 BACKENDS = ("ref", "chunked", "fused", "auto")
+# What runs the SSD (Mamba2Mixer._routes): a whole sequence, and one decode step.
+SCANS = {"chunked": chunked.ssd_chunked, "mamba_ssm": fused.ssd_fused, "fla": fused.ssd_fused_fla}
+STEPS = {"ref": ref.ssd_step, "chunked": ref.ssd_step, "mamba_ssm": fused.ssd_step_fused,
+         "fla": fused.ssd_step_fused_fla}
 
 
 @dataclass
@@ -35,7 +40,11 @@ class Mamba2Config:
     headdim: int = 32
     ngroups: int = 1  # B/C shared by all heads (like multi-value attention); >1 for TP
     chunk_size: int = 64  # chunked SSD: quadratic inside a chunk, so keep it small on CPU
-    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" (mamba_ssm) | "auto"
+    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" | "auto"
+    # backend="fused": whose SSD kernels run - "mamba_ssm" (the paper's own) or "fla"
+    # (chunk_simple_gla: the same SSD as scalar-decay linear attention; chunk_size a power
+    # of two >= 16). Recorded: resolved_backend() says "fused:<impl>/<conv kernel>".
+    fused_impl: str = "mamba_ssm"
     A_init_range: tuple[float, float] = (1.0, 16.0)  # A = -uniform[1, 16], as in mamba2
     dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max] (paper)
     dt_max: float = 0.1
@@ -69,6 +78,10 @@ class Mamba2Config:
             raise ValueError(f"nheads = {self.nheads} (d_inner / headdim) is not divisible by "
                              f"ngroups={self.ngroups}; choose ngroups dividing {self.nheads}")
         self.backend = check_backend(self.backend, BACKENDS, "Mamba-2")
+        if self.fused_impl not in fused.FUSED_IMPLS:
+            raise ValueError(f"fused_impl={self.fused_impl!r} is not one of {fused.FUSED_IMPLS}")
+        if self.backend == "fused" and self.fused_impl == "fla":
+            check_chunk(self.chunk_size, "Mamba-2")
         lo, hi = self.A_init_range
         if not 0 < lo <= hi:
             raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
@@ -87,7 +100,7 @@ class Mamba2Mixer(Mixer):
         self.config = c = config
         self.backend = c.backend
         if c.backend == "fused":
-            fused.require_fused()  # fail now, with the install hint, rather than mid-run
+            fused.require_fused(c.fused_impl)  # fail now, with the install hint, not mid-run
         # order of the projection: [z, xBC, dt]
         self.in_proj = nn.Linear(c.d_model, c.d_inner + c.conv_dim + c.nheads, bias=c.bias)
         self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
@@ -100,11 +113,26 @@ class Mamba2Mixer(Mixer):
 
     # -- small pieces -------------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
-        return resolve_auto(self.backend, self.param_device if device is None else device,
-                            fused.fused_available)
+        """"ref", "chunked", or "fused:<SSD kernels>/<conv kernel>", e.g.
+        "fused:mamba_ssm/causal_conv1d" or "fused:fla/torch_conv"."""
+        c = self.config
+        backend = resolve_auto(self.backend, self.param_device if device is None else device,
+                               lambda: fused.fused_available(c.fused_impl) and
+                               (c.fused_impl != "fla" or chunk_ok(c.chunk_size)))
+        if backend != "fused":
+            return backend
+        return f"fused:{c.fused_impl}/{'causal_conv1d' if fused.fused_conv_available() else 'torch_conv'}"
 
     def tiles(self) -> dict[str, int]:
         return {"chunk": self.config.chunk_size, "conv": self.config.d_conv}
+
+    def _routes(self, device: torch.device) -> tuple[str, bool]:
+        """(what runs the SSD: "ref" | "chunked" | "mamba_ssm" | "fla", whether
+        causal_conv1d runs the conv)."""
+        backend = self.resolved_backend(device)
+        if not backend.startswith("fused"):
+            return backend, False
+        return self.config.fused_impl, backend.endswith("/causal_conv1d")
 
     def _split(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
@@ -134,23 +162,22 @@ class Mamba2Mixer(Mixer):
 
     def _mix(self, u: torch.Tensor, state: State | None, want_state: bool
              ) -> tuple[torch.Tensor, State | None]:
-        c, backend = self.config, self.resolved_backend(u.device)
+        c = self.config
+        ssd, fused_conv = self._routes(u.device)
         z, xBC, dt = self._split(u)
         conv_state = None if state is None else state["conv"]
-        ssm_state = None if state is None else state["ssm"]
-        if backend == "fused":
+        if fused_conv:
             weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
             xBC, new_conv = fused.conv1d_silu_fused(xBC, weight, self.conv1d.bias, conv_state)
         else:
             xBC, new_conv = self._conv(xBC, conv_state)
         x, B, C = self._ssm_inputs(xBC)
-        kw = dict(D=self.D, initial_state=ssm_state, return_final_state=want_state)
-        if backend == "fused":
-            y, new_ssm = fused.ssd_fused(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
-        elif backend == "ref":
+        kw = dict(D=self.D, initial_state=None if state is None else state["ssm"],
+                  return_final_state=want_state)
+        if ssd == "ref":
             y, new_ssm = ref.ssd_recurrent(x, dt, self._A(), B, C, **kw)
         else:
-            y, new_ssm = chunked.ssd_chunked(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
+            y, new_ssm = SCANS[ssd](x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
         y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
         new_state = {"conv": new_conv, "ssm": new_ssm} if want_state else None
         return self.out_proj(y), new_state
@@ -171,17 +198,17 @@ class Mamba2Mixer(Mixer):
                                    dtype=torch.promote_types(self.param_dtype, torch.float32))}
 
     def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        ssd, fused_conv = self._routes(u_t.device)
         z, xBC, dt = self._split(u_t)  # u_t (B, D)
-        if self.resolved_backend(u_t.device) == "fused":
+        if fused_conv:
             weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
             xBC, conv = fused.conv1d_silu_step_fused(xBC, weight, self.conv1d.bias, state["conv"])
-            ssd_step = fused.ssd_step_fused
         else:
             # (B, C) -> (B, 1, C): the conv over a one-token sequence
             xBC, conv = self._conv(xBC[:, None], state["conv"])
-            xBC, ssd_step = xBC[:, 0], ref.ssd_step
+            xBC = xBC[:, 0]
         x, B, C = self._ssm_inputs(xBC)
-        y, ssm = ssd_step(x, dt, self._A(), B, C, state["ssm"], self.D)
+        y, ssm = STEPS[ssd](x, dt, self._A(), B, C, state["ssm"], self.D)
         y = self.norm(rearrange(y, "b h p -> b (h p)"), z)
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 
