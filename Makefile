@@ -32,7 +32,8 @@ demo-benchmark: $(STAMP)
 
 # The pinned kernel packages (scripts/pins.py reads pyproject.toml) for the Triton kernel
 # tier: triton and fla-core from wheels; mamba-ssm as its no-CUDA build (pure Python +
-# Triton; a plain install fails parsing torch.version.cuda, None on a CPU build of torch).
+# Triton; a plain install fails parsing torch.version.cuda, None on a CPU build of torch;
+# its setup.py imports torch, so no build isolation: setuptools and packaging come first).
 # A CUDA build of torch brings its own triton, which stays. ~1 GB on disk, mostly triton.
 # Not needed by `make demo`.
 MAMBA_NO_CUDA := MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE
@@ -41,7 +42,7 @@ kernels: $(KERNELS_STAMP)
 $(KERNELS_STAMP): $(STAMP) pyproject.toml
 	triton=$$($(BIN)/python scripts/pins.py triton); \
 	$(BIN)/python -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' || triton=""; \
-	$(PIP) install -q $$triton $$($(BIN)/python scripts/pins.py fla-core)
+	$(PIP) install -q $$triton $$($(BIN)/python scripts/pins.py fla-core) setuptools packaging
 	$(MAMBA_NO_CUDA) $(PIP) install -q --no-build-isolation --no-deps $$($(BIN)/python scripts/pins.py mamba-ssm)
 	touch $(KERNELS_STAMP)
 

@@ -11,7 +11,8 @@ Facts relied on (fla-core 0.6.0, inputs ``[B, T, H, ...]``):
   g (B, T, H) is the log decay, the state (B, H, K, V); ``chunk_size`` must be a power of
   two. Its kernels multiply (chunk x chunk) score tiles by (chunk x V) value tiles, and
   Triton's ``tl.dot`` on NVIDIA GPUs needs an inner dimension of at least 16 for 16-bit
-  inputs, so a chunk below 16 would not compile there (the interpreter does not check it).
+  inputs, so a chunk below 16 would not compile there (Triton's interpreter checks it only
+  when told to: tests/triton_interpret/shims.py).
 * ``fused_recurrent_simple_gla`` takes the same arguments (one decode step: T = 1).
 We always pass ``g`` (zeros when there is no decay) and ``scale=1.0`` (callers scale q).
 """
