@@ -10,8 +10,9 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
+KERNELS_STAMP := $(VENV)/.kernels
 
-.PHONY: demo demo-benchmark test install clean wheelhouse gpu-check
+.PHONY: demo demo-benchmark test install kernels clean wheelhouse gpu-check
 
 install: $(STAMP)
 
@@ -29,8 +30,27 @@ demo: $(STAMP)
 demo-benchmark: $(STAMP)
 	$(BIN)/python scripts/demo_benchmark.py
 
-test: $(STAMP)
+# The pinned kernel packages (scripts/pins.py reads pyproject.toml) for the Triton kernel
+# tier: triton and fla-core from wheels; mamba-ssm as its no-CUDA build (pure Python +
+# Triton; a plain install fails parsing torch.version.cuda, None on a CPU build of torch;
+# its setup.py imports torch, so no build isolation: setuptools and packaging come first).
+# A CUDA build of torch brings its own triton, which stays. ~1 GB on disk, mostly triton.
+# Not needed by `make demo`.
+MAMBA_NO_CUDA := MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE
+kernels: $(KERNELS_STAMP)
+
+$(KERNELS_STAMP): $(STAMP) pyproject.toml
+	triton=$$($(BIN)/python scripts/pins.py triton); \
+	$(BIN)/python -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' || triton=""; \
+	$(PIP) install -q $$triton $$($(BIN)/python scripts/pins.py fla-core) setuptools packaging
+	$(MAMBA_NO_CUDA) $(PIP) install -q --no-build-isolation --no-deps $$($(BIN)/python scripts/pins.py mamba-ssm)
+	touch $(KERNELS_STAMP)
+
+# Two pytest calls: the Triton kernel tier needs TRITON_INTERPRET=1 before its kernels are
+# defined, and the rest of the suite runs without it.
+test: $(STAMP) $(KERNELS_STAMP)
 	$(BIN)/python -m pytest -q
+	ARCHBENCH_REQUIRE_KERNELS=1 $(BIN)/python -m pytest -q -m triton_interpret tests/triton_interpret
 
 # The GPU check (README "On a GPU"): `make wheelhouse` here (network), carry .whl/ to the
 # offline GPU machine, run `make gpu-check OUT=DIR` there. DRY_RUN=1: the CPU pipeline.

@@ -20,7 +20,9 @@ thing in every family (fla's layout: ``ref.py`` / ``chunked.py`` / ``fused.py``)
 
 A family implements the subset that exists for it (``Mixer.backends``). Attention also
 accepts ``flash_attn``: the flash-attn package's kernel, a second fused kernel asked for by
-name only (``auto`` never depends on an optional package there).
+name only (``auto`` never depends on an optional package there). Mamba-2 has two fused
+kernel sets, chosen by its ``fused_impl`` option, and records which ran after the word:
+``fused:mamba_ssm/causal_conv1d``, ``fused:fla/torch_conv`` (SSD kernels / conv kernel).
 
 Rules: an explicitly requested backend runs or raises ``BackendUnavailableError`` (with the
 one install hint) - never a silent fallback. The words used before this vocabulary
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import sys
 import warnings
 from types import ModuleType
 from typing import Callable
@@ -53,7 +56,7 @@ DEPRECATED_ALIASES = {
 }
 
 INSTALL_HINT = ("install the fused kernels with `pip install archbench[gpu]` on a CUDA machine "
-                "(mamba-ssm, causal-conv1d, flash-linear-attention; flash-attn separately: "
+                "(mamba-ssm, causal-conv1d, fla-core; flash-attn separately: "
                 "`pip install flash-attn --no-build-isolation`; see the README for build "
                 "flags), or use backend='auto', which records what it ran")
 
@@ -98,18 +101,37 @@ def check_backend(requested: str, allowed: tuple[str, ...], owner: str) -> str:
     return word
 
 
+# Packages whose __init__ imports more than the kernels archbench calls. mamba_ssm's loads
+# its compiled Mamba-1 extension (absent from the no-CUDA build, which is pure Python +
+# Triton, and on any CPU) and its models (transformers); its Triton kernels
+# (mamba_ssm.ops.triton.*: Mamba-2's SSD, the decode step) need neither.
+KERNELS_WITHOUT_INIT = ("mamba_ssm",)
+
+
 @functools.lru_cache(maxsize=None)
 def optional_import(module: str) -> ModuleType | None:
     """Import an optional (usually GPU-only) package, or None if it is absent or broken.
 
     ``import mamba_ssm`` raises on CPU-only machines even when installed (its compiled
     extension is missing), so any exception counts as unavailable, not just ImportError.
+    A submodule of a package in ``KERNELS_WITHOUT_INIT`` is still imported when only the
+    package's __init__ fails (mamba_ssm's Triton kernels from its no-CUDA build).
     """
+    top = module.split(".")[0]
     try:
-        if importlib.util.find_spec(module.split(".")[0]) is None:
+        if importlib.util.find_spec(top) is None:
             return None
         return importlib.import_module(module)
     except Exception:  # noqa: BLE001 - a broken optional install is "unavailable"
+        if top not in KERNELS_WITHOUT_INIT or module == top or top in sys.modules:
+            return None
+    # The package's __init__ failed, but the kernel module needs none of it: register the
+    # package without running its __init__ and import the module alone.
+    sys.modules[top] = importlib.util.module_from_spec(importlib.util.find_spec(top))
+    try:
+        return importlib.import_module(module)
+    except Exception:  # noqa: BLE001
+        sys.modules.pop(top, None)
         return None
 
 
@@ -120,7 +142,7 @@ def available(*modules: str) -> bool:
 
 # Import name -> pip name of the optional kernel packages.
 PIP_NAMES = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d",
-             "fla": "flash-linear-attention", "flash_attn": "flash-attn"}
+             "fla": "fla-core", "flash_attn": "flash-attn"}
 
 
 def require(owner: str, *modules: str, backend: str = FUSED) -> list[ModuleType]:

@@ -40,15 +40,16 @@ from harness.fit import crossover  # noqa: E402
 from harness.report import markdown_table  # noqa: E402
 from harness.results import ResultStore, atomic_write, load_rows, make_row, point_key  # noqa: E402
 from harness.devices import device_peak  # noqa: E402
+from harness import roofline  # noqa: E402
 from harness.timing import classify_exception, free_memory, time_callable  # noqa: E402
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 
 
 def attention_flops(batch: int, seq_len: int, heads: int, head_dim: int, backward: bool) -> float:
-    """FlashAttention's count: 4·B·L²·H·Dh for q·kᵀ and p·v, halved for causal; bwd = 2.5 fwd."""
-    fwd = 4 * batch * seq_len**2 * heads * head_dim / 2
-    return fwd * (3.5 if backward else 1.0)
+    """FlashAttention's count: 4·B·L²·H·Dh for q·kᵀ and p·v, halved for causal; bwd = 2.5 fwd
+    (harness.roofline holds the count, with the bytes the GPU check's predictions use)."""
+    return roofline.attention_work(batch, seq_len, heads, head_dim, backward).flops
 
 
 def attention_impls(device: torch.device) -> dict[str, Callable]:
@@ -147,14 +148,15 @@ class Bench:
                     A = -torch.rand(d_inner, n, device=self.device).requires_grad_()
                     return _workload(lambda *_: scan_fn(u, delta, A, B, C, delta_softplus=True), [u], True)
                 # per token and channel: ~7 FLOPs per state entry, x3 for forward + backward
-                self.point(scan_impl, "scan_vs_attention_fwd_bwd", seq_len, 1, 3 * 7 * seq_len * d_inner * n,
-                           scan_work)
+                self.point(scan_impl, "scan_vs_attention_fwd_bwd", seq_len, 1,
+                           roofline.scan_work(1, seq_len, d_inner, n, True).flops, scan_work,
+                           d_inner=d_inner, d_state=n)
             if a.impls and "sdpa_attention" not in a.impls:
                 continue
             attn_work = lambda L=seq_len: _workload(lambda q, k, v: attention_sdpa(q, k, v),  # noqa: E731
                                                     _inputs((1, heads, L, 64), 3, self.device, self.dtype, True), True)
             self.point("sdpa_attention", "scan_vs_attention_fwd_bwd", seq_len, 1,
-                       attention_flops(1, seq_len, heads, 64, True), attn_work)
+                       attention_flops(1, seq_len, heads, 64, True), attn_work, heads=heads, head_dim=64)
 
 
 def report(out: Path) -> None:

@@ -5,8 +5,9 @@
     make gpu-check DRY_RUN=1 OUT=DIR       # the same pipeline on the CPU at toy sizes (< 3 min)
 
 Made for a bare, offline GPU machine that has torch, triton, numpy, pandas, pytest ... but
-not hydra-core / omegaconf / antlr4 / flash-linear-attention: ``make wheelhouse`` (run
-where there is network) puts their wheels in ``.whl/``, which travels with the tree.
+not hydra-core / omegaconf / antlr4 / fla / mamba-ssm: ``make wheelhouse`` (run where there
+is network) puts their wheels in ``.whl/``, which travels with the tree - mamba-ssm as its
+no-CUDA build (pure Python + Triton), so Mamba-2's fused path runs there with no compiler.
 
 1. install: the wheelhouse's packages that do not import here go into ``DIR/site`` with
    ``pip install --no-index --no-deps --target`` (never a download); ``pip install .`` of
@@ -19,6 +20,8 @@ where there is network) puts their wheels in ``.whl/``, which travels with the t
    Mamba-2 and attention | generation tokens/s | induction extrapolation.
    They are the existing apps (benchmarks/kernels.py, harness.cost, harness.extrapolate
    with the experiment configs cost_gpu, generation_gpu, induction_extrapolation).
+   summary.md puts beside each measured figure the one predicted for an H100 and an H200
+   (harness/roofline.py; scripts/gpu_summary.py).
 3. DIR receives 4 files, refreshed after every step (so a killed run still returns what it
    measured): results_<device>.tar.gz (``results/<device>/...``; extract it at the
    repository root), summary.md, status.json, gpu_check.log. Scratch (installed wheels,
@@ -42,10 +45,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gpu_summary import summary
+
 ROOT = Path(__file__).resolve().parents[1]
 # wheel distribution name -> the module that proves it is present
 MODULES = {"hydra_core": "hydra", "omegaconf": "omegaconf", "antlr4_python3_runtime": "antlr4",
-           "pyyaml": "yaml", "fla_core": "fla", "flash_linear_attention": "fla"}
+           "pyyaml": "yaml", "fla_core": "fla", "flash_linear_attention": "fla", "mamba_ssm": "mamba_ssm"}
 LOG_LIMIT = 15 << 20  # files that come back from the GPU machine are <= 16 MiB each
 
 
@@ -213,12 +218,17 @@ def install(wheelhouse: Path, site: Path, reinstall: bool, log) -> Step:
     step.extra["project_install"] = "ok" if rc == 0 else f"failed rc={rc} (see log; steps run from the tree)"
     shutil.rmtree(project, ignore_errors=True)
     env = step_env(site)
+    # mamba_ssm's Triton kernels are what Mamba-2's fused path imports (archs.backends: the
+    # no-CUDA wheel's package __init__ fails, its kernels do not)
     probe = ("import importlib, json; out = {}\n"
              "for m in ('hydra', 'omegaconf', 'antlr4', 'yaml', 'fla', 'fla.ops.simple_gla', 'flash_attn', "
              "'mamba_ssm', 'causal_conv1d', 'triton'):\n"
              "    try:\n        mod = importlib.import_module(m)\n"
              "        out[m] = getattr(mod, '__version__', 'ok')\n"
              "    except Exception as e:\n        out[m] = 'missing: ' + repr(e)[:120]\n"
+             "from archs.backends import optional_import\n"
+             "m = 'mamba_ssm.ops.triton.ssd_combined'\n"
+             "out[m] = 'ok' if optional_import(m) is not None else 'missing'\n"
              "print(json.dumps(out))")
     res = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     try:
@@ -285,84 +295,7 @@ def count_rows(folder: Path) -> tuple[int, int]:
     return n, ok
 
 
-# --- report -------------------------------------------------------------------------------
-
-def load(folder: Path):
-    import pandas as pd
-    rows = [json.loads(line) for f in sorted(folder.rglob("*.jsonl")) if folder.is_dir()
-            for line in f.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows)
-
-
-def _table(df, index, columns, values, fmt="{:.3g}") -> str:
-    if df.empty or values not in df:
-        return "(no ok rows)\n"
-    pivot = df.pivot_table(index=index, columns=columns, values=values, aggfunc="median")
-    head = [str(i) for i in (index if isinstance(index, list) else [index])] + [str(c) for c in pivot.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, row in pivot.iterrows():
-        key = key if isinstance(key, tuple) else (key,)
-        lines.append("| " + " | ".join([*map(str, key), *("" if v != v else fmt.format(v) for v in row)]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def summary(steps: list[Step], res: Path, meta: dict) -> str:
-    out = [f"# GPU check{' (DRY RUN on the CPU, toy sizes)' if meta['dry_run'] else ''}", "",
-           *(f"- {k}: {v}" for k, v in meta.items()), "",
-           "| step | status | seconds | budget | rows (ok) | note |", "|---|---|---|---|---|---|"]
-    for s in steps:
-        out.append(f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.budget_s:.0f} | {s.rows} ({s.rows_ok}) | {s.note} |")
-    for s in steps:
-        if s.name == "install" and s.extra:
-            out += ["", f"- installed into {s.extra.get('site')}: {s.extra.get('installed')} "
-                        f"({s.extra.get('method')}); already present: {s.extra.get('already_present')}; "
-                        f"project `pip install .` offline: {s.extra.get('project_install')}",
-                    "- imports: " + ", ".join(f"{k}={v}" for k, v in s.extra.get("imports", {}).items())]
-    out.append("")
-    try:
-        k = load(res / "kernels")
-        ok = k[k["status"] == "ok"] if not k.empty else k
-        att = ok[ok["mode"].str.startswith("attention")] if not ok.empty else ok
-        if not att.empty:
-            att = att.assign(pct_peak=100 * att["frac_peak_flops"].astype(float)) if "frac_peak_flops" in att else att
-            out += ["## Attention TFLOP/s (causal; % of peak in the second table)", "",
-                    _table(att, ["mode", "seq_len"], "arch", "tflops", "{:.3g}")]
-            if "pct_peak" in att and att["pct_peak"].notna().any():
-                out += [_table(att, ["mode", "seq_len"], "arch", "pct_peak", "{:.0f}%")]
-        scan = ok[ok["mode"].str.startswith("scan")] if not ok.empty else ok
-        if not scan.empty:
-            out += ["## Mamba scan vs attention, fwd+bwd ms (backend = implementation)", "",
-                    _table(scan, "seq_len", "arch", "time_ms")]
-            report = res / "kernels" / "report.md"
-            if report.exists():
-                out += [line for line in report.read_text().splitlines() if line.startswith("crossover")] + [""]
-        bad = k[k["status"] != "ok"] if not k.empty else k
-        for (arch, reason), _ in (bad.groupby(["arch", "reason"]) if not bad.empty else []):
-            out.append(f"- kernels: {arch}: {reason[:160]}")
-        out.append("")
-        for name in ("cost", "generation"):
-            df = load(res / name)
-            if df.empty:
-                continue
-            ok = df[df["status"] == "ok"]
-            ok = ok.assign(label=ok["arch"] + "/" + ok["backend"].astype(str))
-            if name == "cost":
-                out += ["## Mixer cost, ms (arch/backend)", "", _table(ok, ["mode", "seq_len"], "label", "time_ms")]
-            else:
-                out += ["## Generation tokens/s (arch/backend)", "", _table(ok, "batch", "label", "tokens_per_s", "{:.0f}")]
-            for (arch, status, reason), _ in df[df["status"] != "ok"].groupby(["arch", "status", "reason"]):
-                out.append(f"- {name}: {arch} {status}: {reason[:160]}")
-            out.append("")
-        ind = load(res / "extrapolation" / "induction")
-        if not ind.empty:
-            out += ["## Induction accuracy by evaluation length (trained at 256)", "",
-                    _table(ind[ind["status"] == "ok"], "eval_seq_len", "arch", "accuracy", "{:.2f}")]
-            for (arch, status), rows in ind[ind["status"] != "ok"].groupby(["arch", "status"]):
-                out.append(f"- induction: {arch} {status} from L={rows['eval_seq_len'].min()}")
-    except Exception as exc:  # noqa: BLE001 - the summary must never lose the status table
-        out.append(f"(summary tables failed: {exc!r})")
-    return "\n".join(out) + "\n"
-
+# --- report (the tables: scripts/gpu_summary.py) ----------------------------------------------
 
 def pack(out: Path, steps: list[Step], res_root: Path, tag: str, meta: dict, log_path: Path) -> None:
     res = res_root / "results" / tag

@@ -1,9 +1,20 @@
-import pytest
-import torch
+import os
+import re
+import sys
+from pathlib import Path
 
 # Test models are tiny: one thread is as fast, and immune to oversubscription when the
-# machine is shared (two threads on a loaded 2-core box run several times slower).
+# machine is shared (two threads on a loaded 2-core box run several times slower). numpy's
+# OpenBLAS (the Triton interpreter's tl.dot) reads its thread count when numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(1)
+
+TIER = "triton_interpret"
+TIER_DIR = Path(__file__).parent / TIER
 
 
 @pytest.fixture(autouse=True)
@@ -11,7 +22,33 @@ def _seed():
     torch.manual_seed(0)
 
 
+def _tier_requested(config) -> bool:
+    """`-m triton_interpret` (not `not triton_interpret`), or a path inside the tier."""
+    if re.search(rf"(?<!not ){TIER}", config.option.markexpr or ""):
+        return True
+    return any(TIER_DIR in Path(str(a).split("::")[0]).resolve().parents
+               or Path(str(a).split("::")[0]).resolve() == TIER_DIR for a in config.args)
+
+
+def pytest_configure(config):
+    """The Triton kernel tier runs under the interpreter, which must be on before fla or
+    mamba_ssm define their kernels; every other run leaves the environment alone and the
+    tier out (``make test`` runs it as its own pytest call)."""
+    if not _tier_requested(config) or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    early = [m for m in ("fla", "mamba_ssm") if m in sys.modules]
+    if early:
+        raise pytest.UsageError(f"{early} were imported before the {TIER} tier could set "
+                                f"TRITON_INTERPRET=1; run it as `TRITON_INTERPRET=1 pytest -m {TIER}`")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("TRITON_INTERPRET") != "1":  # the tier only runs under the interpreter
+        tier = [item for item in items if item.get_closest_marker(TIER) is not None]
+        if tier:
+            config.hook.pytest_deselected(items=tier)
+            items[:] = [item for item in items if item.get_closest_marker(TIER) is None]
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from archs._fla import check_chunk, chunk_ok
 from archs.backends import check_backend, resolve_auto
 from archs.blocks import GatedRMSNorm
 from archs.linear_attention import chunked, fused, ref
@@ -21,6 +22,7 @@ from archs.mixer import Mixer, State
 from archs.precision import acc_dtype, up
 
 BACKENDS = ("ref", "chunked", "fused", "auto")
+OWNER = "linear attention"
 FEATURE_MAPS = ("elu", "identity")
 DECAYS = ("none", "fixed", "gated")
 
@@ -34,7 +36,9 @@ class LinearAttentionConfig:
     decay: str = "none"  # "none" | "fixed" (RetNet gammas 1 - 2^(-5-h)) | "gated" (per token)
     normalize: bool = True  # divide by phi(q).z; False: RetNet-style per-head RMSNorm instead
     eps: float = 1e-6  # keeps the denominator away from zero at the first tokens
-    chunk_size: int = 64  # chunked form: quadratic inside, so 64 keeps it cheap and matmul-sized
+    # chunked form: quadratic inside, so 64 keeps it cheap and matmul-sized; fused (fla):
+    # a power of two >= 16 (archs._fla)
+    chunk_size: int = 64
     gate_logit_normalizer: float = 16.0  # GLA's tau: gated decays start near 1 (long memory)
     backend: str = "auto"  # "ref" (L x L) | "chunked" | "fused" (fla) | "auto" (fused on CUDA if present)
 
@@ -71,6 +75,7 @@ class LinearAttentionMixer(Mixer):
         self.backend = c.backend
         if c.backend == "fused":
             fused._fla_ops()  # fail now, with the install hint, rather than mid-run
+            check_chunk(c.chunk_size, OWNER)
         inner = c.n_heads * c.head_dim
         self.q_proj = nn.Linear(c.d_model, inner, bias=False)
         self.k_proj = nn.Linear(c.d_model, inner, bias=False)
@@ -83,8 +88,9 @@ class LinearAttentionMixer(Mixer):
 
     # -- small pieces -------------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
+        # "auto" takes fla's kernels only where they can tile by this chunk size
         return resolve_auto(self.backend, self.param_device if device is None else device,
-                            fused.fla_available)
+                            lambda: fused.fla_available() and chunk_ok(self.config.chunk_size))
 
     def tiles(self) -> dict[str, int]:
         return {"chunk": self.config.chunk_size}
@@ -122,7 +128,7 @@ class LinearAttentionMixer(Mixer):
         kw = dict(initial_state=state, return_final_state=want_state,
                   normalize=c.normalize, eps=c.eps)
         if backend == "fused":
-            o, new_state = fused.linear_attn_fused(q, k, v, log_decay, **kw)
+            o, new_state = fused.linear_attn_fused(q, k, v, log_decay, chunk_size=c.chunk_size, **kw)
         elif backend == "ref":
             o, new_state = ref.linear_attn_naive(q, k, v, log_decay, **kw)
         else:

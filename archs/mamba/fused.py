@@ -108,7 +108,11 @@ def selective_state_update_fused(state: Tensor, x: Tensor, dt: Tensor, A: Tensor
     """mamba_ssm's Triton decode step; updates ``state`` (B, D, N) in place, returns (B, D)."""
     (update,) = require(OWNER, UPDATE_MODULE)
     require_cuda(OWNER, state, x)
-    return update.selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+    # mamba-ssm 2.3.2.post1 crashes on dt_bias=None / D=None before the launch (it unpacks
+    # their strides; state-spaces/mamba PR #796): zeros mean the same
+    zeros = x.new_zeros(x.shape[-1], dtype=torch.float32)
+    return update.selective_state_update(state, x, dt, A, B, C, D=zeros if D is None else D, z=z,
+                                  dt_bias=zeros if dt_bias is None else dt_bias,
                                   dt_softplus=dt_softplus)
 
 

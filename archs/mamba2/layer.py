@@ -14,15 +14,22 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from archs import _scan_cpu as scan_cpu
 from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
+from archs._fla import check_chunk, chunk_ok
 from archs.backends import BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
 from archs.blocks import GatedRMSNorm, sample_dt_bias
-from archs import _scan_cpu as scan_cpu
 from archs.mamba2 import chunked, fused, fused_cpu, ref
 from archs.mixer import Mixer, State
 from archs.precision import up
 
 BACKENDS = ("ref", "chunked", "fused", "auto")
+# What runs the SSD (Mamba2Mixer._routes): a whole sequence, and one decode step.
+# "cpu" is the project's C scan kernel (fused_cpu.py), what backend="fused" runs on a CPU.
+SCANS = {"chunked": chunked.ssd_chunked, "mamba_ssm": fused.ssd_fused, "fla": fused.ssd_fused_fla,
+         "cpu": lambda *a, chunk_size, **kw: fused_cpu.ssd_cpu(*a, **kw)}
+STEPS = {"ref": ref.ssd_step, "chunked": ref.ssd_step, "mamba_ssm": fused.ssd_step_fused,
+         "fla": fused.ssd_step_fused_fla, "cpu": fused_cpu.ssd_step_cpu}
 
 
 @dataclass
@@ -36,7 +43,11 @@ class Mamba2Config:
     headdim: int = 32
     ngroups: int = 1  # B/C shared by all heads (like multi-value attention); >1 for TP
     chunk_size: int = 64  # chunked SSD: quadratic inside a chunk, so keep it small on CPU
-    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" (mamba_ssm; a C kernel on CPU) | "auto"
+    backend: str = "auto"  # "ref" (recurrent) | "chunked" | "fused" (a C kernel on a CPU) | "auto"
+    # backend="fused": whose SSD kernels run - "mamba_ssm" (the paper's own) or "fla"
+    # (chunk_simple_gla: the same SSD as scalar-decay linear attention; chunk_size a power
+    # of two >= 16). Recorded: resolved_backend() says "fused:<impl>/<conv kernel>".
+    fused_impl: str = "mamba_ssm"
     A_init_range: tuple[float, float] = (1.0, 16.0)  # A = -uniform[1, 16], as in mamba2
     dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max] (paper)
     dt_max: float = 0.1
@@ -70,6 +81,10 @@ class Mamba2Config:
             raise ValueError(f"nheads = {self.nheads} (d_inner / headdim) is not divisible by "
                              f"ngroups={self.ngroups}; choose ngroups dividing {self.nheads}")
         self.backend = check_backend(self.backend, BACKENDS, "Mamba-2")
+        if self.fused_impl not in fused.FUSED_IMPLS:
+            raise ValueError(f"fused_impl={self.fused_impl!r} is not one of {fused.FUSED_IMPLS}")
+        if self.backend == "fused" and self.fused_impl == "fla":
+            check_chunk(self.chunk_size, "Mamba-2")
         lo, hi = self.A_init_range
         if not 0 < lo <= hi:
             raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
@@ -87,8 +102,9 @@ class Mamba2Mixer(Mixer):
         super().__init__()
         self.config = c = config
         self.backend = c.backend
-        if c.backend == "fused" and not fused.fused_available():
-            scan_cpu.require_cpu_kernel()  # fail now, with the reason, rather than mid-run
+        if c.backend == "fused" and not fused.fused_available(c.fused_impl) \
+                and not scan_cpu.cpu_kernel_available():
+            fused.require_fused(c.fused_impl)  # fail now, with the install hint, not mid-run
         # order of the projection: [z, xBC, dt]
         self.in_proj = nn.Linear(c.d_model, c.d_inner + c.conv_dim + c.nheads, bias=c.bias)
         self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
@@ -101,28 +117,42 @@ class Mamba2Mixer(Mixer):
 
     # -- small pieces -------------------------------------------------------------------
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
-        return resolve_auto(self.backend, self.param_device if device is None else device,
-                            fused.fused_available, scan_cpu.cpu_kernel_available)
-
-    # whose kernels "fused" runs for a device: mamba_ssm's Triton ones on CUDA, Mamba-1's C
-    # scan and the C conv on a CPU (fused_cpu.py)
-    _fused_kernel = staticmethod(fused_kernel_for)
-
-    def _kernels(self, device: torch.device) -> str:
-        """The backend for inputs on ``device``, "fused" resolved to "fused" or "fused_cpu"."""
-        backend = self.resolved_backend(device)
+        """"ref", "chunked", or on CUDA "fused:<SSD kernels>/<conv kernel>", e.g.
+        "fused:mamba_ssm/causal_conv1d" or "fused:fla/torch_conv"; on a CPU "fused" (the
+        project's C scan and conv kernels, whatever fused_impl says)."""
+        c = self.config
+        device = self.param_device if device is None else device
+        backend = resolve_auto(self.backend, device,
+                               lambda: fused.fused_available(c.fused_impl) and
+                               (c.fused_impl != "fla" or chunk_ok(c.chunk_size)),
+                               scan_cpu.cpu_kernel_available)
         if backend != "fused":
             return backend
         kernel = self._fused_kernel(device)
         if kernel == "fused_cpu":
-            scan_cpu.require_cpu_kernel()
-        elif kernel != "fused":
+            return "fused"
+        if kernel != "fused":
             raise BackendUnavailableError(f"Mamba-2: backend 'fused' has kernels for CUDA and "
                                           f"the CPU, got '{device}'; use backend='chunked'")
-        return kernel
+        return f"fused:{c.fused_impl}/{'causal_conv1d' if fused.fused_conv_available() else 'torch_conv'}"
+
+    # whose kernels "fused" runs for a device: mamba_ssm's or fla's Triton ones on CUDA, the
+    # C scan and conv on a CPU (fused_cpu.py); a hook tests replace
+    _fused_kernel = staticmethod(fused_kernel_for)
 
     def tiles(self) -> dict[str, int]:
         return {"chunk": self.config.chunk_size, "conv": self.config.d_conv}
+
+    def _routes(self, device: torch.device) -> tuple[str, str]:
+        """(what runs the SSD: "ref" | "chunked" | "mamba_ssm" | "fla" | "cpu", what runs
+        the conv: "torch" | "causal_conv1d" | "cpu")."""
+        backend = self.resolved_backend(device)
+        if backend == "fused":  # on a CPU
+            scan_cpu.require_cpu_kernel()
+            return "cpu", "cpu"
+        if not backend.startswith("fused"):
+            return backend, "torch"
+        return self.config.fused_impl, "causal_conv1d" if backend.endswith("/causal_conv1d") else "torch"
 
     def _split(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """u (..., D) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) float32."""
@@ -142,35 +172,32 @@ class Mamba2Mixer(Mixer):
     def _A(self) -> torch.Tensor:
         return -torch.exp(up(self.A_log))  # (H,), negative: a decay
 
-    def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None, backend: str
+    def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None, kernel: str = "torch"
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise conv + SiLU over xBC (B, L, C) continuing from conv_state
-        (B, C, W-1) (None: zeros); returns (out (B, L, C), new conv_state)."""
+        (B, C, W-1) (None: zeros) by ``kernel`` ("torch" | "causal_conv1d" | "cpu");
+        returns (out (B, L, C), new conv_state)."""
         weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
-        if backend == "fused_cpu":
+        if kernel == "cpu":
             return causal_conv1d_cpu(xBC, weight, self.conv1d.bias, conv_state, silu=True)
-        if backend == "fused":
+        if kernel == "causal_conv1d":
             return fused.conv1d_silu_fused(xBC, weight, self.conv1d.bias, conv_state)
         out, new_state = causal_conv1d_channels_last(xBC, weight, self.conv1d.bias, conv_state)
         return F.silu(out), new_state
 
     def _mix(self, u: torch.Tensor, state: State | None, want_state: bool
              ) -> tuple[torch.Tensor, State | None]:
-        c, backend = self.config, self._kernels(u.device)
+        c = self.config
+        ssd, conv = self._routes(u.device)
         z, xBC, dt = self._split(u)
-        conv_state = None if state is None else state["conv"]
-        ssm_state = None if state is None else state["ssm"]
-        xBC, new_conv = self._conv(xBC, conv_state, backend)
+        xBC, new_conv = self._conv(xBC, None if state is None else state["conv"], conv)
         x, B, C = self._ssm_inputs(xBC)
-        kw = dict(D=self.D, initial_state=ssm_state, return_final_state=want_state)
-        if backend == "fused_cpu":
-            y, new_ssm = fused_cpu.ssd_cpu(x, dt, self._A(), B, C, **kw)
-        elif backend == "fused":
-            y, new_ssm = fused.ssd_fused(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
-        elif backend == "ref":
+        kw = dict(D=self.D, initial_state=None if state is None else state["ssm"],
+                  return_final_state=want_state)
+        if ssd == "ref":
             y, new_ssm = ref.ssd_recurrent(x, dt, self._A(), B, C, **kw)
         else:
-            y, new_ssm = chunked.ssd_chunked(x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
+            y, new_ssm = SCANS[ssd](x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
         y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
         new_state = {"conv": new_conv, "ssm": new_ssm} if want_state else None
         return self.out_proj(y), new_state
@@ -191,19 +218,17 @@ class Mamba2Mixer(Mixer):
                                    dtype=torch.promote_types(self.param_dtype, torch.float32))}
 
     def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        ssd, conv_kernel = self._routes(u_t.device)
         z, xBC, dt = self._split(u_t)  # u_t (B, D)
-        backend = self._kernels(u_t.device)
-        if backend == "fused":
+        if conv_kernel == "causal_conv1d":
             weight = rearrange(self.conv1d.weight, "c 1 w -> c w")
             xBC, conv = fused.conv1d_silu_step_fused(xBC, weight, self.conv1d.bias, state["conv"])
-            ssd_step = fused.ssd_step_fused
         else:
             # (B, C) -> (B, 1, C): the conv over a one-token sequence
-            xBC, conv = self._conv(xBC[:, None], state["conv"], backend)
+            xBC, conv = self._conv(xBC[:, None], state["conv"], conv_kernel)
             xBC = xBC[:, 0]
-            ssd_step = fused_cpu.ssd_step_cpu if backend == "fused_cpu" else ref.ssd_step
         x, B, C = self._ssm_inputs(xBC)
-        y, ssm = ssd_step(x, dt, self._A(), B, C, state["ssm"], self.D)
+        y, ssm = STEPS[ssd](x, dt, self._A(), B, C, state["ssm"], self.D)
         y = self.norm(rearrange(y, "b h p -> b (h p)"), z)
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 

@@ -91,6 +91,13 @@ def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
     assert any(r.get("arch") == "mamba_ssm_scan" and "mamba_ssm" in r["reason"] for r in rows)
     summary = (out / "summary.md").read_text()
     assert "DRY RUN" in summary and all(name in summary for name in steps)
+    # every measured figure has its H100 and H200 prediction beside it
+    for section in ("Attention TFLOP/s", "Mamba scan vs attention", "Mixer cost", "Generation tokens/s"):
+        table = summary.split(f"## {section}")[1].split("\n## ")[0]
+        lines = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+        head, body = lines[0], lines[1:]
+        h100, h200 = head.index("H100 predicted"), head.index("H200 predicted")
+        assert body and all(float(r[h100]) > 0 and float(r[h200]) > 0 for r in body), (section, table)
     # the dry run never writes into the tree
     assert not (ROOT / "results" / "dryrun_cpu").exists()
 
@@ -98,18 +105,23 @@ def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
 @pytest.mark.skipif(not WHEELHOUSE.is_dir(), reason="no wheelhouse at .whl/ (run `make wheelhouse`; "
                                                     "tests never download)")
 def test_wheelhouse_installs_offline_for_python312(tmp_path):
+    from scripts.pins import KERNEL_PINS
     wheels = sorted(WHEELHOUSE.glob("*.whl"))
-    dists = {w.name.split("-")[0].lower() for w in wheels}
-    assert dists == {"hydra_core", "omegaconf", "antlr4_python3_runtime", "pyyaml", "fla_core"}
+    dists = {w.name.split("-")[0].lower(): w.name.split("-")[1] for w in wheels}
+    assert set(dists) == {"hydra_core", "omegaconf", "antlr4_python3_runtime", "pyyaml", "fla_core", "mamba_ssm"}
+    assert (dists["fla_core"], dists["mamba_ssm"]) == (KERNEL_PINS["fla-core"], KERNEL_PINS["mamba-ssm"])
     assert sum(w.stat().st_size for w in wheels) < 16 << 20  # far below the 64 MiB that travels
     res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--only-binary=:all:",
                           "--disable-pip-version-check", *GPU_TARGET, "--target", str(tmp_path),
                           *map(str, wheels)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    for package in ("hydra", "omegaconf", "antlr4", "yaml", "fla"):
+    for package in ("hydra", "omegaconf", "antlr4", "yaml", "fla", "mamba_ssm"):
         assert (tmp_path / package / "__init__.py").exists(), package
+    # the no-CUDA mamba-ssm: Triton sources, no compiled extension
+    assert (tmp_path / "mamba_ssm" / "ops" / "triton" / "ssd_combined.py").exists()
+    assert not list(tmp_path.glob("*.so"))
     probe = "import hydra, omegaconf, antlr4, fla; print(hydra.__file__, fla.__version__)"
     res = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.startswith(str(tmp_path)) and res.stdout.split()[-1] == "0.6.0"
+    assert res.stdout.startswith(str(tmp_path)) and res.stdout.split()[-1] == KERNEL_PINS["fla-core"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from archs.backends import BackendUnavailableError
 from archs.linear_attention import LinearAttentionConfig, LinearAttentionMixer, fused
 
 D_MODEL, BATCH, L = 24, 2, 21
@@ -11,7 +12,8 @@ D_MODEL, BATCH, L = 24, 2, 21
 
 def _mixer(backend="chunked", seed=0, **kw) -> LinearAttentionMixer:
     torch.manual_seed(seed)
-    cfg = LinearAttentionConfig(d_model=D_MODEL, n_heads=3, chunk_size=8, backend=backend, **kw)
+    kw = {"chunk_size": 16 if backend == "fused" else 8, **kw}  # fla's kernels: >= 16
+    cfg = LinearAttentionConfig(d_model=D_MODEL, n_heads=3, backend=backend, **kw)
     return LinearAttentionMixer(cfg)
 
 
@@ -86,10 +88,22 @@ def test_auto_resolves_to_chunked_on_cpu():
     assert m.resolved_backend() == "chunked"
 
 
-@pytest.mark.skipif(fused.fla_available(), reason="fla is installed here")
-def test_fast_backend_without_fla_raises_clear_error():
-    with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
-        _mixer("fused")
+def test_fast_backend_without_fla_raises_clear_error(monkeypatch):
+    from archs import backends
+    from tests.kernels import install_fake_modules
+    install_fake_modules(monkeypatch, {"fla": None})  # whether or not it is installed here
+    try:
+        with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
+            _mixer("fused")
+    finally:
+        backends.optional_import.cache_clear()
+
+
+def test_fused_needs_a_chunk_fla_can_tile_by():
+    with pytest.raises(BackendUnavailableError, match="power of two >= 16"):
+        _mixer("fused", chunk_size=8)
+    with pytest.raises(BackendUnavailableError, match="power of two >= 16"):
+        _mixer("fused", chunk_size=48)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -111,7 +125,8 @@ def fake_fla(monkeypatch):
     from archs import _ssd, backends
     from tests.kernels import install_fake_modules
 
-    def chunk_simple_gla(q, k, v, g, scale, initial_state=None, output_final_state=False):
+    def chunk_simple_gla(q, k, v, g, scale, initial_state=None, output_final_state=False,
+                         chunk_size=64):
         state = initial_state if initial_state is not None else q.new_zeros(
             q.shape[0], q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32)
         o, final = _ssd.recurrent_core(q.float() * scale, k.float(), v.float(), g.float(), state)

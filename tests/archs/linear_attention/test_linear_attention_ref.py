@@ -161,11 +161,16 @@ def test_bad_shapes_raise():
         linear_attn_naive(q, k[:, :, :1], v)
 
 
-@pytest.mark.skipif(fused.fla_available(), reason="fla is installed here")
-def test_fast_without_fla_names_the_install():
+def test_fast_without_fla_names_the_install(monkeypatch):
+    from archs import backends
+    from tests.kernels import install_fake_modules
+    install_fake_modules(monkeypatch, {"fla": None})  # whether or not it is installed here
     (q, k, v, _), _ = _inputs(4, "none", True)
-    with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
-        fused.linear_attn_fused(q, k, v)
+    try:
+        with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
+            fused.linear_attn_fused(q, k, v)
+    finally:
+        backends.optional_import.cache_clear()
 
 
 @pytest.mark.gpu

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from archs._scan_cpu import cpu_kernel_available
+from archs.backends import BackendUnavailableError
 from archs.mamba2 import GatedRMSNorm, Mamba2Config, Mamba2Mixer, fused
 
 D_MODEL, BATCH, L = 16, 2, 21
@@ -128,11 +129,25 @@ def test_auto_on_cpu_is_the_cpu_kernel_else_chunked(monkeypatch):
     assert m.resolved_backend("cpu") == "chunked"
 
 
-@pytest.mark.skipif(fused.fused_available(), reason="mamba_ssm and causal_conv1d installed")
-def test_fast_backend_without_packages_raises_clear_error(monkeypatch):
-    monkeypatch.setenv("ARCHBENCH_CPU_KERNELS", "0")  # neither fused route can run
-    with pytest.raises(ImportError, match=r"backend='chunked'"):
-        _mixer("fused")
+@pytest.mark.parametrize("impl, absent", [("mamba_ssm", "mamba_ssm"), ("fla", "fla")])
+def test_fused_backend_without_its_package_raises_clear_error(monkeypatch, impl, absent):
+    from archs import backends
+    from tests.kernels import install_fake_modules
+    install_fake_modules(monkeypatch, {absent: None})  # whatever is installed here
+    monkeypatch.setenv("ARCHBENCH_CPU_KERNELS", "0")  # and no C kernel: no fused route can run
+    try:
+        with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
+            _mixer("fused", fused_impl=impl, chunk_size=16)
+        assert _mixer("auto", fused_impl=impl, chunk_size=16).resolved_backend("cuda") == "chunked"
+    finally:
+        backends.optional_import.cache_clear()
+
+
+def test_fla_route_needs_a_chunk_it_can_tile_by():
+    with pytest.raises(BackendUnavailableError, match="power of two >= 16"):
+        Mamba2Config(d_model=16, headdim=8, backend="fused", fused_impl="fla", chunk_size=8)
+    with pytest.raises(ValueError, match="fused_impl='triton' is not one of"):
+        Mamba2Config(d_model=16, headdim=8, fused_impl="triton")
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -148,10 +163,11 @@ def test_bad_config_raises(kw, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and fused.fused_available()),
-                    reason="needs CUDA, mamba_ssm and causal_conv1d")
-def test_fast_mixer_matches_chunked_on_gpu():
-    m_fast, m_ref = _mixer("fused", chunk_size=64).cuda(), _mixer("chunked").cuda()
+@pytest.mark.parametrize("impl", ["mamba_ssm", "fla"])
+def test_fast_mixer_matches_chunked_on_gpu(impl):
+    if not fused.fused_available(impl):
+        pytest.skip(f"{impl} is not installed")
+    m_fast, m_ref = _mixer("fused", chunk_size=64, fused_impl=impl).cuda(), _mixer("chunked").cuda()
     x = _x(200).cuda()
     torch.testing.assert_close(m_fast(x), m_ref(x), rtol=2e-3, atol=2e-3)
     s_f, s_r = m_fast.init_state(BATCH), m_ref.init_state(BATCH)
@@ -180,8 +196,10 @@ def fake_kernels(monkeypatch):
         y, final = ssd_recurrent(x, dt, A, B, C, D, initial_states, return_final_states)
         return (y, final) if return_final_states else y
 
-    def selective_state_update(state, x, dt, A, B, C, D=None, dt_softplus=False):
-        y, new = ssd_step(x, dt[..., 0], A[:, 0, 0], B, C, state, None if D is None else D[:, 0])
+    def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                               dt_softplus=False):
+        assert dt_bias is not None and D is not None  # None crashes 2.3.2.post1 (fused.py)
+        y, new = ssd_step(x, dt[..., 0] + dt_bias[:, 0], A[:, 0, 0], B, C, state, D[:, 0])
         state.copy_(new)
         return y
 
@@ -213,5 +231,6 @@ def fake_kernels(monkeypatch):
 def test_fused_wiring_matches_chunked_with_stand_in_kernels(fake_kernels, ngroups):
     from tests.kernels import assert_same_paths
     assert fused.fused_available()
-    assert_same_paths(_mixer("fused", ngroups=ngroups), _mixer("chunked", ngroups=ngroups), _x(),
-                      split=14, keys=("conv", "ssm"))
+    fast = _mixer("fused", ngroups=ngroups)
+    assert fast.resolved_backend() == "fused:mamba_ssm/causal_conv1d"
+    assert_same_paths(fast, _mixer("chunked", ngroups=ngroups), _x(), split=14, keys=("conv", "ssm"))

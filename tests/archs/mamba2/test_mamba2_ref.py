@@ -135,16 +135,22 @@ def test_bad_shapes_raise():
         ssd_recurrent(x, dt, A, B, C, D, torch.zeros(BATCH, H, N, P))
 
 
-@pytest.mark.skipif(fused.fused_available(), reason="mamba_ssm and causal_conv1d installed")
-def test_fast_without_packages_names_the_install():
+@pytest.mark.parametrize("absent, scan", [("mamba_ssm", "ssd_fused"), ("fla", "ssd_fused_fla")])
+def test_fast_without_packages_names_the_install(monkeypatch, absent, scan):
+    from archs import backends
+    from tests.kernels import install_fake_modules
+    install_fake_modules(monkeypatch, {absent: None})  # whether or not it is installed here
     x, dt, A, B, C, D, _ = _inputs(4)
-    with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
-        fused.ssd_fused(x, dt, A, B, C, D)
+    try:
+        with pytest.raises(ImportError, match=r"pip install archbench\[gpu\]"):
+            getattr(fused, scan)(x, dt, A, B, C, D)
+    finally:
+        backends.optional_import.cache_clear()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and fused.fused_available()),
-                    reason="needs CUDA, mamba_ssm and causal_conv1d")
+                    reason="needs CUDA and mamba_ssm")
 def test_fast_matches_reference_on_gpu():
     x, dt, A, B, C, D, s0 = _inputs(200)
     y, s = fused.ssd_fused(*(t.cuda() for t in (x, dt, A, B, C, D, s0)), True, chunk_size=64)
