@@ -27,6 +27,9 @@ Each shim and why (triton 3.9.0, fla-core 0.6.0, mamba-ssm 2.3.2.post1):
 7. Every kernel launch and device-function call re-scans ``triton.language`` for the
    builtins to patch (``inspect.getmembers``, a third of a launch); the list is computed
    once and reused.
+8. A mixer whose ``fused`` backend also has a CPU kernel (Mamba-2: the C scan) runs that
+   kernel for CPU tensors; the tier wants the Triton route, so the mixers' device hook
+   (``_fused_kernel``) answers "fused" (the GPU's kernels) for every device.
 
 Not shimmed, so not tested by the tier: bf16 (the interpreter holds bf16 as raw 16-bit
 integers: every tier test runs in float32), and the CUDA C++ kernels (causal_conv1d, the
@@ -87,7 +90,7 @@ def _dot_limits(lhs_type, rhs_type) -> tuple[int, int, int]:
 
 @contextlib.contextmanager
 def interpreter_shims():
-    """Apply shims 1-7 for the duration of the block (a MonkeyPatch undoes them)."""
+    """Apply shims 1-8 for the duration of the block (a MonkeyPatch undoes them)."""
     if not interpreter_on():
         raise RuntimeError("the triton_interpret tier needs TRITON_INTERPRET=1 before triton kernels "
                            "are imported; run it with `pytest -m triton_interpret`")
@@ -116,6 +119,8 @@ def interpreter_shims():
         for name in FUSED_MODULES:
             __import__(name)
             mp.setattr(sys.modules[name], "require_cuda", lambda *a, **k: None)
+        from archs.mamba2 import Mamba2Mixer
+        mp.setattr(Mamba2Mixer, "_fused_kernel", staticmethod(lambda device: "fused"))
         yield
     finally:
         mp.undo()
