@@ -46,6 +46,7 @@ class ModelConfig:
     match_seq_len: int = 2048                  # reference length for flops/state matching
     d_model: Optional[int] = None              # match=width: this width for every arch
     d_model_by_arch: Dict[str, int] = field(default_factory=dict)  # per-arch widths (Mamba paper)
+    norm_position: str = "pre"                 # pre | post residual blocks (archs.model.LMConfig's default)
 
 
 @dataclass
