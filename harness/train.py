@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness.tasks import Task
+from archs.counting import trains_by_counting
+from harness.tasks import IGNORE_INDEX, Batch, Task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -107,6 +108,7 @@ def factor_columns(cfg: TrainConfig) -> dict:
     return {"train_optimizer": cfg.optimizer, "train_schedule": cfg.schedule, "train_lr": cfg.lr,
             "train_weight_decay": cfg.weight_decay, "train_batch_size": cfg.batch_size,
             "train_steps_budget": cfg.steps, "train_mixed_length": cfg.mixed_length,
+            "train_warmup_steps": cfg.warmup_steps,
             "train_initial_state": cfg.initial_state,
             "train_initial_state_scale": cfg.initial_state_scale if cfg.initial_state == "noise" else None}
 
@@ -218,9 +220,9 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], obj):
 def check_initial_state_support(model: torch.nn.Module, mode: str) -> None:
     """Raise ValueError unless every mixer of ``model`` accepts an initial state."""
     name = getattr(model, "arch_name", type(model).__name__)
-    if not hasattr(model, "prefill") or not hasattr(model, "mixers"):
+    if not hasattr(model, "prefill") or not getattr(model, "mixers", None):
         raise ValueError(f"train.initial_state={mode!r} needs the LM shell's prefill(tokens, state) "
-                         f"and mixers; {name} has neither. Use train.initial_state=zero.")
+                         f"and mixers; {name} lacks them. Use train.initial_state=zero.")
     lacking = sorted({type(m).__name__ for m in model.mixers if not getattr(m, "accepts_initial_state", False)})
     if lacking:
         raise ValueError(
@@ -277,9 +279,21 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def training_batch(task: Task, cfg: TrainConfig, gen: torch.Generator) -> Batch:
+    """The next training batch of the stream ``gen`` draws (at a random length in
+    [min_len, seq_len] with ``mixed_length``)."""
+    seq_len = cfg.seq_len
+    if cfg.mixed_length:
+        seq_len = int(torch.randint(task.min_len(), cfg.seq_len + 1, (1,), generator=gen))
+    return task.sample(cfg.batch_size, seq_len, gen)
+
+
 def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device | str = "cpu",
           *, eval_fn: Callable[[], float] | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` on ``task``; ``eval_fn`` returns the accuracy used for early stopping."""
+    """Train ``model`` on ``task``; ``eval_fn`` returns the accuracy used for early stopping.
+    A count-based model (``archs.counting``) is trained by ``count_training_tokens`` instead."""
+    if trains_by_counting(model):
+        return count_training_tokens(model, task, cfg, device, progress=progress)
     device = torch.device(device)
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -293,10 +307,7 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
     bar = tqdm(range(cfg.steps), desc=f"train {getattr(model, 'arch_name', '')}", disable=not progress,
                dynamic_ncols=True, leave=False)
     for step in bar:
-        seq_len = cfg.seq_len
-        if cfg.mixed_length:
-            seq_len = int(torch.randint(task.min_len(), cfg.seq_len + 1, (1,), generator=gen))
-        batch = task.sample(cfg.batch_size, seq_len, gen).to(device)
+        batch = training_batch(task, cfg, gen).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         if states is None:
@@ -334,6 +345,42 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
             break
     bar.close()
     model.eval()
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+def count_training_tokens(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device | str = "cpu",
+                          *, progress: bool = True) -> TrainResult:
+    """Train a count-based model (``archs.counting``): the batches ``train`` would draw for
+    the same seed - steps x batch_size x seq_len tokens, mixed lengths included - each passed
+    to ``model.count`` once. Every ``log_every`` steps the history records the model's loss
+    on the batch about to be counted (unseen so far, like a neural model's loss before its
+    step). Options that shape gradient steps (lr, schedule, optimizer, clipping) do nothing;
+    a start state other than zero is refused (a count table has no recurrent state)."""
+    if cfg.initial_state != "zero":
+        raise ValueError(f"train.initial_state={cfg.initial_state!r} starts sequences from a recurrent "
+                         f"state; {getattr(model, 'arch_name', type(model).__name__)} is trained by "
+                         f"counting and has none. Use train.initial_state=zero.")
+    device = torch.device(device)
+    set_threads(cfg.threads)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    model.to(device).eval()
+    result, start = TrainResult(), time.perf_counter()
+    for step in tqdm(range(cfg.steps), desc=f"count {getattr(model, 'arch_name', '')}", disable=not progress,
+                     dynamic_ncols=True, leave=False):
+        batch = training_batch(task, cfg, gen).to(device)
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            with torch.no_grad():
+                loss = F.cross_entropy(model(batch.inputs).flatten(0, 1), batch.targets.flatten(),
+                                       ignore_index=IGNORE_INDEX).item()
+            result.final_loss = loss
+            result.history.append({"step": step, "loss": loss, "tokens": result.tokens_seen})
+        model.count(batch.inputs, batch.targets)
+        result.steps_done = step + 1
+        result.tokens_seen += batch.inputs.numel()
+        if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
+            result.early_stopped, result.stop_reason = True, "time budget"
+            break
     result.wall_s = time.perf_counter() - start
     return result
 
