@@ -30,7 +30,8 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 FIGURES = ("time_vs_length", "memory_vs_length", "throughput_vs_length", "decode_vs_context",
            "generation_throughput", "accuracy_vs_state", "extrapolation_accuracy", "extrapolation_loss",
-           "extrapolation_bpb", "extrapolation_perplexity", "accuracy_vs_distance")
+           "extrapolation_bpb", "extrapolation_perplexity", "accuracy_vs_distance",
+           "extrapolation_vs_train_tokens")
 
 
 @dataclass

@@ -104,11 +104,13 @@ class Experiment:
             self.model.zero_grad(set_to_none=True)
             log.warning("%s: training failed (%s); every eval length gets a %s row", self.built.label, reason, status)
             return TrainResult(status=status, reason=reason, wall_s=time.perf_counter() - start)
+        if ckpt and result.history:
+            # the training curve (loss every train.log_every steps, lr, eval accuracy): when
+            # a long run learned - or that it never left chance, or how it diverged - is half
+            # of a study's answer, so it is kept for every run (weights only for an ok one)
+            atomic_write(ckpt.with_suffix(".history.csv"), pd.DataFrame(result.history).to_csv(index=False))
         if ckpt and result.status == "ok":
             save_checkpoint(self.model, ckpt)
-            # the training curve (loss every train.log_every steps, lr, eval accuracy): when
-            # a long run learned - or that it never left chance - is half of a study's answer
-            atomic_write(ckpt.with_suffix(".history.csv"), pd.DataFrame(result.history).to_csv(index=False))
             atomic_write(summary, json.dumps(result.summary()))
         return result
 
