@@ -58,6 +58,6 @@ def budget_figure(rows: pd.DataFrame, palette: dict, title: str) -> Figure:
 
 def budget_figures(ext: pd.DataFrame, palette: dict) -> dict[str, Figure]:
     """One figure per task and training length whose curves were trained at several budgets."""
-    groups = [(title, rows) for title, rows in extrapolation_groups(ext) if severaltraining_budget(rows)]
+    groups = [(title, rows) for title, rows in extrapolation_groups(ext) if several_budgets(rows)]
     return {"extrapolation_vs_train_tokens" + (f"_{i}" if len(groups) > 1 else ""): budget_figure(rows, palette, title)
             for i, (title, rows) in enumerate(groups)}

@@ -126,7 +126,7 @@ def several_budgets(ext: pd.DataFrame) -> bool:
     """Whether some curve was trained at more than one budget."""
     if ext.empty or "train_seq_len" not in ext.columns:
         return False
-    budgets = training_budget(ext).groupby(series_names(ext)).nunique()
+    budgets = training_budget(ext).groupby(series_names(ext).to_numpy()).nunique()
     return bool(budgets.max() > 1)
 
 
@@ -135,4 +135,4 @@ def largest_budget(ext: pd.DataFrame) -> pd.DataFrame:
     if not several_budgets(ext):
         return ext
     budget = training_budget(ext)
-    return ext[budget == budget.groupby(series_names(ext)).transform("max")]
+    return ext[budget == budget.groupby(series_names(ext).to_numpy()).transform("max")]

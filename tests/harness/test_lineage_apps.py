@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from archs import create_arch
 from harness import cost, extrapolate
 from harness.tasks import get_task
-from harness.train import TrainConfig, count_training_tokens, train, training_batch
+from harness.counting import count_training_tokens
+from harness.train import TrainConfig, train, training_batch
 
 from tests.paths import ROOT  # noqa: E402
 
