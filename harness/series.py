@@ -115,11 +115,13 @@ def extrapolation_groups(ext: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def training_budget(ext: pd.DataFrame) -> pd.Series:
-    """The tokens each row's model was set to train on (steps x batch x length; the tokens
-    it saw where those columns are missing), so a run stopped early keeps its budget."""
-    planned = pd.to_numeric(ext.get("train_steps_budget"), errors="coerce") \
-        * pd.to_numeric(ext.get("train_batch_size"), errors="coerce") * pd.to_numeric(ext["train_seq_len"])
-    return planned.fillna(pd.to_numeric(ext.get("train_tokens"), errors="coerce"))
+    """The tokens each row's model was set to train on (steps x batch x length), so a run
+    stopped early (time budget, target accuracy) keeps its budget; NaN for rows written
+    before ``train_steps_budget`` was a column (their budget is unknown, not different)."""
+    if "train_steps_budget" not in ext.columns or "train_batch_size" not in ext.columns:
+        return pd.Series(float("nan"), index=ext.index)
+    return pd.to_numeric(ext["train_steps_budget"], errors="coerce") \
+        * pd.to_numeric(ext["train_batch_size"], errors="coerce") * pd.to_numeric(ext["train_seq_len"])
 
 
 def several_budgets(ext: pd.DataFrame) -> bool:

@@ -28,6 +28,10 @@ def test_budgets_are_told_apart():
     assert sorted(training_budget(df).unique()) == [10 * 8 * 64, 100 * 8 * 64]
     top = largest_budget(df)
     assert set(top["train_steps_budget"]) == {100} and len(top) == len(df) // 2
+    # a run cut short keeps its planned budget; rows from before the column have none
+    one = _lineage_rows(budgets=(100,))
+    assert not several_budgets(one.assign(train_tokens=range(len(one))))
+    assert not several_budgets(df.drop(columns=["train_steps_budget"]))
 
 
 def test_budget_figure_and_length_figures_at_the_largest_budget():
