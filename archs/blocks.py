@@ -13,6 +13,9 @@ from archs.precision import up
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu", "none")
+# Where a residual block normalises: "pre" (GPT-2: x + f(Norm(x)), a final norm before the
+# head) or "post" (the original Transformer: Norm(x + f(x)), no final norm).
+NORM_POSITIONS = ("pre", "post")
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -126,28 +129,49 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + mixer(norm(x)), then + mlp(norm(.)) if there is an MLP."""
+    """Residual block around a mixer and an optional MLP, normalised before or after:
 
-    def __init__(self, dim: int, mixer: Mixer, mlp: nn.Module | None, norm: str = "rmsnorm"):
+        pre  (GPT-2, the default):          h = x + mixer(Norm(x));  out = h + mlp(Norm(h))
+        post (the original Transformer):    h = Norm(x + mixer(x));  out = Norm(h + mlp(h))
+
+    Post-norm keeps every residual stream normalised, so the gradient reaching the last
+    layers is large at initialisation and training without learning-rate warm-up can
+    fail at depth (Xiong et al. 2020); pre-norm leaves an un-normalised identity path.
+    """
+
+    def __init__(self, dim: int, mixer: Mixer, mlp: nn.Module | None, norm: str = "rmsnorm",
+                 norm_position: str = "pre"):
         super().__init__()
+        if norm_position not in NORM_POSITIONS:
+            raise ValueError(f"unknown norm_position {norm_position!r}; choose one of {list(NORM_POSITIONS)}")
+        self.post_norm = norm_position == "post"
         self.mixer_norm = make_norm(norm, dim)
         self.mixer = mixer
         self.mlp_norm = make_norm(norm, dim) if mlp is not None else None
         self.mlp = mlp
 
+    def _sublayer_input(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return x if self.post_norm else norm(x)
+
+    def _residual_output(self, norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return norm(h) if self.post_norm else h
+
     def _mlp(self, h: torch.Tensor) -> torch.Tensor:
-        return h if self.mlp is None else h + self.mlp(self.mlp_norm(h))
+        if self.mlp is None:
+            return h
+        return self._residual_output(self.mlp_norm, h + self.mlp(self._sublayer_input(self.mlp_norm, h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mlp(x + self.mixer(self.mixer_norm(x)))
+        y = self.mixer(self._sublayer_input(self.mixer_norm, x))
+        return self._mlp(self._residual_output(self.mixer_norm, x + y))
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        y, state = self.mixer.step(self.mixer_norm(x_t), state)
-        return self._mlp(x_t + y), state
+        y, state = self.mixer.step(self._sublayer_input(self.mixer_norm, x_t), state)
+        return self._mlp(self._residual_output(self.mixer_norm, x_t + y)), state
 
     def prefill(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        y, state = self.mixer.prefill(self.mixer_norm(x), state)
-        return self._mlp(x + y), state
+        y, state = self.mixer.prefill(self._sublayer_input(self.mixer_norm, x), state)
+        return self._mlp(self._residual_output(self.mixer_norm, x + y)), state
 
     def aux_loss(self) -> torch.Tensor | None:
         losses = [m.aux_loss() for m in (self.mixer, self.mlp) if hasattr(m, "aux_loss")]

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from archs.blocks import MLPS, NORMS, MLP, Block, make_norm
+from archs.blocks import MLPS, NORM_POSITIONS, NORMS, MLP, Block, make_norm
 from archs.mixer import Mixer, State
 from archs.positional import (ABSOLUTE, SequenceTooLongError, absolute_positions,
                               check_positional)
@@ -31,6 +31,7 @@ class LMConfig:
     max_seq_len: int | None = None  # the learned table's size; None = unbounded
     tie_embeddings: bool = True    # halves embedding params for tiny vocabularies' models
     embed_std: float = 0.02        # GPT-2 initialisation of the token table
+    norm_position: str = "pre"     # pre (GPT-2; trains without warm-up) | post (the original Transformer)
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "d_model", "n_layers"):
@@ -41,6 +42,8 @@ class LMConfig:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {list(NORMS)}")
         if self.mlp not in MLPS:
             raise ValueError(f"unknown mlp {self.mlp!r}; choose one of {list(MLPS)}")
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"unknown norm_position {self.norm_position!r}; choose one of {list(NORM_POSITIONS)}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         check_positional(self.pos_encoding)
@@ -69,8 +72,10 @@ class LanguageModel(nn.Module):
         self.positions = absolute_positions(cfg.pos_encoding, cfg.d_model, cfg.max_seq_len, cfg.embed_std)
         for i, mixer in enumerate(mixers):
             mixer.layer_idx = i
-        self.blocks = nn.ModuleList(Block(cfg.d_model, m, f, cfg.norm) for m, f in zip(mixers, mlps))
-        self.norm = make_norm(cfg.norm, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, m, f, cfg.norm, cfg.norm_position)
+                                    for m, f in zip(mixers, mlps))
+        # Post-norm blocks end normalised already: the original Transformer has no final norm.
+        self.norm = make_norm(cfg.norm, cfg.d_model) if cfg.norm_position == "pre" else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight

@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import dataclasses
 import inspect
 
 import torch
 
 from archs import arch_info, create_arch
 from archs._registry import COMMON_KWARGS, ArchInfo, check_kwargs
+from archs.model import LMConfig
 from archs.sizing import param_count, width_for_target
 from harness.checks import to_container
 from harness.config import ModelConfig
@@ -48,8 +50,11 @@ def _drop_defaults(info: ArchInfo, kwargs: dict[str, Any]) -> dict[str, Any]:
     conf/arch/*.yaml restate every default (one source of truth, checked by a test), so
     the same model would otherwise get a different identity - result keys, checkpoint
     names - from a config that restates a default and one that does not."""
-    params = inspect.signature(info.builder).parameters.values()
-    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    params = list(inspect.signature(info.builder).parameters.values())
+    defaults = {}
+    if any(p.kind is p.VAR_KEYWORD for p in params):  # **shell goes to LMConfig: its defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(LMConfig) if f.default is not dataclasses.MISSING}
+    defaults.update({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
     defaults.update(info.defaults)
     return {k: v for k, v in kwargs.items()
             if k in COMMON_KWARGS or k not in defaults or defaults[k] != v}
@@ -74,8 +79,12 @@ def build(arch_node: Any, m: ModelConfig, vocab_size: int, *, validate_only: boo
     name, label, kwargs = split_arch(arch_node)
     info = arch_info(name)  # unknown name -> error listing the known ones
     kwargs = {"vocab_size": vocab_size, **({"n_layers": m.n_layers} if m.n_layers else {}), **kwargs}
+    if m.norm_position != LMConfig.norm_position:  # passed only when it changes something, so
+        kwargs.setdefault("norm_position", m.norm_position)  # pre-norm keys stay as they were
     check_kwargs(name, kwargs)
     kwargs = _drop_defaults(info, kwargs)
+    if kwargs.get("norm_position") == "post" and label == name:  # its own curve, not pre-norm's
+        label = f"{name}+postnorm"
     sizing: dict[str, Any] = {"match": m.match}
     if "d_model" in kwargs:
         sizing["match"] = "arch_config"

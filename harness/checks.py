@@ -35,6 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from archs.blocks import NORM_POSITIONS
 from harness.config import DTYPES, FIGURES, MATCH, MODES, BenchConfig, EvalConfig, ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -318,6 +319,8 @@ def validate_model(m: ModelConfig | DictConfig, prefix: str = "model") -> None:
     for arch, width in dict(m.d_model_by_arch).items():
         if width <= 0:
             _fail(f"{prefix}.d_model_by_arch.{arch}", f"must be positive, got {width}")
+    if m.norm_position not in NORM_POSITIONS:
+        _fail(f"{prefix}.norm_position", f"must be one of {list(NORM_POSITIONS)}, got {m.norm_position!r}")
 
 
 def validate_figures(figures: list[str]) -> None:

@@ -31,7 +31,8 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 FIGURES = ("time_vs_length", "memory_vs_length", "throughput_vs_length", "decode_vs_context",
            "generation_throughput", "accuracy_vs_state", "extrapolation_accuracy", "extrapolation_loss",
-           "extrapolation_bpb", "extrapolation_perplexity", "accuracy_vs_distance")
+           "extrapolation_bpb", "extrapolation_perplexity", "accuracy_vs_distance",
+           "extrapolation_vs_train_tokens")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ModelConfig:
     match_seq_len: int = 2048                  # reference length for flops/state matching
     d_model: Optional[int] = None              # match=width: this width for every arch
     d_model_by_arch: Dict[str, int] = field(default_factory=dict)  # per-arch widths (Mamba paper)
+    norm_position: str = "pre"                 # pre | post residual blocks (archs.model.LMConfig's default)
 
 
 @dataclass

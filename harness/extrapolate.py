@@ -125,12 +125,14 @@ class Experiment:
         broken = self._broken_by_last_update() if result.status == "ok" else None
         if broken:
             result.status, result.reason = "diverged", broken
+        if ckpt and result.history:
+            # the training curve (loss every train.log_every steps, lr, eval accuracy): when
+            # a long run learned - or that it never left chance, or how it diverged - is half
+            # of a study's answer, so it is kept for every run (weights only for an ok one)
+            atomic_write(ckpt.with_suffix(".history.csv"), pd.DataFrame(result.history).to_csv(index=False))
         if ckpt and result.status == "ok":
             save_checkpoint(self.model, ckpt, {"key": self.train_key, "settings": self.train_settings,
                                                "result": result.summary()})
-            # the training curve (loss every train.log_every steps, lr, eval accuracy): when
-            # a long run learned - or that it never left chance - is half of a study's answer
-            atomic_write(ckpt.with_suffix(".history.csv"), pd.DataFrame(result.history).to_csv(index=False))
             atomic_write(ckpt.with_suffix(".json"), json.dumps({"key": self.train_key, **result.summary()}))
         if ckpt:
             self._resume_path().unlink(missing_ok=True)  # the checkpoint holds the result now

@@ -2,7 +2,8 @@
 
 * ``forward``    - inference prefill of (batch, L) tokens under ``torch.inference_mode``;
 * ``train_step`` - forward + cross-entropy (+ MoE aux loss) + backward (+ AdamW.step if
-  ``bench.optimizer_step``);
+  ``bench.optimizer_step``); for a count-based model (``archs.counting``), counting the
+  batch (its training step);
 * ``generate``   - the Mamba paper's generation protocol: prefill an L-token prompt, then
   greedily generate ``bench.gen_tokens`` tokens; tokens/s counts generated tokens only
   (batch x gen_tokens / total time, prompt processing included in the time);
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from archs.counting import trains_by_counting
 from harness.config import DTYPES, BenchConfig
 from harness.counters import count_flops, peak_memory
 from harness.devices import device_peak
@@ -44,6 +46,8 @@ def _forward_fn(model, tokens: torch.Tensor) -> Callable[[], Any]:
 
 
 def _train_fn(model, tokens: torch.Tensor, optimizer_step: bool) -> Callable[[], Any]:
+    if trains_by_counting(model):  # a count-based model's training step is counting a batch
+        return lambda: model.count(tokens[:, :-1], tokens[:, 1:])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if optimizer_step else None
 
     def train_step():

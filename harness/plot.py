@@ -36,12 +36,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
 from harness.fit import fit_power_law
+from harness.plot_budget import budget_figures
 from harness.plot_distance import distance_figures
 from harness.report import write_report
 from harness.results import results_dir_cli
 from harness.series import (  # noqa: F401 - re-used names of the figures' API
     EXTRAPOLATION_METRICS, X_LABEL, Y_LABELS, by_series, extrapolation_groups, format_bytes, format_length,
-    series_names, split_distance_rows, split_kinds,
+    largest_budget, series_names, several_budgets, split_distance_rows, split_kinds,
 )
 
 Color = tuple[float, float, float]
@@ -347,6 +348,10 @@ def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = N
         figures.update(distance_figures(fixed_distance, palette))
     if ext.empty:
         return figures
+    if several_budgets(ext):  # trained at several budgets: against the budget, and by length at the largest
+        if _want(wanted, "extrapolation_vs_train_tokens"):
+            figures.update(budget_figures(ext, palette))
+        ext = largest_budget(ext)
     if _several_widths(ext):
         if _has_values(ext, "accuracy") and _has_values(ext, "state_bytes") and _want(wanted, "accuracy_vs_state"):
             figures["accuracy_vs_state"] = recall_state_figure(ext, palette)

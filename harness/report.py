@@ -21,7 +21,7 @@ from harness.fit import crossover_table, fit_exponent, t_quantile_975
 from harness.results import atomic_write
 from harness.series import (
     EXTRAPOLATION_METRICS, SERIES_KEYS, Y_LABELS, by_series, extrapolation_groups, format_length, series_names,
-    split_distance_rows, split_kinds,
+    several_budgets, split_distance_rows, split_kinds, training_budget,
 )
 
 MAX_FAILED_ROWS = 100  # beyond this the report says how many more there are
@@ -163,6 +163,8 @@ def _distance_section(fixed: pd.DataFrame) -> str:
 
 def _extrapolation_section(ext: pd.DataFrame) -> str:
     ext = ext.assign(arch=series_names(ext), eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
+    if several_budgets(ext):  # runs at different budgets are rows of their own, never "seeds"
+        ext = ext.assign(arch=ext["arch"] + " @ " + training_budget(ext).map(lambda b: f"{b / 1e6:.3f}M tokens"))
     parts = []
     for title, rows in extrapolation_groups(ext[ext["status"] == "ok"]):
         train = set(pd.to_numeric(rows.get("train_seq_len", pd.Series(dtype=float)), errors="coerce").dropna())

@@ -4,6 +4,8 @@ this module and never each other in a circle).
 * ``SERIES_KEYS`` - the columns that identify one curve; ``by_series`` / ``curve_labels`` /
   ``series_names`` - the curve each row belongs to;
 * ``split_kinds`` - cost rows vs extrapolation rows; ``extrapolation_groups``;
+* ``training_budget`` / ``several_budgets`` / ``largest_budget`` - runs of one curve trained
+  on different token budgets (a sweep over ``train.steps``) are never averaged as seeds;
 * ``Y_LABELS`` / ``X_LABEL`` / ``EXTRAPOLATION_METRICS`` and the axis formatters.
 """
 from __future__ import annotations
@@ -110,3 +112,29 @@ def extrapolation_groups(ext: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             parts.append(f"trained at {format_length(float(named['train_seq_len']))}")
         out.append((", ".join(parts), rows))
     return out
+
+
+def training_budget(ext: pd.DataFrame) -> pd.Series:
+    """The tokens each row's model was set to train on (steps x batch x length), so a run
+    stopped early (time budget, target accuracy) keeps its budget; NaN for rows written
+    before ``train_steps_budget`` was a column (their budget is unknown, not different)."""
+    if "train_steps_budget" not in ext.columns or "train_batch_size" not in ext.columns:
+        return pd.Series(float("nan"), index=ext.index)
+    return pd.to_numeric(ext["train_steps_budget"], errors="coerce") \
+        * pd.to_numeric(ext["train_batch_size"], errors="coerce") * pd.to_numeric(ext["train_seq_len"])
+
+
+def several_budgets(ext: pd.DataFrame) -> bool:
+    """Whether some curve was trained at more than one budget."""
+    if ext.empty or "train_seq_len" not in ext.columns:
+        return False
+    budgets = training_budget(ext).groupby(series_names(ext).to_numpy()).nunique()
+    return bool(budgets.max() > 1)
+
+
+def largest_budget(ext: pd.DataFrame) -> pd.DataFrame:
+    """Each curve's rows at its largest budget (all rows when no curve has several)."""
+    if not several_budgets(ext):
+        return ext
+    budget = training_budget(ext)
+    return ext[budget == budget.groupby(series_names(ext).to_numpy()).transform("max")]

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from archs.counting import trains_by_counting
 from harness.allocator import keep_freed_memory
 from harness.resume import hold_stop_signals, load_snapshot, restore_rng, rng_states, save_snapshot
-from harness.tasks import Task
+from harness.tasks import Batch, Task
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def factor_columns(cfg: TrainConfig) -> dict:
     return {"train_optimizer": cfg.optimizer, "train_schedule": cfg.schedule, "train_lr": cfg.lr,
             "train_weight_decay": cfg.weight_decay, "train_batch_size": cfg.batch_size,
             "train_steps_budget": cfg.steps, "train_mixed_length": cfg.mixed_length,
+            "train_warmup_steps": cfg.warmup_steps,
             "train_initial_state": cfg.initial_state,
             "train_initial_state_scale": cfg.initial_state_scale if cfg.initial_state == "noise" else None}
 
@@ -245,9 +247,9 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], obj):
 def check_initial_state_support(model: torch.nn.Module, mode: str) -> None:
     """Raise ValueError unless every mixer of ``model`` accepts an initial state."""
     name = getattr(model, "arch_name", type(model).__name__)
-    if not hasattr(model, "prefill") or not hasattr(model, "mixers"):
+    if not hasattr(model, "prefill") or not getattr(model, "mixers", None):
         raise ValueError(f"train.initial_state={mode!r} needs the LM shell's prefill(tokens, state) "
-                         f"and mixers; {name} has neither. Use train.initial_state=zero.")
+                         f"and mixers; {name} lacks them. Use train.initial_state=zero.")
     lacking = sorted({type(m).__name__ for m in model.mixers if not getattr(m, "accepts_initial_state", False)})
     if lacking:
         raise ValueError(
@@ -304,6 +306,15 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def training_batch(task: Task, cfg: TrainConfig, gen: torch.Generator) -> Batch:
+    """The next training batch of the stream ``gen`` draws (at a random length in
+    [min_len, seq_len] with ``mixed_length``)."""
+    seq_len = cfg.seq_len
+    if cfg.mixed_length:
+        seq_len = int(torch.randint(task.min_len(), cfg.seq_len + 1, (1,), generator=gen))
+    return task.sample(cfg.batch_size, seq_len, gen)
+
+
 def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device | str = "cpu",
           *, eval_fn: Callable[[], float] | None = None, progress: bool = True,
           resume_path: str | os.PathLike | None = None, resume_identity: str = "") -> TrainResult:
@@ -312,7 +323,11 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
 
     ``resume_path``: keep a resume snapshot there and continue from it when it exists and
     its identity is ``resume_identity`` (harness/resume.py); the caller deletes it once the
-    final weights are saved. A finished run's snapshot returns its result at once."""
+    final weights are saved. A finished run's snapshot returns its result at once.
+    A count-based model (``archs.counting``) is trained by ``count_training_tokens`` instead."""
+    if trains_by_counting(model):  # its training is one counting pass (harness/counting.py)
+        from harness.counting import count_training_tokens  # imports this module: not at the top
+        return count_training_tokens(model, task, cfg, device, progress=progress)
     device = torch.device(device)
     set_threads(cfg.threads)
     keep_freed_memory()
@@ -355,10 +370,7 @@ def _train_step(step: int, run: "_Run", task: Task, cfg: TrainConfig, device: to
                 amp: torch.dtype | None, bar) -> bool:
     """One optimisation step (and the checks after it); True when training should stop."""
     model, opt, result = run.model, run.opt, run.result
-    seq_len = cfg.seq_len
-    if cfg.mixed_length:
-        seq_len = int(torch.randint(task.min_len(), cfg.seq_len + 1, (1,), generator=run.gen))
-    batch = task.sample(cfg.batch_size, seq_len, run.gen).to(device)
+    batch = training_batch(task, cfg, run.gen).to(device)
     for group in opt.param_groups:
         group["lr"] = lr_at(step, cfg)
     if run.states is None:

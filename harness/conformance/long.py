@@ -120,6 +120,9 @@ def _alone(model: LanguageModel, x: torch.Tensor, leak: tuple[int, int, float], 
 
 
 def check_long_causality(model: LanguageModel, lengths: tuple[int, ...] = CHECKED_LENGTHS, **_) -> str:
+    if not hasattr(model, "embed"):
+        return ("skipped: differentiates and perturbs input embeddings, and this model has none "
+                "(a count table); `causality` checks it on tokens")
     tiles = tiles_of(model)
     done: list[int] = []
     for n in usable_lengths(model, lengths):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archs import SequenceTooLongError
+from archs.counting import trains_by_counting
 from archs.model import LanguageModel
 
 from harness.conformance._common import (BATCH, LENGTH, SPLIT, VOCAB, ConformanceError,
@@ -105,6 +106,8 @@ def check_prefill_matches_forward(model: LanguageModel, **_) -> str:
 
 
 def check_gradients(model: LanguageModel, **_) -> str:
+    if trains_by_counting(model):
+        return "skipped: trained by counting (archs.counting), no gradient step"
     model.train()
     logits = model(tokens())
     loss = F.cross_entropy(logits.flatten(0, 1), tokens(seed=2).flatten())
@@ -202,7 +205,9 @@ def check_state_size(model: LanguageModel, **_) -> str:
             if declared is not None and declared != actual:
                 raise ConformanceError(f"declared state size {declared} B != actual {actual} B after {n} tokens")
             per_layer = []
-            for i, (m, s) in enumerate(zip(model.mixers, state.layers)):
+            # a model without mixers (a count table) is checked as one layer holding the state
+            layers = list(zip(model.mixers, state.layers)) if model.mixers else [(model, state)]
+            for i, (m, s) in enumerate(layers):
                 reported, held = m.state_size_bytes(s), measured_state_bytes(s, f"layer {i} state")
                 if reported > held or (n == full and reported != held):
                     raise ConformanceError(
@@ -211,7 +216,7 @@ def check_state_size(model: LanguageModel, **_) -> str:
                         + (f" (past every declared tile {tiles}, so any cache is full)" if n == full else ""))
                 per_layer.append(reported)
             sizes[n] = per_layer
-    for i, mixer in enumerate(model.mixers):
+    for i, mixer in enumerate(model.mixers or [model]):
         a, b = sizes[SPLIT][i], sizes[2 * SPLIT][i]
         growth = mixer.state_growth
         if growth == "constant" and a != b:
@@ -221,7 +226,7 @@ def check_state_size(model: LanguageModel, **_) -> str:
         if growth == "window" and b < a:
             raise ConformanceError(f"layer {i} window state shrank {a} -> {b} B")
     return (f"state bytes {sum(sizes[SPLIT])} -> {sum(sizes[2 * SPLIT])} "
-            f"({', '.join(sorted({m.state_growth for m in model.mixers}))}); == tensors held at {full}")
+            f"({', '.join(sorted({m.state_growth for m in model.mixers or [model]}))}); == tensors held at {full}")
 
 
 def check_learns(model: LanguageModel, **_) -> str:
@@ -230,6 +235,8 @@ def check_learns(model: LanguageModel, **_) -> str:
     g = torch.Generator().manual_seed(3)
     pattern = torch.randint(0, VOCAB, (BATCH, 7), generator=g)
     x = pattern.repeat(1, 4)[:, : LENGTH + 1]  # (B, LENGTH+1): a period-7 sequence
+    if trains_by_counting(model):
+        return _learns_by_counting(model, x)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
@@ -244,6 +251,18 @@ def check_learns(model: LanguageModel, **_) -> str:
     if not losses[-1] < 0.7 * losses[0]:
         raise ConformanceError(f"loss did not fall: {losses[0]:.3f} -> {losses[-1]:.3f} in 30 steps")
     return f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def _learns_by_counting(model, x: torch.Tensor) -> str:
+    """A count-based model's training step is counting: once the pattern is counted, its
+    loss on the pattern must fall as a gradient-trained model's does in 30 steps."""
+    with torch.no_grad():
+        before = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).item()
+        model.count(x[:, :-1], x[:, 1:])
+        after = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).item()
+    if not after < 0.7 * before:
+        raise ConformanceError(f"loss did not fall after counting the pattern: {before:.3f} -> {after:.3f}")
+    return f"loss {before:.3f} -> {after:.3f} after counting the pattern once"
 
 
 def check_length_limit(model: LanguageModel, **_) -> str:

@@ -34,7 +34,7 @@ def test_one_registration_gives_backends_letter_and_colour():
         assert info.color is not None, f"built-in {name!r} has no plot colour"
     letters = archs.mixer_letters()
     assert {k: v.mixer.__name__ for k, v in letters.items()} == {
-        "A": "Attention", "D": "Mamba2Mixer", "I": "InfiniAttention", "L": "LinearAttentionMixer",
+        "A": "Attention", "D": "Mamba2Mixer", "F": "FFNMixer", "I": "InfiniAttention", "L": "LinearAttentionMixer",
         "M": "MambaMixer", "R": "LSTMMixer", "W": "SlidingWindowAttention"}
     colors = archs.arch_colors()
     assert colors["transformer_math"] != colors["transformer"] == colors["transformer_rope"]
@@ -129,13 +129,24 @@ def test_bad_sizes_and_options_are_clear_errors(kw, match):
         create_arch("transformer", **{"d_model": 32, **kw})
 
 
-@pytest.mark.parametrize("arch", list_archs())
+def _sized_by_width(name: str) -> bool:
+    """Every architecture but the count-based ones (archs.counting), which have no width."""
+    from archs.counting import trains_by_counting
+    return not trains_by_counting(create_arch(name, **arch_info(name).tiny))
+
+
+@pytest.mark.parametrize("arch", [n for n in list_archs() if _sized_by_width(n)])
 def test_target_params_within_a_few_percent(arch):
     tiny = {k: v for k, v in arch_info(arch).tiny.items() if k != "d_model"}
     target = 2_000_000
     model = create_arch(arch, target_params=target, vocab_size=256, **tiny)
     assert abs(model.num_params() - target) / target < 0.05, model.num_params()
     assert model.arch_kwargs["d_model"] == model.cfg.d_model
+
+
+def test_a_count_based_model_refuses_a_width():
+    with pytest.raises(ValueError, match="no width up to 512 is accepted"):
+        create_arch("ngram", target_params=10_000)
 
 
 def test_target_params_and_d_model_conflict():

@@ -5,7 +5,7 @@
   (so a file cannot silently say headdim 32 while the code says 64).
 * A file with ``label:`` is a named variant (its own curve): its keys must be accepted and
   must change something.
-* ``arch/induction/*`` inherit a top-level file through Hydra's defaults list and carry
+* ``arch/induction/*`` and ``arch/lm/*`` inherit a top-level file through Hydra's defaults list and carry
   only what differs from it.
 """
 from __future__ import annotations
@@ -86,8 +86,8 @@ def test_top_level_arch_files_restate_the_code_defaults_exactly(option):
                        f"or make the file a labelled variant")
 
 
-@pytest.mark.parametrize("option", _options(ARCH / "induction"))
-def test_induction_arch_files_inherit_and_carry_only_what_differs(option):
+@pytest.mark.parametrize("option", _options(ARCH / "induction") + _options(ARCH / "lm"))
+def test_variant_arch_files_inherit_and_carry_only_what_differs(option):
     raw = yaml.safe_load((ARCH / f"{option}.yaml").read_text())
     parents = [d for d in raw.get("defaults", []) if isinstance(d, str) and d.startswith("/arch/")]
     assert len(parents) == 1 and parents[0].endswith("@_here_"), \
