@@ -55,6 +55,17 @@ def _drop_defaults(info: ArchInfo, kwargs: dict[str, Any]) -> dict[str, Any]:
             if k in COMMON_KWARGS or k not in defaults or defaults[k] != v}
 
 
+def _set_bidirectional(name: str, info: ArchInfo, kwargs: dict[str, Any]) -> None:
+    """model.causal=false: build the architecture bidirectional (archs/bidirectional.py)."""
+    if "causal" not in info.accepted_kwargs():
+        raise ValueError(f"model.causal=false: {name}'s builder takes no `causal` keyword "
+                         f"(it does not build through archs.model.LMConfig)")
+    if kwargs.get("causal", False) is not False:
+        raise ValueError(f"model.causal=false but the arch config of {name} sets causal: true; "
+                         f"set one of them")
+    kwargs["causal"] = False
+
+
 def _measure(match: str, m: ModelConfig):
     if match == "params":
         return param_count, m.target_params
@@ -74,8 +85,12 @@ def build(arch_node: Any, m: ModelConfig, vocab_size: int, *, validate_only: boo
     name, label, kwargs = split_arch(arch_node)
     info = arch_info(name)  # unknown name -> error listing the known ones
     kwargs = {"vocab_size": vocab_size, **({"n_layers": m.n_layers} if m.n_layers else {}), **kwargs}
+    if not m.causal:
+        _set_bidirectional(name, info, kwargs)
     check_kwargs(name, kwargs)
     kwargs = _drop_defaults(info, kwargs)
+    if kwargs.get("causal") is False and label == name:
+        label = f"{name}+bidirectional"  # its own curve beside the causal model of the same name
     sizing: dict[str, Any] = {"match": m.match}
     if "d_model" in kwargs:
         sizing["match"] = "arch_config"

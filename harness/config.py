@@ -46,6 +46,8 @@ class ModelConfig:
     match_seq_len: int = 2048                  # reference length for flops/state matching
     d_model: Optional[int] = None              # match=width: this width for every arch
     d_model_by_arch: Dict[str, int] = field(default_factory=dict)  # per-arch widths (Mamba paper)
+    causal: bool = True                        # false: bidirectional (encoder-only) models; restates
+                                               # archs.model.LMConfig.causal (tests/harness/test_bidirectional_apps.py)
 
 
 @dataclass

@@ -21,9 +21,10 @@ from harness.train import autocast
 
 @torch.no_grad()
 def logits_for(model, inputs: torch.Tensor, chunk_len: int | None, amp=None) -> torch.Tensor:
-    """(B, L) -> (B, L, V), in one pass or in chunks of ``chunk_len`` carrying state."""
+    """(B, L) -> (B, L, V), in one pass or in chunks of ``chunk_len`` carrying state (a
+    bidirectional model always in one pass: each output needs the whole sequence)."""
     device = inputs.device
-    if not chunk_len or inputs.shape[1] <= chunk_len:
+    if not chunk_len or inputs.shape[1] <= chunk_len or not getattr(model, "causal", True):
         with autocast(device, amp):
             return model(inputs).float()
     state = model.init_state(inputs.shape[0])
