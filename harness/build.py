@@ -89,8 +89,8 @@ def build(arch_node: Any, m: ModelConfig, vocab_size: int, *, validate_only: boo
         _set_bidirectional(name, info, kwargs)
     check_kwargs(name, kwargs)
     kwargs = _drop_defaults(info, kwargs)
-    if kwargs.get("causal") is False and label == name:
-        label = f"{name}+bidirectional"  # its own curve beside the causal model of the same name
+    if kwargs.get("causal") is False and not label.endswith("+bidirectional"):
+        label = f"{label}+bidirectional"  # its own curve beside the causal model of that label
     sizing: dict[str, Any] = {"match": m.match}
     if "d_model" in kwargs:
         sizing["match"] = "arch_config"

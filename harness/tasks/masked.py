@@ -5,19 +5,19 @@ a window of text; 15% of its positions are chosen, of which 80% become [MASK], 1
 random token and 10% stay unchanged; the model predicts the original token at every chosen
 position (only those are scored: loss, accuracy, bits per byte).
 
-``masked_recall`` - a synthetic task that needs context on both sides of the mask: the
-induction-heads task mirrored. A key K sits just before the [MASK]; further right, K appears
-once more, followed by the answer V:
+``masked_recall`` - a synthetic task that needs the context right of the mask: the
+induction-heads task mirrored. A special token S sits just before the [MASK]; further
+right, S appears once more, followed by the answer V:
 
     position:  ..  q   q+1     ..  r   r+1  ..
-    inputs:    ..  K   [MASK]  ..  K   V    ..        (K nowhere else, V != K)
+    inputs:    ..  S   [MASK]  ..  S   V    ..        (S nowhere else)
     targets:           V                              (only q + 1 is scored)
 
-The left neighbour says which key is asked, the right side holds the answer: a causal
-model sees neither the second K nor V (chance, 1 / (vocab - 1)). ``trigger_distance`` = d
-fixes r = q + 1 + d (the answer key d tokens right of the mask); by default q is uniform
-and r uniform to its right. Train short, test long: a longer sequence puts the answer
-further away.
+In induction heads (S A ... S -> A) the answer lies left of the query; here it lies right
+of it, so a causal model sees neither the second S nor V (chance, 1 / vocab) and a
+bidirectional one must look right across the sequence. ``trigger_distance`` = d fixes
+r = q + 1 + d (the second S d tokens right of the mask); by default q is uniform and r
+uniform to its right. Train short, test long: a longer sequence puts the answer further away.
 
 Targets here are not "the next token": ``targets[b, t]`` is the original token at t,
 predicted from the whole corrupted sequence. A causal model may still be trained on these
@@ -90,49 +90,49 @@ class MaskedLM(TextLM):
 @register_task("masked_recall")
 @dataclass
 class MaskedRecall(Task):
-    vocab: int = 16  # ordinary tokens (as induction_heads); [MASK] = vocab
-    trigger_distance: int | None = None  # answer key exactly d tokens right of the mask; None = random
+    vocab: int = 16  # ordinary tokens, as induction_heads; S = vocab, [MASK] = vocab + 1
+    trigger_distance: int | None = None  # second S exactly d tokens right of the mask; None = random
 
-    distance_meaning = "tokens from the [MASK] to the key on its right whose next token is the answer"
+    distance_meaning = "tokens from the [MASK] to the special token on its right that the answer follows"
     layout = "masked"
     default_seq_len = 256
     _shrink_hint = "trigger_distance"
 
     def __post_init__(self) -> None:
-        if self.vocab < 3:
-            raise ValueError(f"masked_recall: vocab must be >= 3 (a key, an answer and filler), got {self.vocab}")
+        if self.vocab < 2:
+            raise ValueError(f"masked_recall: vocab must be >= 2, got {self.vocab}")
         d = self.trigger_distance
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
             raise ValueError(f"masked_recall: trigger_distance must be an int >= 1 or None, got {d!r}")
 
     @property
     def vocab_size(self) -> int:
-        return self.vocab + 1
+        return self.vocab + 2
+
+    @property
+    def special_token(self) -> int:
+        return self.vocab
 
     @property
     def mask_token(self) -> int:
-        return self.vocab
+        return self.vocab + 1
 
     def min_len(self) -> int:
-        # K [MASK] K V at the shortest; a distance d puts the second K at 1 + d
+        # S [MASK] S V at the shortest; a distance d puts the second S at 1 + d
         return 4 if self.trigger_distance is None else self.trigger_distance + 3
 
     def _sample(self, batch_size: int, seq_len: int, generator: torch.Generator, split: str) -> Batch:
         rows = torch.arange(batch_size, device=generator.device)
-        key = randint(0, self.vocab, (batch_size,), generator)
-        # filler and answer drawn from the other vocab - 1 tokens: K appears exactly twice
-        inputs = randint(0, self.vocab - 1, (batch_size, seq_len), generator)
-        inputs += (inputs >= key[:, None]).long()
-        answer = randint(0, self.vocab - 1, (batch_size,), generator)
-        answer += (answer >= key).long()
+        inputs = randint(0, self.vocab, (batch_size, seq_len), generator)  # filler and answer
         if self.trigger_distance is None:
             query = (uniform((batch_size,), generator) * (seq_len - 3)).long()  # q in [0, L-4]
             right = query + 2 + (uniform((batch_size,), generator) * (seq_len - 3 - query)).long()
         else:
             query = (uniform((batch_size,), generator) * (seq_len - 2 - self.trigger_distance)).long()
             right = query + 1 + self.trigger_distance
-        inputs[rows, query], inputs[rows, query + 1] = key, self.mask_token
-        inputs[rows, right], inputs[rows, right + 1] = key, answer
+        answer = inputs[rows, right + 1]
+        inputs[rows, query], inputs[rows, query + 1] = self.special_token, self.mask_token
+        inputs[rows, right] = self.special_token
         targets = torch.full_like(inputs, IGNORE_INDEX)
         targets[rows, query + 1] = answer
         return Batch(inputs, targets)
