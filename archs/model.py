@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from archs.bidirectional import (DECODE_HINT, BidirectionalDecodeError, check_causal_layers,
+                                  make_bidirectional)
 from archs.blocks import MLPS, NORM_POSITIONS, NORMS, MLP, Block, make_norm
 from archs.mixer import Mixer, State
 from archs.positional import (ABSOLUTE, SequenceTooLongError, absolute_positions,
@@ -32,6 +34,7 @@ class LMConfig:
     tie_embeddings: bool = True    # halves embedding params for tiny vocabularies' models
     embed_std: float = 0.02        # GPT-2 initialisation of the token table
     norm_position: str = "pre"     # pre (GPT-2; trains without warm-up) | post (the original Transformer)
+    causal: bool = True            # False: bidirectional (encoder-only, archs/bidirectional.py)
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "d_model", "n_layers"):
@@ -49,6 +52,18 @@ class LMConfig:
         check_positional(self.pos_encoding)
         if self.pos_encoding == "learned" and not self.max_seq_len:
             raise ValueError("pos_encoding='learned' needs max_seq_len (the size of its table)")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be true or false, got {self.causal!r}")
+
+
+def add_positions(h: torch.Tensor, positions: nn.Module | None, first_pos: int) -> torch.Tensor:
+    """Token embeddings (B, n, D) from position ``first_pos`` on, or (B, D) for one token,
+    plus the absolute positional encoding (``positions``; None adds nothing)."""
+    if positions is None:
+        return h
+    n = h.shape[1] if h.dim() > 2 else 1
+    pos = torch.arange(first_pos, first_pos + n, device=h.device)
+    return h + positions(pos).to(h.dtype).reshape((n, -1) if h.dim() > 2 else (-1,))
 
 
 @dataclass
@@ -63,6 +78,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         if len(mixers) != cfg.n_layers:
             raise ValueError(f"got {len(mixers)} mixers for n_layers={cfg.n_layers}")
+        check_causal_layers(cfg.causal, mixers)
         if mlps is None:
             mlps = [None if cfg.mlp == "none" else MLP(cfg.d_model, cfg.mlp, cfg.mlp_ratio)
                     for _ in range(cfg.n_layers)]
@@ -86,6 +102,15 @@ class LanguageModel(nn.Module):
     @property
     def mixers(self) -> list[Mixer]:
         return [b.mixer for b in self.blocks]
+
+    @property
+    def causal(self) -> bool:
+        """False for a bidirectional (encoder-only) model: no step/prefill, no decode rows."""
+        return self.cfg.causal
+
+    def _check_decodes(self) -> None:
+        if not self.causal:
+            raise BidirectionalDecodeError(f"{self.arch_name}: {DECODE_HINT}")
 
     @property
     def max_seq_len(self) -> int | None:
@@ -137,12 +162,7 @@ class LanguageModel(nn.Module):
                 f"(pos_encoding={self.cfg.pos_encoding!r}, max_seq_len={self.cfg.max_seq_len}).")
 
     def _embed(self, tokens: torch.Tensor, first_pos: int) -> torch.Tensor:
-        h = self.embed(tokens)
-        if self.positions is not None:
-            n = tokens.shape[-1] if tokens.dim() > 1 else 1
-            pos = torch.arange(first_pos, first_pos + n, device=tokens.device)
-            h = h + self.positions(pos).to(h.dtype).reshape((n, -1) if tokens.dim() > 1 else (-1,))
-        return h
+        return add_positions(self.embed(tokens), self.positions, first_pos)
 
     # -- the three forms -----------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -160,10 +180,13 @@ class LanguageModel(nn.Module):
         ref = self.embed.weight
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
+        if not self.causal:  # nothing to carry: a bidirectional model never decodes
+            return ModelState([None] * len(self.mixers), pos=0)
         return ModelState([m.init_state(batch_size, device, dtype) for m in self.mixers], pos=0)
 
     def step(self, tokens_t: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
         """(B,) token ids at position ``state.pos`` -> (B, V) logits, advanced state."""
+        self._check_decodes()
         if tokens_t.dim() != 1:
             raise ValueError(f"step takes one token per sequence, shape (batch,), got {tuple(tokens_t.shape)}")
         self._check_tokens(tokens_t, state.pos)
@@ -179,6 +202,7 @@ class LanguageModel(nn.Module):
         Evaluating a long sequence chunk by chunk this way holds only one chunk's
         activations plus the state: constant memory for recurrent mixers.
         """
+        self._check_decodes()
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
         self._check_tokens(tokens, state.pos)
@@ -197,7 +221,10 @@ class LanguageModel(nn.Module):
 
     def expected_state_bytes(self, batch_size: int, context_len: int,
                              dtype: torch.dtype | None = None) -> int | None:
-        """Analytic decode-state size after ``context_len`` tokens (None if a mixer doesn't say)."""
+        """Analytic decode-state size after ``context_len`` tokens (None if a mixer doesn't say,
+        and for a bidirectional model, which never decodes)."""
+        if not self.causal:
+            return None
         dtype = dtype or self.embed.weight.dtype
         sizes = [m.expected_state_bytes(batch_size, context_len, dtype) for m in self.mixers]
         return None if any(s is None for s in sizes) else sum(sizes)
@@ -208,6 +235,29 @@ def _linear_flops(module: nn.Module) -> int:
     return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
+def mlp_flops(mlp: nn.Module | None) -> int:
+    """Forward FLOPs per token of a block's MLP: an MoE layer counts its router plus top_k
+    of its experts."""
+    from archs.blocks import MoE
+
+    if isinstance(mlp, MoE):
+        return _linear_flops(mlp.router) + mlp.top_k * _linear_flops(mlp.experts[0])
+    return 0 if mlp is None else _linear_flops(mlp)
+
+
+def blocks_flops(blocks, batch_size: int, seq_len: int) -> int | None:
+    """Forward FLOPs of residual blocks over (batch, seq_len): each mixer's nn.Linear layers
+    and declared ``sequence_flops``, each MLP (None if a mixer does not declare its cost)."""
+    per_token, mixing = 0, 0
+    for block in blocks:
+        mixer_flops = block.mixer.sequence_flops(batch_size, seq_len)
+        if mixer_flops is None:
+            return None
+        mixing += mixer_flops
+        per_token += _linear_flops(block.mixer) + mlp_flops(block.mlp)
+    return per_token * batch_size * seq_len + mixing
+
+
 def analytic_flops(model: LanguageModel, batch_size: int, seq_len: int) -> int | None:
     """Closed-form forward FLOPs (multiply-add = 2) of one pass over (batch, seq_len).
 
@@ -216,27 +266,16 @@ def analytic_flops(model: LanguageModel, batch_size: int, seq_len: int) -> int |
     declared ``sequence_flops``. Elementwise work (norms, activations) is left out, as in
     the usual 6·N·T accounting. None if some mixer does not declare its mixing cost.
     """
-    from archs.blocks import MoE
-
-    per_token = _linear_flops(model.head)
-    mixing = 0
-    for block in model.blocks:
-        mixer_flops = block.mixer.sequence_flops(batch_size, seq_len)
-        if mixer_flops is None:
-            return None
-        mixing += mixer_flops
-        per_token += _linear_flops(block.mixer)
-        if isinstance(block.mlp, MoE):
-            per_token += _linear_flops(block.mlp.router) + block.mlp.top_k * _linear_flops(block.mlp.experts[0])
-        elif block.mlp is not None:
-            per_token += _linear_flops(block.mlp)
-    return per_token * batch_size * seq_len + mixing
+    body = blocks_flops(model.blocks, batch_size, seq_len)
+    return None if body is None else body + _linear_flops(model.head) * batch_size * seq_len
 
 
 def build_lm(cfg: LMConfig, make_mixer: Callable[[int], Mixer],
              make_mlp: Callable[[int], nn.Module | None] | None = None) -> LanguageModel:
-    """The usual way a builder assembles its model: one mixer (and MLP) per layer index."""
-    mixers = [make_mixer(i) for i in range(cfg.n_layers)]
+    """The usual way a builder assembles its model: one mixer (and MLP) per layer index;
+    with ``cfg.causal`` False, each mixer in its bidirectional form (archs/bidirectional.py)."""
+    mixers = [make_mixer(i) if cfg.causal else make_bidirectional(make_mixer, i)
+              for i in range(cfg.n_layers)]
     mlps = None if make_mlp is None else [make_mlp(i) for i in range(cfg.n_layers)]
     return LanguageModel(cfg, mixers, mlps)
 

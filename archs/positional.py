@@ -167,7 +167,10 @@ class ALiBi(nn.Module):
         self.slopes = alibi_slopes(self.n_heads, dtype).to(self.slopes.device)
         return self
 
-    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """(Lq,), (Lk,) -> bias (H, Lq, Lk) in the slopes' dtype (float32 or float64)."""
+    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+        """(Lq,), (Lk,) -> bias (H, Lq, Lk) in the slopes' dtype (float32 or float64).
+        ``symmetric``: -slope * |i - j| (a bidirectional model's keys lie on both sides)."""
         distance = (q_pos[:, None] - k_pos[None, :]).to(self.slopes.dtype)  # (Lq, Lk)
+        if symmetric:
+            distance = distance.abs()
         return -self.slopes[:, None, None] * distance[None]

@@ -65,6 +65,11 @@ def width_for_target(build: Callable[..., nn.Module], kwargs: dict[str, Any], ta
     find = lambda w: _valid_at_or_above(build, kwargs, w, measure)  # noqa: E731
     lo = find(1)
     if lo is None:
+        try:  # say why: the error of a usual width (a bad keyword is not about the width)
+            measure(build_meta(build, {**kwargs, "d_model": 64}))
+        except ValueError as exc:
+            raise ValueError(f"no width up to {_MAX_SKIP} is accepted by this architecture; "
+                             f"check its other keyword arguments (at d_model=64: {exc})") from exc
         raise ValueError(f"no width up to {_MAX_SKIP} is accepted by this architecture; "
                          "check its other keyword arguments")
     if lo[1] >= target:

@@ -60,6 +60,17 @@ def _drop_defaults(info: ArchInfo, kwargs: dict[str, Any]) -> dict[str, Any]:
             if k in COMMON_KWARGS or k not in defaults or defaults[k] != v}
 
 
+def _set_bidirectional(name: str, info: ArchInfo, kwargs: dict[str, Any]) -> None:
+    """model.causal=false: build the architecture bidirectional (archs/bidirectional.py)."""
+    if "causal" not in info.accepted_kwargs():
+        raise ValueError(f"model.causal=false: {name}'s builder takes no `causal` keyword "
+                         f"(it does not build through archs.model.LMConfig)")
+    if kwargs.get("causal", False) is not False:
+        raise ValueError(f"model.causal=false but the arch config of {name} sets causal: true; "
+                         f"set one of them")
+    kwargs["causal"] = False
+
+
 def _measure(match: str, m: ModelConfig):
     if match == "params":
         return param_count, m.target_params
@@ -81,10 +92,14 @@ def build(arch_node: Any, m: ModelConfig, vocab_size: int, *, validate_only: boo
     kwargs = {"vocab_size": vocab_size, **({"n_layers": m.n_layers} if m.n_layers else {}), **kwargs}
     if m.norm_position != LMConfig.norm_position:  # passed only when it changes something, so
         kwargs.setdefault("norm_position", m.norm_position)  # pre-norm keys stay as they were
+    if not m.causal:
+        _set_bidirectional(name, info, kwargs)
     check_kwargs(name, kwargs)
     kwargs = _drop_defaults(info, kwargs)
     if kwargs.get("norm_position") == "post" and label == name:  # its own curve, not pre-norm's
         label = f"{name}+postnorm"
+    if kwargs.get("causal") is False and not label.endswith("+bidirectional"):
+        label = f"{label}+bidirectional"  # its own curve beside the causal model of that label
     sizing: dict[str, Any] = {"match": m.match}
     if "d_model" in kwargs:
         sizing["match"] = "arch_config"

@@ -49,6 +49,8 @@ class ModelConfig:
     d_model: Optional[int] = None              # match=width: this width for every arch
     d_model_by_arch: Dict[str, int] = field(default_factory=dict)  # per-arch widths (Mamba paper)
     norm_position: str = "pre"                 # pre | post residual blocks (archs.model.LMConfig's default)
+    causal: bool = True                        # false: bidirectional (encoder-only) models; restates
+                                               # archs.model.LMConfig.causal (tests/harness/test_bidirectional_apps.py)
 
 
 @dataclass

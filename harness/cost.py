@@ -43,6 +43,9 @@ from harness.timing import classify_exception, free_memory, job_limits, run_with
 
 log = logging.getLogger(__name__)
 register_configs()
+DECODE_MODES = ("decode", "generate")
+BIDIRECTIONAL_SKIP = ("bidirectional models do not decode (causal=false: every output depends on "
+                      "the tokens after it)")
 # Before any launcher runs (module level, like the schemas): see harness/cluster.py.
 prepare_launchers()
 
@@ -93,6 +96,12 @@ class Sweep:
             time_budget_s=self.bench.time_budget_s,
             cpu_memory_limit_gb=self.bench.cpu_memory_limit_gb, **fields)
 
+    def _no_decode(self, mode: str, seq_len: int) -> dict | None:
+        """A ``skipped`` row for a decode mode of a bidirectional model, else None."""
+        if mode.removeprefix("max_len:") in DECODE_MODES and not getattr(self.model, "causal", True):
+            return self.row(mode, seq_len, "skipped", BIDIRECTIONAL_SKIP)
+        return None
+
     def _sweep_settings(self) -> SweepSettings:
         return SweepSettings(results_dir=self.cfg.results_dir, force=self.cfg.force,
                              skip_after_failure=self.bench.skip_after_failure,
@@ -110,10 +119,10 @@ class Sweep:
                   for mode in self.bench.modes for n in lengths]
 
         def too_long(point: Point) -> dict | None:
-            limit, n = self.model.max_seq_len, point.info["seq_len"]
+            limit, n, mode = self.model.max_seq_len, point.info["seq_len"], point.info["mode"]
             if limit is not None and n > limit:
-                return self.row(point.info["mode"], n, "skipped", f"length {n} > max_seq_len {limit}")
-            return None
+                return self.row(mode, n, "skipped", f"length {n} > max_seq_len {limit}")
+            return self._no_decode(mode, n)
 
         run_points(points, self.measure_point, self._failure_and_reset, self._sweep_settings(), precheck=too_long)
 
@@ -133,7 +142,11 @@ class Sweep:
         key = point_key(self.settings(f"max_len:{m.mode}", 0) | {"max_len": to_container(OmegaConf.structured(m))},
                         f"{self.built.label}-max_len-{m.mode}")
         point = Point(key, info={"mode": f"max_len:{m.mode}", "seq_len": 0}, desc=f"max_len {m.mode}")
-        run_points([point], lambda p: self.max_len_row(key), self._failure, self._sweep_settings())
+        no_decode = self._no_decode(point.info["mode"], 0)
+        if no_decode is not None:
+            no_decode["point_key"] = key
+        run_points([point], lambda p: self.max_len_row(key), self._failure, self._sweep_settings(),
+                   precheck=lambda p: no_decode)
 
     def max_len_row(self, key: str) -> dict:
         """Longest length whose ``max_len.mode`` step fits the memory budget: double, then bisect."""

@@ -23,9 +23,10 @@ from harness.train import autocast
 @torch.no_grad()
 def chunk_logits(model, inputs: torch.Tensor, chunk_len: int | None, amp=None):
     """Yield (start, logits (B, l, V)) over ``inputs`` (B, L): one pass, or chunks of
-    ``chunk_len`` carrying the decode state - only one chunk's logits exist at a time."""
+    ``chunk_len`` carrying the decode state - only one chunk's logits exist at a time (a
+    bidirectional model always in one pass: each output needs the whole sequence)."""
     device = inputs.device
-    if not chunk_len or inputs.shape[1] <= chunk_len:
+    if not chunk_len or inputs.shape[1] <= chunk_len or not getattr(model, "causal", True):
         with autocast(device, amp):
             yield 0, model(inputs).float()
         return

@@ -67,6 +67,7 @@ class Experiment:
         self.task: Task = get_task(**to_container(cfg.task))
         self.built: BuiltModel = build(cfg.arch, cfg.model, cfg.model.vocab_size or self.task.vocab_size)
         self.model = self.built.model.to(self.device)
+        self.task.check_model(self.model)  # e.g. a bidirectional model on next-token targets
         self.amp = autocast_dtype(cfg.train.precision, self.device)
         # Everything that shapes the trained weights - settings and the code of the model
         # and the task generator - is their checkpoint's identity.

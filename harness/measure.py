@@ -114,11 +114,19 @@ def analytic_flops(model, mode: str, batch: int, seq_len: int, gen_tokens: int =
     return None if nxt is None else nxt - fwd
 
 
+def benchmark_tokens(model, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    """Random input tokens, seeded by the length; in the model's own layout if it has one
+    (an encoder-decoder: source, separator, target - ``model.benchmark_tokens``)."""
+    gen = torch.Generator(device="cpu").manual_seed(seq_len)
+    layout = getattr(model, "benchmark_tokens", None)
+    if layout is not None:
+        return layout(batch, seq_len, gen).to(device)
+    return torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=gen).to(device)
+
+
 def measure(model, mode: str, seq_len: int, bench: BenchConfig, device: torch.device) -> dict[str, Any]:
     """Measure one (mode, length) point of ``model`` (already on ``device`` in bench.dtype)."""
-    vocab = model.cfg.vocab_size
-    gen = torch.Generator(device="cpu").manual_seed(seq_len)
-    tokens = torch.randint(0, vocab, (bench.batch, seq_len), generator=gen).to(device)
+    tokens = benchmark_tokens(model, bench.batch, seq_len, device)
     row: dict[str, Any] = {}
     holder = None
     if mode == "forward":
@@ -183,8 +191,7 @@ def _achieved(row: dict, model, mode: str, bench: BenchConfig, device: torch.dev
 def fits_in_memory(model, mode: str, seq_len: int, bench: BenchConfig, device: torch.device,
                    budget_bytes: float) -> tuple[bool, int | None, str]:
     """One memory probe for the max_len search: (fits, peak bytes, reason)."""
-    gen = torch.Generator(device="cpu").manual_seed(seq_len)
-    tokens = torch.randint(0, model.cfg.vocab_size, (bench.batch, seq_len), generator=gen).to(device)
+    tokens = benchmark_tokens(model, bench.batch, seq_len, device)
     if mode == "forward":
         fn = _forward_fn(model, tokens)
     elif mode == "train_step":

@@ -32,11 +32,12 @@ def sdpa_context(kernel: str | None):
 
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                    bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   scale: float | None = None, kernel: str | None = None) -> torch.Tensor:
+                   scale: float | None = None, kernel: str | None = None,
+                   causal: bool = True) -> torch.Tensor:
     """Same contract as ``attention_math``. Pure causal self-attention (Lq == Lk, no bias,
     no custom mask) uses ``is_causal=True`` so the flash kernel applies; anything else
     passes an explicit mask (SDPA's own causal mask is top-left aligned, wrong for a
-    chunk that follows a cache)."""
+    chunk that follows a cache). ``causal=False`` with no mask: no mask at all."""
     if bias is not None and torch.promote_types(q.dtype, bias.dtype) != q.dtype:
         # An fp32 ALiBi bias is ~4096 at distance 8K; cast to bf16 (SDPA's fused kernels
         # want the mask in the query dtype) it would be off by up to 16. So this case runs
@@ -44,16 +45,19 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         # applies fp32 slopes in-kernel).
         work = torch.promote_types(q.dtype, bias.dtype)
         out = attention_sdpa(q.to(work), k.to(work), v.to(work), bias=bias.to(work), mask=mask,
-                             scale=scale, kernel=kernel)
+                             scale=scale, kernel=kernel, causal=causal)
         return out.to(q.dtype)
     lq, lk = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
     with sdpa_context(kernel):
-        if bias is None and mask is None and lq == lk:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-        if mask is None:
+        if bias is None and mask is None and (lq == lk or not causal):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+        if mask is None and causal:
             mask = causal_mask(lq, lk, q.device)
-        attn_mask = mask if bias is None else bias.to(q.dtype).masked_fill(~mask, float("-inf"))
+        if bias is None:
+            attn_mask = mask
+        else:
+            attn_mask = bias.to(q.dtype) if mask is None else bias.to(q.dtype).masked_fill(~mask, float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=gqa)
 
 
@@ -62,7 +66,8 @@ def flash_attn_available() -> bool:
 
 
 def attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                    alibi_slopes: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+                    alibi_slopes: torch.Tensor | None = None, scale: float | None = None,
+                    causal: bool = True) -> torch.Tensor:
     """FlashAttention-2/3 from the ``flash-attn`` package (CUDA, fp16/bf16 only).
 
     Same (B, H, L, Dh) contract as the others. flash-attn's causal mask is bottom-right
@@ -75,6 +80,7 @@ def attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                                       f"use backend='fused' (or 'auto') here")
     # flash-attn wants (B, L, H, Dh)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    out = fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=True,
+    # non-causal + alibi_slopes: flash-attn biases by -slope * |i - j|, as we do
+    out = fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=causal,
                              alibi_slopes=None if alibi_slopes is None else alibi_slopes.float())
     return out.transpose(1, 2)

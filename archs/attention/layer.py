@@ -10,6 +10,7 @@ from archs.attention.cache import KVCache
 from archs.attention.fused import SDPA_KERNELS, attention_flash, attention_sdpa, flash_attn_available
 from archs.attention.ref import attention_math
 from archs.backends import check_backend, is_cuda, resolve_backend
+from archs.bidirectional import DECODE_HINT, BidirectionalDecodeError
 from archs.blocks import heads_merge, heads_split
 from archs.mixer import Mixer
 from archs.positional import ALiBi, RotaryEmbedding, check_positional
@@ -56,6 +57,9 @@ class Attention(Mixer):
     relative_positions = True  # takes pos_encoding: rope / alibi act inside the layer (and
     # in every subclass: sliding-window and Infini-attention layers)
     config_class = AttentionConfig
+    # model.causal=false drops the causal mask (archs/bidirectional.py sets causal = False)
+    bidirectional = "mask"
+    causal = True
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
@@ -96,12 +100,13 @@ class Attention(Mixer):
         bias = None
         if self.alibi is not None and self.backend != "flash_attn":
             k_pos = torch.arange(lk, device=q.device)
-            bias = self.alibi(k_pos[lk - lq:], k_pos)
+            bias = self.alibi(k_pos[lk - lq:], k_pos, symmetric=not self.causal)
         if self.backend == "ref":
-            return attention_math(q, k, v, bias=bias)
+            return attention_math(q, k, v, bias=bias, causal=self.causal)
         if self.backend == "flash_attn":
-            return attention_flash(q, k, v, alibi_slopes=None if self.alibi is None else self.alibi.slopes)
-        return attention_sdpa(q, k, v, bias=bias, kernel=self.cfg.sdpa_backend)
+            return attention_flash(q, k, v, alibi_slopes=None if self.alibi is None else self.alibi.slopes,
+                                   causal=self.causal)
+        return attention_sdpa(q, k, v, bias=bias, kernel=self.cfg.sdpa_backend, causal=self.causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._project(x, 0)
@@ -112,6 +117,8 @@ class Attention(Mixer):
                              device=device or self.param_device, dtype=dtype or self.param_dtype)
 
     def prefill(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        if not self.causal:
+            raise BidirectionalDecodeError(DECODE_HINT)
         q, k, v = self._project(x, state.length)
         k_all, v_all = state.append(k, v)
         return self.o_proj(heads_merge(self._attend(q, k_all, v_all))), state
@@ -122,8 +129,8 @@ class Attention(Mixer):
 
     def sequence_flops(self, batch_size: int, seq_len: int) -> int:
         # q·kᵀ and p·v over the causal triangle: 2 matmuls x 2 FLOPs x Dh per (query, key)
-        # pair, L(L+1)/2 pairs per head (FlashAttention's causal accounting).
-        pairs = seq_len * (seq_len + 1) // 2
+        # pair, L(L+1)/2 pairs per head (FlashAttention's causal accounting); L² unmasked.
+        pairs = seq_len * (seq_len + 1) // 2 if self.causal else seq_len * seq_len
         return 2 * 2 * batch_size * self.cfg.n_heads * self.cfg.head_dim * pairs
 
     def expected_state_bytes(self, batch_size, context_len, dtype) -> int:

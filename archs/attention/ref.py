@@ -38,11 +38,12 @@ def expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                    bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                   scale: float | None = None) -> torch.Tensor:
+                   scale: float | None = None, causal: bool = True) -> torch.Tensor:
     """softmax(q kᵀ · scale + bias, masked) v, with scores and softmax in float32
     (float64 for float64 inputs).
 
-    bias: additive (H, Lq, Lk) (ALiBi); mask: boolean (Lq, Lk), default causal.
+    bias: additive (H, Lq, Lk) (ALiBi); mask: boolean (Lq, Lk), default causal (none when
+    ``causal`` is False: every query sees every key, as in an encoder).
     """
     lq, lk = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -51,8 +52,9 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     scores = torch.einsum("bhqd,bhkd->bhqk", q.to(acc), k.to(acc)) * scale  # (B, H, Lq, Lk)
     if bias is not None:
         scores = scores + bias.to(acc)
-    if mask is None:
+    if mask is None and causal:
         mask = causal_mask(lq, lk, q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1)
     return torch.einsum("bhqk,bhkd->bhqd", probs, v.to(acc)).to(q.dtype)

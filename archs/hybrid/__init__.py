@@ -30,7 +30,7 @@ def hybrid(vocab_size: int = 256, d_model: int = 128, n_layers: int | None = Non
         for letter in sorted(set(layout)):
             if letters[letter].mixer.relative_positions:
                 kwargs.setdefault(letter, {}).setdefault("pos_encoding", pos_encoding)
-    mixers = build_mixers(layout, d_model, kwargs)
+    mixers = build_mixers(layout, d_model, kwargs, causal=cfg.causal)
     mlps = []
     for i in range(len(layout)):
         if is_moe_layer(i, moe_every, moe_offset):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from archs._registry import mixer_letters
+from archs.bidirectional import make_bidirectional
 from archs.mixer import Mixer
 
 
@@ -32,13 +33,18 @@ def parse_pattern(pattern: str, n_layers: int | None) -> list[str]:
 
 
 def build_mixers(layout: list[str], d_model: int,
-                 mixer_kwargs: dict[str, dict[str, Any]] | None = None) -> list[Mixer]:
+                 mixer_kwargs: dict[str, dict[str, Any]] | None = None, causal: bool = True) -> list[Mixer]:
+    """One mixer per letter of ``layout``; bidirectional ones when ``causal`` is False."""
     mixer_kwargs = dict(mixer_kwargs or {})
     stray = sorted(set(mixer_kwargs) - set(layout))
     if stray:
         raise ValueError(f"mixer_kwargs given for letter(s) {stray} that the pattern does not use")
     letters = mixer_letters()
-    return [letters[c].build(d_model, dict(mixer_kwargs.get(c, {}))) for c in layout]
+
+    def make(i: int) -> Mixer:
+        return letters[layout[i]].build(d_model, dict(mixer_kwargs.get(layout[i], {})))
+
+    return [make(i) if causal else make_bidirectional(make, i) for i in range(len(layout))]
 
 
 def is_moe_layer(i: int, moe_every: int, moe_offset: int) -> bool:

@@ -78,6 +78,7 @@ class InfiniAttention(Attention):
 
     state_growth = "window"  # a segment buffer bounded by segment_len, plus a fixed-size memory
     config_class = InfiniAttentionConfig
+    bidirectional = None  # causal-only: its bounded cache is the point (archs/bidirectional.py)
 
     def __init__(self, cfg: InfiniAttentionConfig):
         super().__init__(cfg)

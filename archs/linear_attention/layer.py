@@ -67,6 +67,7 @@ class LinearAttentionMixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
     config_class = LinearAttentionConfig
+    bidirectional = "two_pass"  # model.causal=false: a forward and a reversed copy, added
     accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, config: LinearAttentionConfig) -> None:

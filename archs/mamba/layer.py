@@ -77,6 +77,7 @@ class MambaMixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
     accepts_initial_state = True  # a fixed-size state; prefill is differentiable
+    bidirectional = "two_pass"  # model.causal=false: a forward and a reversed copy, added
 
     def __init__(self, d_model: int, **kwargs) -> None:
         super().__init__()

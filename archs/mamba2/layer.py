@@ -96,6 +96,7 @@ class Mamba2Mixer(Mixer):
     backends = BACKENDS
     state_growth = "constant"
     config_class = Mamba2Config
+    bidirectional = "two_pass"  # model.causal=false: a forward and a reversed copy, added
     accepts_initial_state = True  # a fixed-size state; prefill is differentiable
 
     def __init__(self, config: Mamba2Config) -> None:

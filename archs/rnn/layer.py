@@ -20,6 +20,7 @@ class LSTMMixer(Mixer):
     backends = ("fused", "auto")
     state_growth = "constant"
     accepts_initial_state = True  # a fixed-size state; prefill is differentiable
+    bidirectional = "two_pass"  # model.causal=false: a forward and a reversed copy, added
 
     def __init__(self, d_model: int, hidden_size: int | None = None, backend: str = "auto"):
         super().__init__()

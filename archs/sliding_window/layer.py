@@ -65,6 +65,7 @@ class SlidingWindowAttention(Attention):
     backends = ("ref", "fused", "chunked", "auto")
     state_growth = "window"  # the cache stops growing at n_sink + window tokens
     config_class = SlidingWindowConfig
+    bidirectional = None  # causal-only: its bounded cache is the point (archs/bidirectional.py)
 
     def __init__(self, cfg: SlidingWindowConfig):
         super().__init__(cfg)

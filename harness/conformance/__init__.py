@@ -29,6 +29,7 @@ from archs.backends import BackendUnavailableError
 
 from harness.conformance._common import (BATCH, CHECKED_LENGTHS, LENGTH, LONG_LENGTHS, RTOL, SPLIT,
                                          VOCAB, CheckResult, ConformanceError, build_tiny, tokens)
+from harness.conformance.kinds import for_model
 from harness.conformance.long import check_long_causality, check_long_decode
 from harness.conformance.short import (check_batch_independence, check_buffers, check_causality,
                                        check_determinism, check_gradients, check_learns,
@@ -103,8 +104,9 @@ def run_check(name: str, check: str, backend: str | None = None,
               lengths: tuple[int, ...] = CHECKED_LENGTHS, **overrides) -> CheckResult:
     try:
         model = build_tiny(name, backend, **overrides)
-        detail = CHECKS[check](model, lengths=lengths,
-                               rebuild=lambda seed: build_tiny(name, backend, seed=seed, **overrides))
+        # bidirectional and encoder-decoder models take the checks that apply to them
+        run = for_model(check, CHECKS[check], model, lambda b: build_tiny(name, b, **overrides))
+        detail = run(model, lengths=lengths, rebuild=lambda seed: build_tiny(name, backend, seed=seed, **overrides))
         return CheckResult(name, check, True, detail, backend)
     except ConformanceError as exc:
         return CheckResult(name, check, False, str(exc), backend)

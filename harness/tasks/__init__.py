@@ -6,7 +6,8 @@
     scores = score_logits(model(batch.inputs), batch.targets)
     task.metrics(scores)                           # {"loss", "acc", "seq_acc"} (+ "bpb" for lm)
 
-Registered names: induction_heads, selective_copy, mqar, passkey, copy, lm.
+Registered names: induction_heads, selective_copy, mqar, passkey, copy, lm; for bidirectional
+(encoder-only) models mlm and masked_recall; for sequence to sequence seq2seq.
 """
 
 from harness.tasks.base import (
@@ -24,9 +25,11 @@ from harness.tasks.base import (
 from harness.tasks.copying import Copying
 from harness.tasks.induction import InductionHeads
 from harness.tasks.lm import TextLM, nats_to_bpb
+from harness.tasks.masked import MaskedLM, MaskedRecall, bert_corrupt
 from harness.tasks.mqar import MQAR
 from harness.tasks.passkey import Passkey
 from harness.tasks.selective_copy import SelectiveCopy
+from harness.tasks.seq2seq import Seq2Seq
 
 __all__ = [
     "IGNORE_INDEX",
@@ -34,11 +37,15 @@ __all__ = [
     "Batch",
     "Copying",
     "InductionHeads",
+    "MaskedLM",
+    "MaskedRecall",
     "Passkey",
     "Scores",
     "SelectiveCopy",
+    "Seq2Seq",
     "Task",
     "TextLM",
+    "bert_corrupt",
     "get_task",
     "list_tasks",
     "nats_to_bpb",

@@ -134,6 +134,14 @@ class Task(ABC):
     # Tasks with the knob have a dataclass field `trigger_distance: int | None` (None = the
     # task's own random placement) and grow `min_len()` so the distance always fits.
     distance_meaning: ClassVar[str] = ""
+    # Where the answers are, which decides the models that may take the task (check_model):
+    # "next_token": the target at t is the input at t + 1 - a causal model's job, which a
+    #   bidirectional model would just read off its input;
+    # "masked": the targets are hidden in the inputs (a [MASK]), so a model may see the
+    #   whole input - bidirectional (encoder-only) models fit, causal ones see the left only;
+    # "seq2seq": next tokens after a separator (source SEP target): decoder-only models read
+    #   it as their "prefix" form, encoder-decoders split it at the separator.
+    layout: ClassVar[str] = "next_token"
 
     @property
     @abstractmethod
@@ -179,6 +187,28 @@ class Task(ABC):
         if distance is None:
             return self
         return dataclasses.replace(self, trigger_distance=distance)  # type: ignore[type-var]
+
+    def check_model(self, model: Any) -> None:
+        """Raise ValueError if ``model`` cannot take this task fairly (see ``layout``): a
+        bidirectional model on targets it sees, an encoder-decoder without a separator."""
+        arch = getattr(model, "arch_name", type(model).__name__)
+        masked = [n for n, c in _TASKS.items() if c.layout == "masked"]
+        if not getattr(model, "causal", True) and self.layout != "masked":
+            raise ValueError(
+                f"{self.name}: its targets are the next inputs, which the bidirectional {arch} "
+                f"(causal=false) sees in its input; use a masked task ({', '.join(sorted(masked))}) "
+                f"or model.causal=true")
+        separator = getattr(model, "separator", None)
+        if separator is None:
+            return
+        if self.layout != "seq2seq":
+            seq2seq = [n for n, c in _TASKS.items() if c.layout == "seq2seq"]
+            raise ValueError(f"{self.name}: the encoder-decoder {arch} needs a source, a separator and "
+                             f"a target; use a sequence-to-sequence task ({', '.join(sorted(seq2seq))})")
+        if separator != getattr(self, "separator", None):
+            raise ValueError(f"{self.name}: {arch} splits at token {separator} but the task's separator "
+                             f"is {getattr(self, 'separator', None)}; build it with the task's vocabulary "
+                             f"(model.vocab_size=null) or separator={getattr(self, 'separator', None)}")
 
     def params(self) -> dict[str, Any]:
         """The task's parameters, for result rows and config hashes.
