@@ -61,6 +61,17 @@ class Mixer(nn.Module):
                      (tables computed from the config). The conformance suite fails any
                      other floating-point buffer: a weight registered as a buffer is never
                      trained and missing from ``num_params``.
+      causal:        True (the default) if output t depends only on inputs <= t, so the
+                     model decodes token by token. False for a bidirectional mixer: the
+                     conformance suite then reports its causal checks (causality, step /
+                     prefill == forward, state size, the long checks) as "skipped:
+                     bidirectional" instead of running them.
+      exact_causality: True (the default) if the parallel form gives EXACTLY zero gradient
+                     to future inputs (masks, scans, zero-padded convolutions: any form that
+                     never adds a future term). The conformance suite then requires exact
+                     zeros. Set False only for a form whose future terms cancel numerically
+                     (an FFT convolution); the suite then allows a dtype-dependent fraction
+                     of the largest past gradient (harness.conformance GRAD_LEAK_RTOL).
       accepts_initial_state: True if ``prefill(x, state)`` may start from ANY state of
                      ``init_state``'s structure (a fixed-size recurrent state; the harness
                      fills it with noise or a previous sequence's final state) and is
@@ -79,6 +90,8 @@ class Mixer(nn.Module):
     relative_positions: bool = False
     config_class: type | None = None
     constant_buffers: tuple[str, ...] = ()
+    causal: bool = True
+    exact_causality: bool = True
 
     @classmethod
     def build(cls, d_model: int, **kwargs: Any) -> "Mixer":

@@ -70,25 +70,29 @@ def _ci(lo: float, hi: float) -> str:
 
 
 def exponent_lines(cost: pd.DataFrame) -> list[str]:
-    """Fitted time exponent per architecture and mode (``harness.fit.fit_exponent``)."""
+    """Fitted time exponent per architecture and mode (``harness.fit.fit_exponent``), with its
+    95% CI; "not resolved" where harness.fit's rules say the data cannot support it."""
     from harness.fit import by_series, fit_exponent
 
     fits = fit_exponent(by_series(cost), y="time_ms")
     if fits.empty:
         return ["  (no timing rows)"]
-    cells = {(a, m): (f"{s:.2f}{_ci(lo, hi)}" if math.isfinite(s) else f"n/a ({why})")
-             for a, m, s, lo, hi, why in zip(fits["arch"], fits["mode"], fits["slope"], fits["ci_low"],
-                                             fits["ci_high"], fits["reason"])}
+    cells = {(a, m): (f"{s:.2f}{_ci(lo, hi)}{' not resolved' if why else ''}" if math.isfinite(s) else f"n/a ({reason})")
+             for a, m, s, lo, hi, why, reason in zip(fits["arch"], fits["mode"], fits["slope"], fits["ci_low"],
+                                                     fits["ci_high"], fits["unresolved"], fits["reason"])}
     table = pd.Series(cells).unstack()
     span = fits.dropna(subset=["x_min"])
     fitted = (f", fitted over {int(span['x_min'].min())}..{int(span['x_max'].max())} tokens"
               if not span.empty else "")
-    return [f"  time per call ∝ L^k (k with its 95% CI{fitted}):",
-            *("    " + line for line in table.to_string().splitlines())]
+    lines = [f"  time per call ∝ L^k (k with its 95% CI{fitted}):",
+             *("    " + line for line in table.to_string().splitlines())]
+    unresolved = fits[(fits["unresolved"] != "") & fits["slope"].notna()]
+    return lines + [f"    not resolved: {r.arch} {r.mode}: {r.unresolved}" for r in unresolved.itertuples()]
 
 
 def crossover_lines(cost: pd.DataFrame) -> list[str]:
-    """Where one architecture's time curve crosses another's (``harness.fit.crossover_table``)."""
+    """Where one architecture's time curve crosses another's, with its interval
+    (``harness.fit.crossover_table``), or "not resolved" and why."""
     from harness.fit import by_series, crossover_table
 
     table = crossover_table(by_series(cost))
@@ -99,13 +103,20 @@ def crossover_lines(cost: pd.DataFrame) -> list[str]:
     for row in found.itertuples(index=False):
         short, long_ = (row.a, row.b) if row.a_lower_below else (row.b, row.a)
         how = "measured" if row.method == "interpolated" else "extrapolated from the fits"
-        lines.append(f"  {row.mode:<10} {long_} is faster than {short} beyond L ≈ {row.x:,.0f} ({how})")
+        if row.unresolved:
+            lines.append(f"  {row.mode:<10} {long_} vs {short}: crossover not resolved (≈ {row.x:,.0f}, {how}; "
+                         f"{row.unresolved})")
+        else:
+            lines.append(f"  {row.mode:<10} {long_} is faster than {short} beyond L ≈ {row.x:,.0f} "
+                         f"[{row.x_low:,.0f}, {row.x_high:,.0f}] ({how})")
     return lines
 
 
 def accuracy_lines(ext: pd.DataFrame) -> list[str]:
-    """Accuracy by architecture and evaluation length, one table per (task, train length)."""
+    """Accuracy by architecture and evaluation length, one table per (task, train length);
+    a curve with a model whose training did not finish or converge is marked and explained."""
     from harness.plot import extrapolation_groups, format_length, series_names
+    from harness.series import UNFINISHED, training_notes
 
     ok = ext[ext["status"] == "ok"]
     if ok.empty or "accuracy" not in ok.columns:
@@ -116,9 +127,11 @@ def accuracy_lines(ext: pd.DataFrame) -> list[str]:
         train = set(pd.to_numeric(rows.get("train_seq_len", pd.Series(dtype=float)), errors="coerce").dropna())
         table = rows.groupby(["arch", "eval_seq_len"])["accuracy"].mean().unstack("eval_seq_len")
         table.columns = [format_length(c) + ("*" if c in train else "") for c in table.columns]
-        table.index.name = None  # no "arch" line under the header
+        notes = training_notes(rows)
+        table.index = [f"{a} {UNFINISHED}" if a in notes else a for a in table.index]  # no "arch" header line
         lines.append(f"  accuracy, {title} (* = training length):")
         lines += ["    " + line for line in table.map(lambda v: f"{v:.2f}").to_string().splitlines()]
+        lines += [f"    {UNFINISHED} {name}: {why} - not what the architecture can do" for name, why in notes.items()]
     return lines
 
 

@@ -10,7 +10,9 @@ panel per mode, log-log, fitted exponent in the legend; decode latency and state
 against context. Extrapolation rows (with ``eval_seq_len``): each metric against the
 evaluation length (log2 axis), a dashed line at the training length, the mean and a
 95% band over seeds. Points that failed (oom, timeout, error, skipped, diverged) are
-drawn as × at the bottom edge of their panel, and listed in the report.
+drawn as × at the bottom edge of their panel, and listed in the report; points from a
+model whose training did not finish or did not converge get a hollow diamond and the
+figure a footnote naming the runs and why (harness.plot_marks).
 
 Which figures: each experiment declares them (``figures: [...]`` in its config, from
 ``harness.config.FIGURES``; every row records it) and exactly those are drawn; rows
@@ -35,18 +37,19 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
-from harness.fit import fit_power_law
+from harness.fit import PowerFit, fit_power_law
 from harness.plot_budget import budget_figures
 from harness.plot_distance import distance_figures
+from harness.plot_marks import UNFINISHED_LEGEND, footnote_unfinished, mark_failures, mark_unfinished
 from harness.report import write_report
 from harness.results import results_dir_cli
 from harness.series import (  # noqa: F401 - re-used names of the figures' API
-    EXTRAPOLATION_METRICS, X_LABEL, Y_LABELS, by_series, extrapolation_groups, format_bytes, format_length,
-    largest_budget, series_names, several_budgets, split_distance_rows, split_kinds,
+    EXTRAPOLATION_METRICS, UNFINISHED, X_LABEL, Y_LABELS, by_series, extrapolation_groups, format_bytes,
+    format_length, largest_budget, series_names, several_budgets, split_distance_rows, split_kinds,
+    training_notes,
 )
 
 Color = tuple[float, float, float]
-FAILED_MARKER = "x"
 # Columns that, when they vary, split cost figures into separate files.
 FIGURE_CONTEXT: tuple[str, ...] = ("device", "dtype", "batch")
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -104,17 +107,6 @@ def _y_scale(ax, ys: Sequence[float], column: str) -> None:
         ax.yaxis.set_major_formatter(EngFormatter(sep=""))
 
 
-def _mark_failures(ax, failed: pd.DataFrame, x: str, palette: dict[str, Color], order: list[str]) -> None:
-    """An × per failed point at the bottom edge, stacked a little by curve so several
-    failures at one length stay visible."""
-    names = series_names(failed)
-    transform = ax.get_xaxis_transform()  # x in data units, y in axes fraction
-    for name, rows in failed.groupby(names):
-        level = 0.03 + 0.035 * (order.index(name) if name in order else 0)
-        ax.scatter(rows[x], [level] * len(rows), marker=FAILED_MARKER, s=40, linewidths=1.5,
-                   color=palette.get(name, "black"), transform=transform, clip_on=False, zorder=5)
-
-
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
@@ -126,11 +118,15 @@ def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
 # ---------------------------------------------------------------- cost figures
 
 
-def _curve_label(name: str, backend: str, n_backends: int, slope: float | None) -> str:
+def _curve_label(name: str, backend: str, n_backends: int, fit: PowerFit | None) -> str:
+    """'mamba (∝ L^1.04±0.09)', or '(∝ L^0.31, not resolved)' (harness.fit's rules)."""
     label = f"{name} [{backend}]" if n_backends > 1 else name
-    if slope is None or not math.isfinite(slope):
+    if fit is None or not math.isfinite(fit.slope):
         return label
-    return f"{label} (∝ L^{slope + 0.0:.2f})".replace("L^-0.00", "L^0.00")
+    slope = f"{fit.slope + 0.0:.2f}".replace("-0.00", "0.00")
+    if fit.unresolved:
+        return f"{label} (∝ L^{slope}, not resolved)"
+    return f"{label} (∝ L^{slope}±{(fit.ci_high - fit.ci_low) / 2:.2f})"
 
 
 def _draw_curves(ax, ok: pd.DataFrame, y: str, palette: dict[str, Color], fit: bool) -> None:
@@ -141,10 +137,10 @@ def _draw_curves(ax, ok: pd.DataFrame, y: str, palette: dict[str, Color], fit: b
         for i, backend in enumerate(backends):
             rows = curve_rows[curve_rows["_backend"] == backend]
             med = rows.groupby("seq_len")[y].median().sort_index()
-            slope = fit_power_law(med.index, med.to_numpy()).slope if fit else None
+            power = fit_power_law(med.index, med.to_numpy()) if fit else None
             ax.plot(med.index, med.to_numpy(), marker="o", ms=4, color=palette[name],
                     linestyle=_LINESTYLES[i % len(_LINESTYLES)],
-                    label=_curve_label(name, backend, len(backends), slope))
+                    label=_curve_label(name, backend, len(backends), power))
             if y == "time_ms" and rows[["time_ms_p10", "time_ms_p90"]].notna().all(axis=None):
                 band = rows.groupby("seq_len")[["time_ms_p10", "time_ms_p90"]].median().sort_index()
                 ax.fill_between(band.index, band["time_ms_p10"], band["time_ms_p90"],
@@ -159,7 +155,7 @@ def _cost_panel(ax, rows: pd.DataFrame, y: str, palette: dict[str, Color], fit: 
     if xs:
         _log_x(ax, xs)
     _y_scale(ax, ok[y].astype(float).tolist(), y)
-    _mark_failures(ax, failed, "seq_len", palette, sorted(palette))
+    mark_failures(ax, failed, "seq_len", palette, sorted(palette))
     xlabel = X_LABEL.replace("sequence", "context") if "decode" in title else X_LABEL
     ax.set(xlabel=xlabel, ylabel=Y_LABELS.get(y, y), title=title)
     if ok.empty:
@@ -213,7 +209,7 @@ def generation_figure(gen: pd.DataFrame, palette: dict[str, Color]) -> Figure:
             ax.set_xscale("log", base=2)
             ax.set_xlim(min(batches) / 1.4, max(batches) * 1.4)
         _y_scale(ax, ok["tokens_per_s"].astype(float).tolist(), "tokens_per_s")
-        _mark_failures(ax, gen[gen["status"] != "ok"], "batch", palette, sorted(palette))
+        mark_failures(ax, gen[gen["status"] != "ok"], "batch", palette, sorted(palette))
         prompt = ", ".join(sorted({format_length(v) for v in gen["seq_len"].dropna()}))
         new = ", ".join(sorted({f"{int(v)}" for v in gen.get("gen_tokens", pd.Series(dtype=float)).dropna()}))
         ax.set(xlabel="batch size", ylabel="generated tokens/s",
@@ -291,12 +287,17 @@ def _extrapolation_panel(ax, rows: pd.DataFrame, metric: str, palette: dict[str,
     else:
         _y_scale(ax, ok[metric].astype(float).tolist(), metric)
     failed = rows[rows["status"] != "ok"]
-    _mark_failures(ax, failed, "eval_seq_len", palette, sorted(palette))
+    mark_failures(ax, failed, "eval_seq_len", palette, sorted(palette))
+    unfinished = mark_unfinished(ax, ok, "eval_seq_len", metric, palette)
     band = f"mean and 95% CI over {n_seeds} seeds" if n_seeds > 1 else "one seed"
     ax.set(xlabel="evaluation length (tokens; K = 1024)", ylabel=Y_LABELS.get(metric, metric),
            title=f"{title} ({band})")
+    keys = ["× = failed point"] * (len(failed) > 0) + [UNFINISHED_LEGEND] * unfinished
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", title="× = failed point" if len(failed) else None, title_fontsize="small")
+        legend = ax.legend(fontsize="small", title="\n".join(keys) or None, title_fontsize="small")
+        notes = training_notes(ok) if unfinished else {}
+        for text in legend.get_texts():  # the same † as in the tables
+            text.set_text(f"{text.get_text()} {UNFINISHED}" if text.get_text() in notes else text.get_text())
 
 
 def _several_widths(ext: pd.DataFrame) -> bool:
@@ -321,6 +322,7 @@ def recall_state_figure(ext: pd.DataFrame, palette: dict[str, Color]) -> Figure:
                 for _, p in mean.iterrows():
                     ax.annotate(f"d={int(p['d_model'])}", (p["state_bytes"], p["accuracy"]), fontsize=7,
                                 xytext=(3, 3), textcoords="offset points", color=palette[name])
+            unfinished = mark_unfinished(ax, ok, "state_bytes", "accuracy", palette)
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(FuncFormatter(format_bytes))
             ax.set_ylim(-0.02, 1.02)
@@ -328,7 +330,8 @@ def recall_state_figure(ext: pd.DataFrame, palette: dict[str, Color]) -> Figure:
             ax.set(xlabel="decode state at the evaluation length (batch 1)", ylabel="accuracy",
                    title=f"{task} at {format_length(float(length))} tokens" if length else str(task))
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize="small")
+                ax.legend(fontsize="small", title=UNFINISHED_LEGEND if unfinished else None, title_fontsize="small")
+    footnote_unfinished(fig, ext[ext["status"] == "ok"])
     fig.suptitle("Recall vs memory: accuracy against decode-state size")
     return fig
 
@@ -369,6 +372,7 @@ def extrapolation_figures(df: pd.DataFrame, palette: dict[str, Color] | None = N
             axes = fig.subplots(1, len(groups), squeeze=False)[0]
             for ax, (task, rows) in zip(axes, groups):
                 _extrapolation_panel(ax, rows, metric, palette, task or metric)
+        footnote_unfinished(fig, ext[ext["status"] == "ok"])
         fig.suptitle(f"Train short, test long: {Y_LABELS.get(metric, metric)} vs evaluation length")
         figures[f"extrapolation_{metric}"] = fig
     return figures

@@ -10,7 +10,9 @@ colour per evaluation length, the mean over seeds in bold and each seed as a thi
 the longest distance a training sequence can hold (train_seq_len - 1). Rows without a
 distance (the length axis) make the length figures; ``harness.series.split_distance_rows``
 is the split both use, so a length figure never averages over fixed-distance rows.
-One figure per task and training length: ``accuracy_vs_distance[_<n>]``.
+One figure per task and training length: ``accuracy_vs_distance[_<n>]``. A panel whose
+curve includes a model that did not finish or converge training is titled †, its points
+get hollow diamonds and the figure a footnote (harness.plot_marks).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.series import extrapolation_groups, format_length, series_names, split_distance_rows
+from harness.plot_marks import UNFINISHED_MARKER, footnote_unfinished, mark_unfinished
+from harness.series import extrapolation_groups, format_length, series_names, split_distance_rows, training_notes
 from harness.results import load_rows
 
 
@@ -63,7 +66,10 @@ def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figur
         sns.lineplot(data=mine, x="trigger_distance", y="accuracy", hue="length", hue_order=order,
                      palette=length_colours, estimator="mean", errorbar=None, marker="o", ms=4,
                      linewidth=1.8, legend=False, ax=ax)
-        ax.set_title(f"{name} ({seeds} seed{'s' if seeds > 1 else ''})", fontsize="medium")
+        for length, rows in mine.groupby("length"):  # the mean line of each length, marked where unfinished
+            mark_unfinished(ax, rows, "trigger_distance", "accuracy", {name: length_colours[length]})
+        unfinished = " †" if training_notes(mine) else ""
+        ax.set_title(f"{name} ({seeds} seed{'s' if seeds > 1 else ''}){unfinished}", fontsize="medium")
     for ax in axes[len(names):]:
         ax.set_visible(False)
     for ax in axes[:max(1, len(names))]:
@@ -76,6 +82,9 @@ def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figur
     handles = [Line2D([], [], color=c, marker="o", ms=4, label=n) for n, c in length_colours.items()]
     if train:
         handles.append(Line2D([], [], color="0.35", linestyle="--", label="longest training distance"))
+    if training_notes(ok):
+        handles.append(Line2D([], [], color="0.35", marker=UNFINISHED_MARKER, markerfacecolor="none", linestyle="",
+                              label="training unfinished / not converged"))
     if handles:
         fig.legend(handles=handles, title="evaluation length", loc="lower center", fontsize="small",
                    title_fontsize="small", ncols=len(handles), frameon=False)
@@ -84,6 +93,7 @@ def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figur
                  fontsize="medium")
     legend_h = 0.45 / fig.get_figheight()  # inches kept for the legend row under the panels
     fig.tight_layout(rect=(0, legend_h, 1, 1 - 0.25 / fig.get_figheight()))
+    footnote_unfinished(fig, ok)
     return fig
 
 

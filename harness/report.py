@@ -1,10 +1,13 @@
 """``report.md``: the tables behind the figures (written by ``harness.plot``).
 
-Sections: provenance (experiments, devices, commits), figures, status counts,
-scaling exponents with 95% CIs and the fitted range, crossover lengths, failed points
-with their reasons, and the extrapolation tables (architecture x evaluation length, and
-x trigger distance): the mean over seeds with its 95% confidence interval (Student's t
-over seeds) and the number of seeds when there are several.
+Sections: provenance (experiments, devices, commits), what the conformance suite checked
+for each architecture, figures, status counts, scaling exponents with 95% CIs and the
+fitted range, crossover lengths with their intervals ("not resolved" where the data
+cannot place them: harness.fit), failed points with their reasons, and the extrapolation
+tables (architecture x evaluation length, and x trigger distance): the mean over seeds
+with its 95% confidence interval (Student's t over seeds) and the number of seeds when
+there are several. A curve with rows from a model whose training did not finish or did
+not converge is marked † and footnoted (harness.series.training_notes).
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from harness.conformance import conformance_note
-from harness.fit import crossover_table, fit_exponent, t_quantile_975
+from harness.conformance.plan import coverage, coverage_brief
+from harness.fit import MAX_CI_HALF_WIDTH, MIN_R2, crossover_table, fit_exponent, t_quantile_975
 from harness.results import atomic_write
 from harness.series import (
-    EXTRAPOLATION_METRICS, SERIES_KEYS, Y_LABELS, by_series, extrapolation_groups, format_length, series_names,
-    several_budgets, split_distance_rows, split_kinds, training_budget,
+    EXTRAPOLATION_METRICS, SERIES_KEYS, UNFINISHED, Y_LABELS, by_series, extrapolation_groups, format_length,
+    series_names, several_budgets, split_distance_rows, split_kinds, training_budget, training_notes,
 )
 
 MAX_FAILED_ROWS = 100  # beyond this the report says how many more there are
@@ -68,12 +72,37 @@ def _provenance(df: pd.DataFrame) -> str:
             f"- {conformance_note()}\n")
 
 
+def _conformance_section(df: pd.DataFrame) -> str:
+    """Per architecture in the rows: where archbench's suite checks causality and step /
+    prefill == forward at every position (harness.conformance.plan)."""
+    archs = sorted(map(str, df["arch"].dropna().unique()))
+    return markdown_table(pd.DataFrame({"arch": archs, "checked at (tokens, dtype)": [coverage(a) for a in archs]}))
+
+
+def _arch_of(df: pd.DataFrame) -> dict[str, str]:
+    """{curve name (label or arch): registry arch}, to look up what conformance checked."""
+    return dict(zip(series_names(df), df["arch"].astype(str)))
+
+
+def _marked(names: pd.Series | pd.Index, notes: dict[str, str]) -> list[str]:
+    return [f"{n} {UNFINISHED}" if n in notes else str(n) for n in names]
+
+
+def _footnote(notes: dict[str, str]) -> str:
+    if not notes:
+        return ""
+    lines = [f"- {UNFINISHED} {name}: {why}" for name, why in sorted(notes.items())]
+    return ("\n" + f"{UNFINISHED} training did not finish or did not converge; these results do not show what "
+            "the architecture can do:\n\n" + "\n".join(lines) + "\n")
+
+
 def _status_section(df: pd.DataFrame) -> str:
     df = by_series(df)
     keys = _varying(df, ("arch", "backend", "mode"))
-    counts = df.pivot_table(
-        index=keys, columns="status", values="point_key" if "point_key" in df.columns else "arch",
-        aggfunc="count", fill_value=0)
+    # rows per (curve, status): a count of rows, not of a column (the status table of rows
+    # without a point_key would otherwise count "arch" while grouping by it)
+    counts = df.groupby(keys + ["status"]).size().unstack("status", fill_value=0)
+    counts.columns.name = None
     return markdown_table(counts.reset_index())
 
 
@@ -85,15 +114,24 @@ def _exponent_section(cost: pd.DataFrame) -> str:
         fits = fit_exponent(by_series(cost), y=y)
         keys = _varying(fits, SERIES_KEYS)
         table = fits[keys].copy()
-        table["exponent"] = fits["slope"].map(_num)
+        table["exponent"] = [f"{_num(v)}{' (not resolved)' if why else ''}" if math.isfinite(v) else ""
+                             for v, why in zip(fits["slope"], fits["unresolved"])]
         table["95% CI"] = [f"[{_num(lo)}, {_num(hi)}]" if math.isfinite(lo) else ""
                            for lo, hi in zip(fits["ci_low"], fits["ci_high"])]
         table["r²"] = fits["r2"].map(lambda v: _num(v, ".3f"))
         table["fitted range"] = [f"{format_length(a)}–{format_length(b)}" if math.isfinite(a) else ""
                                  for a, b in zip(fits["x_min"], fits["x_max"])]
         table["points"] = fits["n_points"]
-        table["note"] = fits["reason"]
+        table["note"] = ["; ".join(t for t in (why and f"not resolved: {why}", reason) if t)
+                         for why, reason in zip(fits["unresolved"], fits["reason"])]
+        arch_of = _arch_of(cost)
+        table["conformance"] = [coverage_brief(arch_of.get(a, a)) for a in fits["arch"]]
         parts.append(f"### {Y_LABELS.get(y, y)} ∝ L^exponent\n\n{markdown_table(table)}")
+    if parts:
+        parts.append(f"An exponent is *not resolved* when its 95% CI is wider than ±{MAX_CI_HALF_WIDTH:g} (it cannot "
+                     f"tell L^1 from L^2), when fewer than 3 lengths give no CI, or when a clearly sloped curve "
+                     f"fits a power law with r² < {MIN_R2:g}. *conformance*: the lengths at which archbench's "
+                     f"suite checks the architecture (details under Conformance).\n")
     return "\n".join(parts) or "_(no cost rows)_\n"
 
 
@@ -111,14 +149,23 @@ def _crossover_section(cost: pd.DataFrame) -> str:
     if table.empty:
         return f"_(no two curves cross within the measured lengths: {n_none} pairs)_\n"
     out = table[[k for k in keys if k in table.columns] + ["a", "b"]].copy()
-    out["crossover length"] = table["x"].map(lambda v: f"{v:,.0f}")
+    out["crossover length"] = [f"not resolved (≈ {x:,.0f})" if why else f"{x:,.0f}"
+                               for x, why in zip(table["x"], table["unresolved"])]
+    out["interval"] = ["" if why else f"[{lo:,.0f}, {hi:,.0f}]"
+                       for lo, hi, why in zip(table["x_low"], table["x_high"], table["unresolved"])]
     out["how"] = table["method"].map({"interpolated": "measured (interpolated)",
                                       "fit": "extrapolated from fits", "none": ""})
-    out["faster at shorter lengths"] = [("" if low is None or pd.isna(low) else a if low else b)
-                                        for a, b, low in zip(table["a"], table["b"], table["a_lower_below"])]
-    out["note"] = table["reason"]
+    out["faster at shorter lengths"] = [("" if why or low is None or pd.isna(low) else a if low else b)
+                                        for a, b, low, why in zip(table["a"], table["b"], table["a_lower_below"],
+                                                                  table["unresolved"])]
+    out["note"] = ["; ".join(t for t in (why and f"not resolved: {why}", reason) if t)
+                   for why, reason in zip(table["unresolved"], table["reason"])]
     tail = f"\n{n_none} other pairs do not cross within the measured lengths (or 4x beyond).\n" if n_none else ""
-    return markdown_table(out) + tail
+    return markdown_table(out) + tail + (
+        "\nThe interval runs from where one curve stops being clearly faster (its p90 below the other's "
+        "p10) to where the other clearly is; for a crossing of fits, from the slopes' 95% CIs. *Not resolved*: "
+        "the bands overlap at every measured length on one side, the curves cross more than once, or the "
+        "fits are not resolved or their slopes' CIs overlap.\n")
 
 
 def _failed_section(df: pd.DataFrame) -> str:
@@ -157,8 +204,10 @@ def _distance_section(fixed: pd.DataFrame) -> str:
     keys = ["arch", "eval_seq_len", "trigger_distance"]
     table = seed_cells(ok.set_index(keys)["accuracy"], keys).unstack("trigger_distance")
     table.columns = [f"d={format_length(c)}" for c in table.columns]
-    table = table.reset_index().assign(eval_seq_len=lambda t: t["eval_seq_len"].map(format_length))
-    return f"### accuracy by trigger distance (mean ± 95% CI over seeds)\n\n{markdown_table(table)}"
+    notes = training_notes(ok)
+    table = table.reset_index().assign(eval_seq_len=lambda t: t["eval_seq_len"].map(format_length),
+                                       arch=lambda t: _marked(t["arch"], notes))
+    return f"### accuracy by trigger distance (mean ± 95% CI over seeds)\n\n{markdown_table(table)}{_footnote(notes)}"
 
 
 def _extrapolation_section(ext: pd.DataFrame) -> str:
@@ -175,8 +224,12 @@ def _extrapolation_section(ext: pd.DataFrame) -> str:
             table = seed_cells(rows.set_index(keys)[metric].dropna(), keys).unstack("eval_seq_len")
             table.columns = [f"{format_length(c)} (train)" if c in train else format_length(c)
                              for c in table.columns]
+            notes, arch_of = training_notes(rows), _arch_of(rows)
+            table["conformance"] = [coverage_brief(arch_of.get(a, a)) for a in table.index]
+            table.index = pd.Index(_marked(table.index, notes), name="arch")
             heading = f"{title}: {metric}" if title else metric
-            parts.append(f"### {heading} (mean ± 95% CI over seeds)\n\n{markdown_table(table.reset_index())}")
+            parts.append(f"### {heading} (mean ± 95% CI over seeds)\n\n{markdown_table(table.reset_index())}"
+                         f"{_footnote(notes)}")
     return "\n".join(parts) or "_(no successful extrapolation rows)_\n"
 
 
@@ -187,7 +240,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, figures: Sequence[Path] 
     df = df.reset_index(drop=True)
     cost, ext = split_kinds(df)
     links = [f"![{p.stem}]({Path(os.path.relpath(p, out)).as_posix()})" for p in figures if p.suffix == ".png"]
-    sections = ["# archbench report\n", _provenance(df), "## Figures\n", "\n\n".join(links) + "\n" if links else
+    sections = ["# archbench report\n", _provenance(df), "## Conformance\n", _conformance_section(df), "## Figures\n", "\n\n".join(links) + "\n" if links else
                 "_(none)_\n", "## Status counts\n", _status_section(df)]
     if not cost.empty:
         sections += ["## Scaling exponents (log-log fit over the longest lengths)\n", _exponent_section(cost),

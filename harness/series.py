@@ -6,9 +6,13 @@ this module and never each other in a circle).
 * ``split_kinds`` - cost rows vs extrapolation rows; ``extrapolation_groups``;
 * ``training_budget`` / ``several_budgets`` / ``largest_budget`` - runs of one curve trained
   on different token budgets (a sweep over ``train.steps``) are never averaged as seeds;
-* ``Y_LABELS`` / ``X_LABEL`` / ``EXTRAPOLATION_METRICS`` and the axis formatters.
+* ``Y_LABELS`` / ``X_LABEL`` / ``EXTRAPOLATION_METRICS`` and the axis formatters;
+* ``training_flags`` / ``training_notes`` - which rows come from a model whose training
+  did not finish or did not converge, and why (marked in every table, figure and summary).
 """
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
@@ -138,3 +142,60 @@ def largest_budget(ext: pd.DataFrame) -> pd.DataFrame:
         return ext
     budget = training_budget(ext)
     return ext[budget == budget.groupby(series_names(ext).to_numpy()).transform("max")]
+
+
+# ---------------------------------------------------------------- unfinished training
+
+# How tables and the terminal summary mark a curve with such rows (figures use a marker).
+UNFINISHED = "†"
+
+
+def _int(v: object) -> int | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else int(v)
+
+
+def _training_flag(row: pd.Series) -> str:
+    """'' for a model trained to the end or to its target; else why not, with the steps
+    done of those planned and the final training loss."""
+    status, stop = row.get("train_status"), row.get("train_stop_reason")
+    steps, budget = _int(row.get("train_steps")), _int(row.get("train_steps_budget"))
+    target, loss = row.get("train_target_acc"), row.get("train_loss")
+    done = f"{steps:,} of {budget:,} steps" if steps is not None and budget is not None else \
+        f"{steps:,} steps" if steps is not None else "an unknown number of steps"
+    if isinstance(status, str) and status not in ("", "ok"):
+        why = f"training {status} after {done}"
+    elif stop == "time budget":
+        why = f"stopped by its time budget after {done}"
+    elif stop == "target accuracy":
+        return ""
+    elif steps is not None and budget is not None and steps < budget:
+        why = f"stopped after {done}" + (f" ({stop})" if isinstance(stop, str) and stop else "")
+    elif target is not None and not pd.isna(target) and steps is not None:
+        why = f"did not reach its target accuracy {float(target):g} in {done}"
+    else:
+        return ""
+    return why + (f" (final loss {float(loss):.3g})" if loss is not None and not pd.isna(loss) else "")
+
+
+def training_flags(ext: pd.DataFrame) -> pd.Series:
+    """Per row: "" when its model's training finished (all planned steps, or stopped at its
+    target accuracy) and, if a target was set, reached it; else why not, e.g. "stopped by
+    its time budget after 31 of 1,500 steps (final loss 2.77)". Rows without training
+    columns (cost rows, older results) are never flagged."""
+    if ext.empty or not {"train_steps", "train_stop_reason"} & set(ext.columns):
+        return pd.Series("", index=ext.index, dtype=object)
+    return ext.apply(_training_flag, axis=1).astype(object)
+
+
+def training_notes(ext: pd.DataFrame) -> dict[str, str]:
+    """{curve name: "seed 0: stopped by its time budget after ...; seed 2: ..."} for the
+    curves with flagged rows (one note per training run, not per evaluation length)."""
+    flags = training_flags(ext)
+    flagged = ext[flags != ""].assign(_flag=flags[flags != ""], _series=series_names(ext[flags != ""]))
+    notes = {}
+    for name, rows in flagged.groupby("_series", sort=True):
+        seeds = rows.drop_duplicates([c for c in ("seed", "_flag") if c in rows.columns])
+        notes[str(name)] = "; ".join(
+            (f"seed {_int(r['seed'])}: " if "seed" in r and _int(r["seed"]) is not None else "") + r["_flag"]
+            for _, r in seeds.iterrows())
+    return notes

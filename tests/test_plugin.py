@@ -19,7 +19,7 @@ import json, archs, torch
 torch.set_num_threads(1)  # tiny models: one thread, immune to a loaded machine
 import harness.cost  # registers the config schemas the primary config extends
 from hydra import compose, initialize_config_dir
-from harness.conformance import CHECKS, run_check
+from harness.conformance import CHECKS, DTYPE_CHECKS, run_check, run_checks
 model = archs.create_arch("mingru", vocab_size=16, d_model=8, n_layers=1)
 logits = model(torch.zeros(1, 5, dtype=torch.long))
 mixed = archs.create_arch("hybrid", pattern="GA", vocab_size=16, d_model=8,
@@ -32,6 +32,8 @@ print(json.dumps({
     "shape": list(logits.shape),
     "backend": model.backends(),
     "failed": [r.check for r in (run_check("mingru", c) for c in CHECKS) if not r.passed],
+    "failed_other_dtypes": [f"{r.check} [{r.dtype}]" for r in run_checks(
+        "mingru", checks=list(DTYPE_CHECKS), dtypes=["bfloat16", "float64"], lengths=(1024,)) if not r.passed],
     "arch_cfg": dict(cfg.arch),
     "letter": archs.mixer_letters()["G"].mixer.__name__,
     "hybrid_layers": [type(m).__name__ for m in mixed.mixers],
@@ -68,7 +70,7 @@ def test_installed_plugin_is_listed_created_conformant_and_composable(installed)
     assert out["family"] == "rnn"
     assert out["shape"] == [1, 5, 16]
     assert out["backend"] == "ref"  # its single declared backend, reported without being told
-    assert out["failed"] == []
+    assert out["failed"] == [] and out["failed_other_dtypes"] == []
     assert out["arch_cfg"] == {"name": "mingru", "expand": 1}
     assert out["plugin_errors"] == {}
     # the same register_arch call gave it a hybrid letter, its backends and a plot colour

@@ -27,6 +27,7 @@ SKIPPED = {
     "prefill_matches_forward": NO_DECODE,
     "state_size": NO_DECODE,
     "long_decode": NO_DECODE,
+    "long_prefill": NO_DECODE,
     "long_causality": "skipped: bidirectional by design (the future is used: see causality)",
 }
 # A dependence smaller than this fraction of the output scale could be rounding; a causal

@@ -24,7 +24,8 @@ def test_exponent_lines_report_each_architectures_slope():
 def test_crossover_lines_name_the_faster_architecture_and_the_length():
     lines = demo.crossover_lines(_cost_rows())
     assert len(lines) == 1
-    assert "mamba is faster than transformer beyond L ≈ 1,024 (measured)" in lines[0]
+    # exact curves: the interval is the point itself
+    assert "mamba is faster than transformer beyond L ≈ 1,024 [1,024, 1,024] (measured)" in lines[0]
 
 
 def test_accuracy_lines_tabulate_by_evaluation_length_and_mark_training_length():

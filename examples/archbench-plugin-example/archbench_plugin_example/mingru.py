@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archs import LanguageModel, LMConfig, Mixer, build_lm
+from archs.precision import up
 
 
 def positive(x: torch.Tensor) -> torch.Tensor:
@@ -44,12 +45,13 @@ class MinGRU(Mixer):
 
     def _scan(self, x: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
         """(B, L, D) -> hidden states (B, L, Dh), starting from h0 (B, Dh) or zeros."""
-        k, h_raw = self.in_proj(x).float().chunk(2, dim=-1)
+        # at least float32 (a bfloat16 model), float64 kept (archs/precision.py)
+        k, h_raw = up(self.in_proj(x)).chunk(2, dim=-1)
         log_z = -F.softplus(-k)           # log sigmoid(k)
         log_keep = -F.softplus(k)         # log (1 - sigmoid(k))
         log_b = log_z + log_positive(h_raw)
         if h0 is not None:                # the carried state enters as a term at t = 0
-            log_b = torch.cat([torch.log(h0.float().clamp_min(1e-30))[:, None], log_b], dim=1)
+            log_b = torch.cat([torch.log(h0.to(log_b.dtype).clamp_min(1e-30))[:, None], log_b], dim=1)
             log_keep = F.pad(log_keep, (0, 0, 1, 0))
         log_a_star = torch.cumsum(log_keep, dim=1)  # (B, L[+1], Dh)
         h = torch.exp(log_a_star + torch.logcumsumexp(log_b - log_a_star, dim=1))
@@ -70,20 +72,22 @@ class MinGRU(Mixer):
         return self.out_proj(self._chunked_scan(x, None).to(x.dtype))
 
     def init_state(self, batch_size, device=None, dtype=None) -> dict:
-        return {"h": torch.zeros(batch_size, self.d_hidden, device=device or self.param_device)}
+        dtype = torch.promote_types(dtype or self.param_dtype, torch.float32)  # float32, or float64 kept
+        return {"h": torch.zeros(batch_size, self.d_hidden, device=device or self.param_device, dtype=dtype)}
 
     def prefill(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         h = self._chunked_scan(x, state["h"])
         return self.out_proj(h.to(x.dtype)), {"h": h[:, -1]}
 
     def step(self, x_t: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        k, h_raw = self.in_proj(x_t).float().chunk(2, dim=-1)
+        k, h_raw = up(self.in_proj(x_t)).chunk(2, dim=-1)
         z = torch.sigmoid(k)
         h = (1 - z) * state["h"] + z * positive(h_raw)
         return self.out_proj(h.to(x_t.dtype)), {"h": h}
 
     def expected_state_bytes(self, batch_size, context_len, dtype) -> int:
-        return batch_size * self.d_hidden * 4  # float32 hidden state, whatever the length
+        # the hidden state in float32 (float64 for a float64 model), whatever the length
+        return batch_size * self.d_hidden * torch.promote_types(dtype, torch.float32).itemsize
 
 
 def mingru(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, expand: int = 1,
