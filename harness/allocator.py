@@ -9,7 +9,9 @@ L 256), a few milliseconds of a ~50 ms step. Raising both thresholds once makes 
 allocator reuse those blocks (~70 faults per step). It changes no result, only where
 freed memory waits; the cost is a resident set that stays at its high-water mark (which
 the peak already was). No-op on other C libraries (macOS, musl) and off with
-``ARCHBENCH_KEEP_HEAP=0``.
+``ARCHBENCH_KEEP_HEAP=0``. ``release_freed_memory`` hands the free heap back when training
+ends, so what comes next in the process (the next job of a multirun, its memory cap)
+starts from what is held, not from the training's high-water mark.
 """
 from __future__ import annotations
 
@@ -36,3 +38,15 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_freed_memory() -> None:
+    """Return free heap memory to the OS (glibc's malloc_trim); a no-op elsewhere."""
+    if os.environ.get("ARCHBENCH_KEEP_HEAP", "1") == "0":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -178,7 +178,7 @@ def clean_stale_temps(directory: str | os.PathLike, max_age_s: float = 3600.0) -
     host = _host()
     for tmp in Path(directory).rglob(".*.tmp"):
         parts = tmp.name.rsplit(".", 3)  # [".<name>", host, pid, "tmp"]
-        same_host_dead = len(parts) == 4 and parts[1] == host and not _pid_alive(parts[2])
+        same_host_dead = len(parts) == 4 and parts[1] == host and not pid_alive(parts[2])
         try:
             too_old = time.time() - tmp.stat().st_mtime > max_age_s
             if same_host_dead or too_old:
@@ -195,10 +195,11 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
 
 
-def _pid_alive(pid: str) -> bool:
+def pid_alive(pid: int | str) -> bool:
+    """Whether process ``pid`` exists on this host (a temp file's writer, a claim's owner)."""
     try:
         os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+    except (ValueError, ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True  # exists, owned by someone else

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import reporting_disk_full
+from harness.atomic import pid_alive, reporting_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,6 @@ def me() -> dict[str, Any]:
             "boot": _read("/proc/sys/kernel/random/boot_id"), "pidns": _pid_namespace()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError, OverflowError):
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def owner_gone(owner: dict[str, Any], here: dict[str, Any]) -> str | None:
     """Why ``owner`` (a claim's record) is provably not running, or None when this process
     cannot tell (another host, boot or PID namespace) or it is running."""
@@ -118,7 +108,7 @@ def owner_gone(owner: dict[str, Any], here: dict[str, Any]) -> str | None:
         if owner.get(key) is not None and here[key] is not None and owner[key] != here[key]:
             # another boot: gone; another PID namespace (a container on this host): cannot tell
             return f"it ran before this host's last boot (pid {pid})" if key == "boot" else None
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return f"its process (pid {pid} on {owner['host']}) has exited"
     start = owner.get("start")
     if start is not None and process_start(pid) not in (None, start):

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.benchmark import Timer
 
+from harness.allocator import release_freed_memory
+
 # ---------------------------------------------------------------- point budgets
 
 
@@ -287,6 +289,7 @@ def limit_cpu_memory(gb: float | None) -> None:
     take the whole sweep down. ``None`` leaves the limit as it is; never raises the hard one."""
     if gb is None:
         return
+    release_freed_memory()  # free heap kept by training (harness/allocator.py) is not "used"
     limit = int(gb * 2**30)
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from archs.counting import trains_by_counting
-from harness.allocator import keep_freed_memory
+from harness.allocator import keep_freed_memory, release_freed_memory
 from harness.resume import hold_stop_signals, load_snapshot, restore_rng, rng_states, save_snapshot
 from harness.tasks import Batch, Task
 
@@ -360,6 +360,7 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
         raise
     finally:
         bar.close()
+        release_freed_memory()
     model.eval()
     result.wall_s = run.elapsed()
     run.snapshot(finished=True)

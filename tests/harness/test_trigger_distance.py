@@ -85,10 +85,10 @@ def test_selective_copy_distance_is_first_datum_to_first_marker(n_data, d):
 
 
 def test_tasks_without_the_knob_refuse_it_by_name():
-    assert {t for t in list_tasks() if get_task(t).has_distance()} == {"induction_heads", "passkey",
-                                                                      "selective_copy"}
+    assert {t for t in list_tasks() if get_task(t).has_distance()} == {"induction_heads", "masked_recall",
+                                                                      "passkey", "selective_copy"}
     with pytest.raises(ValueError, match="mqar has no trigger_distance knob; tasks with one: "
-                                         "induction_heads, passkey, selective_copy"):
+                                         "induction_heads, masked_recall, passkey, selective_copy"):
         get_task("mqar").at_distance(10)
 
 
