@@ -80,8 +80,10 @@ def _conformance_section(df: pd.DataFrame) -> str:
 
 
 def _arch_of(df: pd.DataFrame) -> dict[str, str]:
-    """{curve name (label or arch): registry arch}, to look up what conformance checked."""
-    return dict(zip(series_names(df), df["arch"].astype(str)))
+    """{curve name (label or arch, as the table shows it): registry arch}, to look up what
+    conformance checked (``by_series`` keeps the registry's name in ``registry_arch``)."""
+    registry = (df["registry_arch"] if "registry_arch" in df.columns else df["arch"]).astype(str)
+    return {**dict(zip(series_names(df), registry)), **dict(zip(df["arch"].astype(str), registry))}
 
 
 def _marked(names: pd.Series | pd.Index, notes: dict[str, str]) -> list[str]:
@@ -211,7 +213,8 @@ def _distance_section(fixed: pd.DataFrame) -> str:
 
 
 def _extrapolation_section(ext: pd.DataFrame) -> str:
-    ext = ext.assign(arch=series_names(ext), eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
+    registry = ext["registry_arch"] if "registry_arch" in ext.columns else ext["arch"].astype(str)
+    ext = ext.assign(registry_arch=registry, arch=series_names(ext), eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
     if several_budgets(ext):  # runs at different budgets are rows of their own, never "seeds"
         ext = ext.assign(arch=ext["arch"] + " @ " + training_budget(ext).map(lambda b: f"{b / 1e6:.3f}M tokens"))
     parts = []

@@ -50,7 +50,9 @@ def by_series(df: pd.DataFrame) -> pd.DataFrame:
     if "label" not in df.columns:
         return df
     labelled = df["label"].notna()
-    out = df.assign(arch=df["label"].where(labelled, df["arch"]).astype(str))
+    # the registry's name stays beside the curve's (what conformance checked is per arch)
+    registry = df["registry_arch"] if "registry_arch" in df.columns else df["arch"].astype(str)
+    out = df.assign(registry_arch=registry, arch=df["label"].where(labelled, df["arch"]).astype(str))
     if "backend" in out.columns:
         joined = out.groupby("arch")["backend"].transform(
             lambda s: "+".join(sorted(set(s.dropna().astype(str)))))

@@ -150,3 +150,14 @@ def test_the_report_says_what_conformance_checked_for_each_architecture(tmp_path
     assert "| mamba | 0.000 | 0.000 | 0.000 | causality 1K, 4K; prefill == forward 1K, 4K; step == forward 1K |" \
         in table
     assert f"| {plugin} | 1.000 | 1.000 | 1.000 | not run by archbench's suite (a plugin) |" in table
+
+
+def test_a_labelled_curve_reports_its_architectures_conformance(tmp_path):
+    """A curve named by its arch config (label ``encoder_decoder_mamba`` of the registry's
+    ``encoder_decoder``, ``mamba_custom`` of ``mamba``) shows what was checked for that arch."""
+    from harness.conformance.plan import coverage_brief
+    from harness.report import write_report
+    rows = pd.DataFrame([{**r, "label": "mamba_custom"} for r in _ext_rows(False) if r["arch"] == "mamba"])
+    table = write_report(rows, tmp_path).read_text().split("trained at 64: accuracy")[1]
+    assert f"| mamba_custom | 0.000 | 0.000 | 0.000 | {coverage_brief('mamba')} |" in table
+    assert "unknown here" not in table
