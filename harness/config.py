@@ -64,7 +64,8 @@ class MaxLenConfig:
 
 @dataclass
 class BenchConfig:
-    seq_lens: List[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096])
+    # Defaults here are conf/bench/cpu.yaml's (tests/conf/test_schema_defaults.py keeps them equal)
+    seq_lens: List[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192])
     batch: int = 1
     dtype: str = "float32"
     modes: List[str] = field(default_factory=lambda: ["forward", "train_step", "decode"])
@@ -81,7 +82,7 @@ class BenchConfig:
     skip_after_failure: bool = True            # after oom/timeout, skip longer lengths
     search: str = "grid"                       # grid | max_len
     max_len: MaxLenConfig = field(default_factory=MaxLenConfig)
-    cpu_memory_limit_gb: Optional[float] = None  # RLIMIT_DATA, so a CPU OOM is an error row
+    cpu_memory_limit_gb: Optional[float] = 16.0  # RLIMIT_DATA, so a CPU OOM is an error row
     threads: Optional[int] = None              # torch CPU threads (None: torch's default)
 
 
@@ -102,13 +103,14 @@ class CostConfig:
 
 @dataclass
 class EvalConfig:
-    seq_lens: List[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    # Defaults here are conf/eval/default.yaml's (tests/conf/test_schema_defaults.py)
+    seq_lens: List[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048, 4096])
     n_sequences: int = 64
     batch_tokens: int = 65536                  # eval batch = max(1, batch_tokens // length)
     chunk_len: Optional[int] = 4096            # longer sequences run in state-carrying chunks
     seed: int = 1234                           # eval data differ from training data
     time_budget_s: float = 900.0               # per length; over it: timeout, longer lengths skipped
-    cpu_memory_limit_gb: Optional[float] = None  # RLIMIT_DATA on CPU: past it an allocation is an OOM
+    cpu_memory_limit_gb: Optional[float] = 16.0  # RLIMIT_DATA on CPU: past it an allocation is an OOM
                                                # (micro-batch halved, then an `oom` row), not the OOM killer
     trigger_distances: Optional[List[int]] = None  # also evaluate with the trigger this many tokens
                                                # before the query (Task.at_distance): one row per

@@ -38,6 +38,7 @@ INITIAL_STATES = ("zero", "noise", "passed")
 
 @dataclass
 class TrainConfig:
+    """Defaults here are conf/train/default.yaml's (tests/conf/test_schema_defaults.py keeps them equal)."""
     steps: int = 1000
     batch_size: int = 32
     seq_len: int = 256
@@ -53,8 +54,8 @@ class TrainConfig:
     precision: str = "auto"            # auto = bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
     mixed_length: bool = False         # sample each batch's length in [min_len, seq_len]
-    eval_every: int = 0                # steps between early-stop checks (0 = never)
-    target_acc: float | None = None    # stop once train-length accuracy reaches this
+    eval_every: int = 100              # steps between early-stop checks (0 = never)
+    target_acc: float | None = 0.995   # stop once train-length accuracy reaches this (None = never)
     time_budget_s: float | None = None  # stop (status ok, stop_reason="time budget") after this
     log_every: int = 10
     diverge_factor: float = 1e3        # loss above this x the first loss counts as divergence
