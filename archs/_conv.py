@@ -78,13 +78,7 @@ class ConvDims(ctypes.Structure):
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
-    lib = _native.load(_SOURCE, dtype)
-    if not getattr(lib, "_archbench_typed", False):
-        lib.conv_fwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 5
-        lib.conv_bwd.argtypes = [ctypes.POINTER(ConvDims)] + [ctypes.c_void_p] * 9
-        lib.conv_fwd.restype = lib.conv_bwd.restype = None
-        lib._archbench_typed = True
-    return lib
+    return _native.load(_SOURCE, dtype, {"conv_fwd": (ConvDims, 5), "conv_bwd": (ConvDims, 9)})
 
 
 class _CpuConv(torch.autograd.Function):

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -124,22 +125,36 @@ def _load(source: str, dtype: torch.dtype) -> ctypes.CDLL:
         raise NativeKernelUnavailable(f"loading the kernel built from {source} failed: {exc}") from None
 
 
-def load(source: str | os.PathLike, dtype: torch.dtype) -> ctypes.CDLL:
+@functools.lru_cache(maxsize=None)
+def _resolved(source: str | os.PathLike) -> str:
+    return str(Path(source).resolve())  # once per source, not at every kernel call
+
+
+def load(source: str | os.PathLike, dtype: torch.dtype,
+         prototypes: Mapping[str, tuple[type[ctypes.Structure], int]] | None = None) -> ctypes.CDLL:
     """The compiled library of ``source`` for ``dtype`` (built on first use), or
     ``NativeKernelUnavailable`` with the reason. Both outcomes are remembered per process
-    (a failed build is not retried at every call)."""
+    (a failed build is not retried at every call). ``prototypes``: {function: (its dims
+    struct, number of pointer arguments after it)}, set once on the loaded library (every
+    kernel takes a pointer to its dims struct, then raw pointers, and returns nothing)."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         raise NativeKernelUnavailable(f"CPU kernels are turned off ({DISABLE_ENV}=0)")
-    key = (str(Path(source).resolve()), dtype)
+    key = (_resolved(source), dtype)
     with _LOCK:
         if key not in _LOADED:
             try:
                 _LOADED[key] = _load(*key)
             except NativeKernelUnavailable as exc:
                 _LOADED[key] = exc
-    found = _LOADED[key]
-    if isinstance(found, NativeKernelUnavailable):
-        raise found
+        found = _LOADED[key]
+        if isinstance(found, NativeKernelUnavailable):
+            raise found
+        if prototypes and not getattr(found, "_archbench_typed", False):  # a first load may come without them
+            for name, (dims, n_pointers) in prototypes.items():
+                fn = getattr(found, name)
+                fn.argtypes = [ctypes.POINTER(dims)] + [ctypes.c_void_p] * n_pointers
+                fn.restype = None
+            found._archbench_typed = True
     return found
 
 

@@ -38,17 +38,11 @@ class ScanDims(ctypes.Structure):
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
     try:
-        lib = _native.load(SOURCE, dtype)
+        return _native.load(SOURCE, dtype, {"scan_fwd": (ScanDims, 12), "scan_bwd": (ScanDims, 20)})
     except _native.NativeKernelUnavailable as exc:
         raise BackendUnavailableError(
             f"backend 'fused' on a CPU runs a C kernel that cannot be built here: {exc}. "
             f"Use backend='chunked' (or 'auto', which records what it ran)") from None
-    if not getattr(lib, "_archbench_typed", False):
-        lib.scan_fwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 12
-        lib.scan_bwd.argtypes = [ctypes.POINTER(ScanDims)] + [ctypes.c_void_p] * 20
-        lib.scan_fwd.restype = lib.scan_bwd.restype = None
-        lib._archbench_typed = True
-    return lib
 
 
 def cpu_kernel_available() -> bool:
