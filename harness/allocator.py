@@ -26,14 +26,21 @@ TRIM_THRESHOLD = 1 << 30
 
 
 @functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL | None:
+    """The C library, once per process (find_library may run ldconfig), or None."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
 def keep_freed_memory() -> bool:
     """Set glibc's thresholds once per process; True if they were set."""
     if os.environ.get("ARCHBENCH_KEEP_HEAP", "1") == "0":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
@@ -44,9 +51,7 @@ def release_freed_memory() -> None:
     """Return free heap memory to the OS (glibc's malloc_trim); a no-op elsewhere."""
     if os.environ.get("ARCHBENCH_KEEP_HEAP", "1") == "0":
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        malloc_trim(0)
