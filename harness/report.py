@@ -25,7 +25,8 @@ from harness.fit import MAX_CI_HALF_WIDTH, MIN_R2, crossover_table, fit_exponent
 from harness.results import atomic_write
 from harness.series import (
     EXTRAPOLATION_METRICS, SERIES_KEYS, UNFINISHED, Y_LABELS, by_series, extrapolation_groups, format_length,
-    series_names, several_budgets, split_distance_rows, split_kinds, training_budget, training_notes,
+    registry_names, series_names, several_budgets, split_distance_rows, split_kinds, training_budget,
+    training_notes,
 )
 
 MAX_FAILED_ROWS = 100  # beyond this the report says how many more there are
@@ -82,7 +83,7 @@ def _conformance_section(df: pd.DataFrame) -> str:
 def _arch_of(df: pd.DataFrame) -> dict[str, str]:
     """{curve name (label or arch, as the table shows it): registry arch}, to look up what
     conformance checked (``by_series`` keeps the registry's name in ``registry_arch``)."""
-    registry = (df["registry_arch"] if "registry_arch" in df.columns else df["arch"]).astype(str)
+    registry = registry_names(df)
     return {**dict(zip(series_names(df), registry)), **dict(zip(df["arch"].astype(str), registry))}
 
 
@@ -213,8 +214,8 @@ def _distance_section(fixed: pd.DataFrame) -> str:
 
 
 def _extrapolation_section(ext: pd.DataFrame) -> str:
-    registry = ext["registry_arch"] if "registry_arch" in ext.columns else ext["arch"].astype(str)
-    ext = ext.assign(registry_arch=registry, arch=series_names(ext), eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
+    ext = ext.assign(registry_arch=registry_names(ext), arch=series_names(ext),
+                     eval_seq_len=pd.to_numeric(ext["eval_seq_len"]))
     if several_budgets(ext):  # runs at different budgets are rows of their own, never "seeds"
         ext = ext.assign(arch=ext["arch"] + " @ " + training_budget(ext).map(lambda b: f"{b / 1e6:.3f}M tokens"))
     parts = []

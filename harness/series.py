@@ -42,6 +42,12 @@ def series_names(df: pd.DataFrame) -> pd.Series:
     return names
 
 
+def registry_names(df: pd.DataFrame) -> pd.Series:
+    """Each row's registry architecture: ``registry_arch`` once a curve name replaced
+    ``arch`` (``by_series``), else ``arch`` itself."""
+    return (df["registry_arch"] if "registry_arch" in df.columns else df["arch"]).astype(str)
+
+
 def by_series(df: pd.DataFrame) -> pd.DataFrame:
     """Rows keyed by the curve they belong to: ``arch`` becomes the ``label`` where set
     (an arch config such as ``transformer_math``), and within a labelled curve the
@@ -51,8 +57,7 @@ def by_series(df: pd.DataFrame) -> pd.DataFrame:
         return df
     labelled = df["label"].notna()
     # the registry's name stays beside the curve's (what conformance checked is per arch)
-    registry = df["registry_arch"] if "registry_arch" in df.columns else df["arch"].astype(str)
-    out = df.assign(registry_arch=registry, arch=df["label"].where(labelled, df["arch"]).astype(str))
+    out = df.assign(registry_arch=registry_names(df), arch=df["label"].where(labelled, df["arch"]).astype(str))
     if "backend" in out.columns:
         joined = out.groupby("arch")["backend"].transform(
             lambda s: "+".join(sorted(set(s.dropna().astype(str)))))
