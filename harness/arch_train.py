@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.checks import merge_over, to_container
-from harness.train import TrainConfig
+from harness.config import TrainConfig
 
 
 def _check(train: TrainConfig, overrides: Any) -> None:

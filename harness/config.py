@@ -1,5 +1,7 @@
-"""Structured configs: the schemas Hydra validates every run against (schemas only: the
-value checks, device resolution and the checks before compute are in ``harness.checks``).
+"""Structured configs: the schemas Hydra validates every run against, training's included
+(schemas and their own value checks only: the cross-key checks, device resolution and the
+checks before compute are in ``harness.checks``). It imports no app and no training loop, so
+anything may import it.
 
 A typo (``bench.seq_lenz``) or a wrong type fails at composition, before any compute,
 with Hydra's message naming the key; values are checked again when a run starts
@@ -19,7 +21,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from harness.claims import DEFAULT_STALE_S
-from harness.train import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("forward", "train_step", "decode", "generate")
@@ -33,6 +34,79 @@ FIGURES = ("time_vs_length", "memory_vs_length", "throughput_vs_length", "decode
            "generation_throughput", "accuracy_vs_state", "extrapolation_accuracy", "extrapolation_loss",
            "extrapolation_bpb", "extrapolation_perplexity", "accuracy_vs_distance",
            "extrapolation_vs_train_tokens")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adam")
+INITIAL_STATES = ("zero", "noise", "passed")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults here are conf/train/default.yaml's (tests/conf/test_schema_defaults.py keeps them equal)."""
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1          # on matrices only; norms, biases, embeddings exempt
+    beta1: float = 0.9
+    beta2: float = 0.95                # the usual LM setting; more stable than 0.999
+    warmup_steps: int = 100
+    schedule: str = "cosine"           # decays to min_lr_ratio * lr at the last step
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0             # global norm; 0 disables
+    aux_loss_weight: float = 0.01      # MoE load balancing (Switch Transformer's alpha)
+    precision: str = "auto"            # auto = bf16 autocast on CUDA, fp32 on CPU
+    seed: int = 0
+    mixed_length: bool = False         # sample each batch's length in [min_len, seq_len]
+    eval_every: int = 100              # steps between early-stop checks (0 = never)
+    target_acc: float | None = 0.995   # stop once train-length accuracy reaches this (None = never)
+    time_budget_s: float | None = None  # stop (status ok, stop_reason="time budget") after this
+    log_every: int = 10
+    diverge_factor: float = 1e3        # loss above this x the first loss counts as divergence
+    # -- study options (issue 11); at their defaults they leave checkpoint keys unchanged --
+    optimizer: str = "adamw"           # adamw (decoupled decay) | adam (plain Adam, no decay: the
+                                       # Mamba paper's induction reproduction)
+    initial_state: str = "zero"        # zero | noise | passed: where each sequence's recurrent state
+                                       # starts (Buitrago Ruiz & Gu 2025); see train_initial_state()
+    initial_state_scale: float = 1.0   # noise: every float tensor of the state ~ scale * N(0, 1)
+    threads: int | None = None         # torch CPU threads (None: torch's default); pin runs with 1
+    snapshot_every_s: float = 300.0    # resumable runs: seconds between resume snapshots (0 = only
+                                       # when stopped by a signal); see harness/resume.py
+    target_loss: float | None = None   # stop once the mean training loss of the last
+                                       # LOSS_WINDOW steps falls below this (e.g. the step a
+                                       # model leaves a plateau); None = never
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "seq_len"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            raise ValueError(f"train.warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer == "adam" and self.weight_decay != 0:
+            raise ValueError(f"train.optimizer=adam is plain Adam without weight decay, but "
+                             f"train.weight_decay={self.weight_decay}; set train.weight_decay=0 "
+                             f"or use train.optimizer=adamw")
+        if self.initial_state not in INITIAL_STATES:
+            raise ValueError(f"train.initial_state must be one of {INITIAL_STATES}, got {self.initial_state!r}")
+        if not self.initial_state_scale > 0:
+            raise ValueError(f"train.initial_state_scale must be > 0, got {self.initial_state_scale}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"train.threads must be >= 1 or null (torch's default), got {self.threads}")
+        if self.target_loss is not None and not self.target_loss > 0:
+            raise ValueError(f"train.target_loss must be > 0 or null, got {self.target_loss}")
+        if self.snapshot_every_s < 0:
+            raise ValueError(f"train.snapshot_every_s must be >= 0 (0: only on a stop signal), "
+                             f"got {self.snapshot_every_s}")
 
 
 @dataclass

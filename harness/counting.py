@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.tasks import IGNORE_INDEX, Task
-from harness.train import TrainConfig, TrainResult, set_threads, training_batch
+from harness.config import TrainConfig
+from harness.train import TrainResult, set_threads, training_batch
 
 
 def count_training_tokens(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device | str = "cpu",

@@ -3,13 +3,15 @@ code (tests included) that builds a config directly trains and measures as the c
 does (issue 26). A key the YAML sets differently from the schema fails here, naming both."""
 from __future__ import annotations
 
+import ast
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from harness.config import BenchConfig, CostConfig, EvalConfig, ExtrapolateConfig
-from harness.train import TrainConfig
+from harness.config import BenchConfig, CostConfig, EvalConfig, ExtrapolateConfig, TrainConfig
 from tests.paths import ROOT
 
 CONF = ROOT / "conf"
@@ -45,3 +47,12 @@ def test_schema_defaults_equal_their_yaml(case):
     differ = {k: (defaults[k], v) for k, v in yaml_values.items()
               if not isinstance(v, dict) and defaults[k] != v}
     assert not differ, f"{type(schema).__name__} defaults (code, yaml) differ from {path.name}: {differ}"
+
+
+def test_the_schemas_import_no_app_and_no_training_loop():
+    """harness.config is what everything imports; it must not drag the training loop (or an
+    app) in behind it, or a schema-only import pays for torch's training machinery and cycles."""
+    probe = ("import sys, harness.config; print(sorted(m for m in sys.modules if m.startswith('harness.')))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert not {"harness.train", "harness.cost", "harness.extrapolate", "harness.sweep"} & set(loaded), loaded

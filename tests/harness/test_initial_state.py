@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from archs import arch_info, create_arch, list_archs
 from harness.tasks import get_task
-from harness.train import (InitialStates, TrainConfig, check_initial_state_support, identity_settings,
-                           make_optimizer, map_state, set_threads, train)
+from harness.config import TrainConfig
+from harness.train import InitialStates, check_initial_state_support, identity_settings, make_optimizer, map_state, set_threads, train
 
 VOCAB = 11
 

@@ -13,7 +13,8 @@ from archs import create_arch
 from harness import cost, extrapolate
 from harness.tasks import get_task
 from harness.counting import count_training_tokens
-from harness.train import TrainConfig, train, training_batch
+from harness.config import TrainConfig
+from harness.train import train, training_batch
 
 from tests.paths import ROOT  # noqa: E402
 

@@ -13,7 +13,8 @@ import torch
 from archs import arch_info, create_arch
 from harness.sweep import Terminated, stop_signals_raise
 from harness.tasks import get_task
-from harness.train import TrainConfig, train
+from harness.config import TrainConfig
+from harness.train import train
 
 VOCAB = 11
 TASK = dict(name="induction_heads", vocab=VOCAB - 1)

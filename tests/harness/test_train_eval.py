@@ -8,7 +8,8 @@ import torch
 from archs import SequenceTooLongError, create_arch
 from harness.evaluate import evaluate, logits_for
 from harness.tasks import get_task
-from harness.train import TrainConfig, load_checkpoint, lr_at, save_checkpoint, train
+from harness.config import TrainConfig
+from harness.train import load_checkpoint, lr_at, save_checkpoint, train
 
 
 def _eval(model, task, seq_len, chunk_len=None, n=16):
