@@ -33,6 +33,11 @@ COMMON_KWARGS = ("vocab_size", "d_model", "n_layers")
 TAB20 = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728",
          "#ff9896", "#9467bd", "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2",
          "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d", "#17becf", "#9edae5")
+# matplotlib's "tab20b": where an architecture registered without a colour gets one from
+# (after the TAB20 slots nobody took), so a new family needs no colour bookkeeping.
+TAB20B = ("#393b79", "#5254a3", "#6b6ecf", "#9c9ede", "#637939", "#8ca252", "#b5cf6b", "#cedb9c",
+          "#8c6d31", "#bd9e39", "#e7ba52", "#e7cb94", "#843c39", "#ad494a", "#d6616b", "#e7969c",
+          "#7b4173", "#a55194", "#ce6dbd", "#de9ed6")
 
 
 @dataclass(frozen=True)
@@ -133,9 +138,9 @@ def register_arch(name: str, *, family: str, description: str = "",
 
     The one registration point: ``mixer`` (the Mixer subclass its blocks use) gives the
     backends (``mixer.backends``); ``letter`` makes that mixer usable in hybrid patterns;
-    ``color`` is its default plot colour. Re-registering the same builder under the same
-    name is a no-op (plugins' register() may run twice); a different builder under a taken
-    name is an error naming both.
+    ``color`` is its default plot colour (None: a free one, see ``arch_colors``).
+    Re-registering the same builder under the same name is a no-op (plugins' register() may
+    run twice); a different builder under a taken name is an error naming both.
     """
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"architecture name {name!r} must be non-empty letters, digits, '_' or '-'")
@@ -166,13 +171,21 @@ def register_arch(name: str, *, family: str, description: str = "",
 
 
 def arch_colors() -> dict[str, str]:
-    """Default plot colours: {architecture name or configured label: colour}."""
+    """Default plot colours: {architecture name or configured label: colour}.
+
+    An architecture registered with ``color=None`` gets the first TAB20 / TAB20B colour no
+    registered architecture or label holds, in name order, so the same set of architectures
+    always maps the same way and no two share a colour while the palettes last."""
     ensure_loaded()
     colors: dict[str, str] = {}
     for info in _REGISTRY.values():
         if info.color is not None:
             colors[info.name] = info.color
         colors.update(info.label_colors)
+    free = [c for c in TAB20 + TAB20B if c not in set(colors.values())]
+    for name in sorted(n for n, info in _REGISTRY.items() if info.color is None):
+        if name not in colors:
+            colors[name] = free.pop(0) if free else "#000000"
     return colors
 
 

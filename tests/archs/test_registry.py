@@ -25,20 +25,41 @@ def test_arch_info_metadata():
     assert "d_model" in info.accepted_kwargs() and "n_heads" in info.accepted_kwargs()
 
 
+# The built-ins' hybrid-pattern letters: renaming one breaks every saved pattern, so they are
+# pinned; a new family adds its own letter beside them without editing this table.
+BUILTIN_LETTERS = {"A": "Attention", "D": "Mamba2Mixer", "F": "FFNMixer", "I": "InfiniAttention",
+                   "L": "LinearAttentionMixer", "M": "MambaMixer", "R": "LSTMMixer",
+                   "W": "SlidingWindowAttention"}
+
+
 def test_one_registration_gives_backends_letter_and_colour():
     # backends come from the mixer class; the letter and the colour from the same call
     for name in list_archs():
         info = arch_info(name)
         if info.mixer is not None:
             assert info.backends == info.mixer.backends, name
-        assert info.color is not None, f"built-in {name!r} has no plot colour"
-    letters = archs.mixer_letters()
-    assert {k: v.mixer.__name__ for k, v in letters.items()} == {
-        "A": "Attention", "D": "Mamba2Mixer", "F": "FFNMixer", "I": "InfiniAttention", "L": "LinearAttentionMixer",
-        "M": "MambaMixer", "R": "LSTMMixer", "W": "SlidingWindowAttention"}
+    letters = {k: v.mixer for k, v in archs.mixer_letters().items()}
+    assert BUILTIN_LETTERS.items() <= {k: v.__name__ for k, v in letters.items()}.items()
+    for name in list_archs():  # every registered letter builds the mixer its arch declared
+        info = arch_info(name)
+        if info.letter is not None:
+            assert letters[info.letter] is info.mixer, name
     colors = archs.arch_colors()
     assert colors["transformer_math"] != colors["transformer"] == colors["transformer_rope"]
+    assert set(list_archs()) <= set(colors)  # a colour for every arch, given or picked
     assert len({colors[n] for n in list_archs()}) == len(list_archs())  # distinct per arch
+
+
+def test_an_arch_without_a_colour_gets_a_free_one(scratch_registry):
+    before = archs.arch_colors()
+    register_arch("zz_colourless", family="test")(_builder_a)
+    register_arch("aa_colourless", family="test")(_builder_b)
+    after = archs.arch_colors()
+    assert {k: v for k, v in after.items() if k in before} == before  # nobody else moves
+    picked = [after["aa_colourless"], after["zz_colourless"]]
+    assert len(set(picked)) == 2 and not set(picked) & set(before.values())
+    free = [c for c in _registry.TAB20 + _registry.TAB20B if c not in set(before.values())]
+    assert picked == free[:2]  # name order, so the same set always maps the same way
 
 
 def test_backend_words_are_one_vocabulary_with_deprecated_aliases():
