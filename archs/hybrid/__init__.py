@@ -9,6 +9,7 @@ from typing import Any
 
 from archs._registry import TAB20 as _TAB20
 from archs._registry import mixer_letters, register_arch, register_mixer_letter
+from archs.backends import VOCABULARY
 from archs.blocks import MLP, MoE
 from archs.hybrid.pattern import build_mixers, is_moe_layer, parse_pattern
 from archs.model import LanguageModel, LMConfig
@@ -42,17 +43,15 @@ def hybrid(vocab_size: int = 256, d_model: int = 128, n_layers: int | None = Non
     return model
 
 
-# The backend words its layers may take (each layer's through mixer_kwargs[letter]).
-_BACKENDS = ("ref", "chunked", "fused", "auto")
-
+# backends: the words its layers take (each layer's through mixer_kwargs[letter])
 register_arch("jamba", family="hybrid", color=_TAB20[10], description="Jamba (Lieber et al. 2024): Mamba + attention "
               "at 7:1 (attention at layer 4 of each 8-layer block), MoE MLP on every other layer, no PE",
-              backends=_BACKENDS,
+              backends=VOCABULARY,
               defaults=dict(pattern="MMMMAMMM", n_layers=8, moe_every=2, moe_offset=1, n_experts=16, top_k=2),
               tiny=dict(d_model=32, pattern="MA", n_layers=2, n_experts=4, top_k=2,
                         mixer_kwargs={"M": {"d_state": 8, "block_len": 8}}))(hybrid)
 register_arch("hybrid", family="hybrid", description="any layer pattern of mixers, e.g. pattern='DDDA'",
-              backends=_BACKENDS, color=_TAB20[11], label_colors={"samba": _TAB20[11]},
+              backends=VOCABULARY, color=_TAB20[11], label_colors={"samba": _TAB20[11]},
               defaults=dict(pattern="AR"),
               tiny=dict(d_model=32, pattern="AR", n_layers=2))(hybrid)
 

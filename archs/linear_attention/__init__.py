@@ -16,10 +16,14 @@ from archs._registry import TAB20, register_arch
 from archs.model import LanguageModel, LMConfig, build_lm
 
 
+_C = LinearAttentionConfig  # the one place the defaults live (with the why of each)
+
+
 def linear_attention(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *,
-                     n_heads: int = 4, head_dim: int | None = None, feature_map: str = "elu",
-                     decay: str = "none", normalize: bool = True, chunk_size: int = 64,
-                     backend: str = "auto", **shell) -> LanguageModel:
+                     n_heads: int = _C.n_heads, head_dim: int | None = _C.head_dim,
+                     feature_map: str = _C.feature_map, decay: str = _C.decay,
+                     normalize: bool = _C.normalize, chunk_size: int = _C.chunk_size,
+                     backend: str = _C.backend, **shell) -> LanguageModel:
     """Causal linear attention LM (Katharopoulos et al. 2020); ``decay`` gives RetNet / GLA."""
     cfg = LMConfig(vocab_size, d_model, n_layers, **shell)
     mixer = LinearAttentionConfig(d_model, n_heads, head_dim, feature_map, decay, normalize,

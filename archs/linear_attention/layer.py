@@ -15,13 +15,13 @@ from einops import rearrange
 from torch import nn
 
 from archs._fla import check_chunk, chunk_ok
-from archs.backends import check_backend, resolve_auto
+from archs.backends import VOCABULARY, check_backend, resolve_auto
 from archs.blocks import GatedRMSNorm
 from archs.linear_attention import chunked, fused, ref
 from archs.mixer import Mixer, State
 from archs.precision import acc_dtype, up
 
-BACKENDS = ("ref", "chunked", "fused", "auto")
+BACKENDS = VOCABULARY
 OWNER = "linear attention"
 FEATURE_MAPS = ("elu", "identity")
 DECAYS = ("none", "fixed", "gated")

@@ -11,10 +11,14 @@ from archs._registry import TAB20, register_arch
 from archs.model import LanguageModel, LMConfig, build_lm
 
 
-def mamba(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_state: int = 16,
-          d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto", backend: str = "auto",
-          block_len: int | None = None, mlp: str = "none", dt_min: float = 0.001, dt_max: float = 0.1,
-          rescale_out_proj: bool = False, **shell) -> LanguageModel:
+_C = MambaConfig  # the one place the defaults live (with the why of each)
+
+
+def mamba(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2, *, d_state: int = _C.d_state,
+          d_conv: int = _C.d_conv, expand: int = _C.expand, dt_rank: int | str = _C.dt_rank,
+          backend: str = _C.backend, block_len: int | None = _C.block_len, mlp: str = "none",
+          dt_min: float = _C.dt_min, dt_max: float = _C.dt_max, rescale_out_proj: bool = False,
+          **shell) -> LanguageModel:
     """Mamba LM (Gu & Dao 2023): each block is the Mamba mixer alone, no MLP (as in the paper).
 
     ``dt_min``/``dt_max``: the Δ initialisation range (log-uniform; the paper's 0.001-0.1).

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
-from archs.backends import BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
+from archs.backends import VOCABULARY, BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
 from archs.blocks import sample_dt_bias
 from archs.mamba import fused, fused_cpu
 from archs.mamba.chunked import default_block_len, selective_scan_chunked_bld
@@ -35,7 +35,7 @@ from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
 from archs.mixer import Mixer
 from archs.precision import up
 
-BACKENDS = ("ref", "chunked", "fused", "auto")
+BACKENDS = VOCABULARY
 
 
 @dataclass

@@ -17,13 +17,13 @@ from torch import nn
 from archs import _scan_cpu as scan_cpu
 from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
 from archs._fla import check_chunk, chunk_ok
-from archs.backends import BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
+from archs.backends import VOCABULARY, BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
 from archs.blocks import GatedRMSNorm, sample_dt_bias
 from archs.mamba2 import chunked, fused, fused_cpu, ref
 from archs.mixer import Mixer, State
 from archs.precision import up
 
-BACKENDS = ("ref", "chunked", "fused", "auto")
+BACKENDS = VOCABULARY
 # What runs the SSD (Mamba2Mixer._routes): a whole sequence, and one decode step.
 # "cpu" is the project's C scan kernel (fused_cpu.py), what backend="fused" runs on a CPU.
 SCANS = {"chunked": chunked.ssd_chunked, "mamba_ssm": fused.ssd_fused, "fla": fused.ssd_fused_fla,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from archs._registry import create_arch, register_arch
+from archs.backends import VOCABULARY
 from archs.seq2seq.cross import CrossAttention, CrossAttentionConfig, CrossCache
 from archs.seq2seq.model import EncoderDecoderLM, Seq2SeqState, benchmark_source_len
 
@@ -49,7 +50,7 @@ def encoder_decoder(vocab_size: int = 256, d_model: int = 128, n_layers: int = 2
 register_arch(_SELF, family="seq2seq", color="#393b79",
               description="encoder-decoder (T5-style): a bidirectional encoder of any family, a causal "
                           "decoder of any family with cross-attention to the encoder's output",
-              backends=("ref", "chunked", "fused", "auto"),
+              backends=VOCABULARY,
               tiny=dict(d_model=32, n_layers=2))(encoder_decoder)
 
 __all__ = ["CrossAttention", "CrossAttentionConfig", "CrossCache", "EncoderDecoderLM", "Seq2SeqState",
