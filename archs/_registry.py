@@ -17,6 +17,7 @@ import logging
 import pkgutil
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -173,19 +174,22 @@ def register_arch(name: str, *, family: str, description: str = "",
 def arch_colors() -> dict[str, str]:
     """Default plot colours: {architecture name or configured label: colour}.
 
-    An architecture registered with ``color=None`` gets the first TAB20 / TAB20B colour no
-    registered architecture or label holds, in name order, so the same set of architectures
-    always maps the same way and no two share a colour while the palettes last."""
+    An architecture registered with ``color=None`` gets a TAB20 / TAB20B colour no other
+    architecture or label holds: the slot its name hashes to (crc32, stable across runs),
+    or the next free one, names taken in sorted order. So the same set of architectures
+    always maps the same way, and adding one rarely moves another's colour."""
     ensure_loaded()
     colors: dict[str, str] = {}
     for info in _REGISTRY.values():
         if info.color is not None:
             colors[info.name] = info.color
         colors.update(info.label_colors)
-    free = [c for c in TAB20 + TAB20B if c not in set(colors.values())]
-    for name in sorted(n for n, info in _REGISTRY.items() if info.color is None):
-        if name not in colors:
-            colors[name] = free.pop(0) if free else "#000000"
+    palette = TAB20 + TAB20B
+    for name in sorted(n for n, info in _REGISTRY.items() if info.color is None and n not in colors):
+        start = zlib.crc32(name.encode())
+        taken = set(colors.values())
+        slots = [palette[(start + i) % len(palette)] for i in range(len(palette))]
+        colors[name] = next((c for c in slots if c not in taken), slots[0])
     return colors
 
 

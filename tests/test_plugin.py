@@ -39,6 +39,7 @@ print(json.dumps({
     "hybrid_layers": [type(m).__name__ for m in mixed.mixers],
     "backends": list(archs.arch_info("mingru").backends),
     "color": archs.arch_colors()["mingru"],
+    "builtin_colors": [c for n, c in archs.arch_colors().items() if n != "mingru"],
     "plugin_errors": archs.plugin_errors(),
 }))
 """
@@ -73,9 +74,10 @@ def test_installed_plugin_is_listed_created_conformant_and_composable(installed)
     assert out["failed"] == [] and out["failed_other_dtypes"] == []
     assert out["arch_cfg"] == {"name": "mingru", "expand": 1}
     assert out["plugin_errors"] == {}
-    # the same register_arch call gave it a hybrid letter, its backends and a plot colour
+    # the same register_arch call gave it a hybrid letter and its backends; a plot colour
+    # nobody else holds was picked for it
     assert out["letter"] == "MinGRU" and out["hybrid_layers"] == ["MinGRU", "Attention"]
-    assert out["backends"] == ["ref"] and out["color"] == "#393b79"
+    assert out["backends"] == ["ref"] and out["color"] not in out["builtin_colors"]
 
 
 def test_without_the_plugin_it_is_absent():

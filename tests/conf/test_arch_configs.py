@@ -110,3 +110,11 @@ def test_the_check_catches_a_mismatch_and_an_unknown_key():
         _check_accepted("x", {"name": "mamba2", "head_dim": 32})
     with pytest.raises(AssertionError, match=r"mixer_kwargs\['W'\] has unknown \['windw'\]"):
         _check_accepted("x", {"name": "hybrid", "mixer_kwargs": {"W": {"windw": 4}}})
+
+
+def test_every_builtin_has_an_arch_file():
+    """The family recipe's second half: `arch=<name>` works for every built-in."""
+    from harness.conformance.plan import builtins
+    named = {(yaml.safe_load(p.read_text()) or {}).get("name") for p in ARCH.glob("*.yaml")}
+    missing = sorted(set(builtins()) - named)
+    assert not missing, f"no conf/arch/*.yaml names {missing}: add conf/arch/<name>.yaml (name: <name> + its defaults)"

@@ -12,10 +12,11 @@ def register() -> None:
     from archbench_plugin_example.mingru import MinGRU, mingru
     from archs import register_arch
 
-    # One call gives archbench everything: the builder, the mixer class (its backends),
-    # the letter "G" for hybrid layer patterns (e.g. hybrid pattern="GGGA") and the
-    # default plot colour of its curves.
+    # One call gives archbench everything: the builder, the mixer class (its backends) and
+    # the letter "G" for hybrid layer patterns (e.g. hybrid pattern="GGGA"). Its plot colour
+    # is picked from the ones no other architecture holds (archs.arch_colors); pass
+    # color="#rrggbb" to choose one.
     register_arch("mingru", family="rnn", description="minGRU: a gated linear RNN trained in "
                   "parallel with a log-space scan (Feng et al. 2024)",
-                  mixer=MinGRU, letter="G", color="#393b79",
+                  mixer=MinGRU, letter="G",
                   tiny=dict(d_model=32, n_layers=2))(mingru)
