@@ -24,7 +24,7 @@ from harness.train import TrainConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("forward", "train_step", "decode", "generate")
 MATCH = ("params", "active_params", "flops", "state", "width")
-# Figures an experiment can declare (``figures: [...]``); harness.plot draws exactly these.
+# Figures an experiment can declare (``figures: [...]``); harness.report.plot draws exactly these.
 # The Hydra config tree, as an absolute path: a relative "../conf" resolves against the
 # calling *module* when an app runs as a console script (archbench-cost), and fails there.
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")

@@ -187,7 +187,7 @@ class Experiment:
             train_tokens=trained.tokens_seen, train_wall_s=trained.wall_s, early_stopped=trained.early_stopped,
             train_stop_reason=trained.stop_reason,
             # the target early stopping aimed at (None: no target checked), so a report can say
-            # that a model trained to the end never reached it (harness.series.training_flags)
+            # that a model trained to the end never reached it (harness.report.series.training_flags)
             train_target_acc=t.target_acc if t.eval_every else None,
             eval_chunk_len=e.chunk_len, d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
             state_bytes=self.model.expected_state_bytes(1, eval_len), sizing=self.built.sizing["match"],

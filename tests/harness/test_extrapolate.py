@@ -165,7 +165,7 @@ def test_multirun_over_seeds_then_plot(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     df = load_rows(res)
     assert sorted(set(df["seed"])) == [0, 1] and len(df) == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
-    from harness.plot import plot_extrapolation
+    from harness.report.plot import plot_extrapolation
     files = plot_extrapolation(df, tmp_path / "plots")
     assert files and all(Path(f).stat().st_size > 1000 for f in files)
 

@@ -1,5 +1,5 @@
 """A metric against the training budget, beside the metric against evaluation length
-(``harness.plot`` draws it as ``extrapolation_vs_train_tokens`` wherever a curve was
+(``harness.report.plot`` draws it as ``extrapolation_vs_train_tokens`` wherever a curve was
 trained at several budgets, e.g. a multirun over ``train.steps``).
 
 Left: the metric at the training length against the tokens each run trained on (log
@@ -15,7 +15,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from harness.series import (Y_LABELS, extrapolation_groups, format_length, largest_budget, series_names,
+from harness.report.series import (Y_LABELS, extrapolation_groups, format_length, largest_budget, series_names,
                             several_budgets, training_budget)
 
 def _metric(ext: pd.DataFrame) -> str:
