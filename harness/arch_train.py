@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness.checks import merge_over, to_container
+from harness.checks import merge_over
+from harness.config import to_container
 from harness.train import TrainConfig
 
 

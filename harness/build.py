@@ -18,8 +18,7 @@ from archs import arch_info, create_arch
 from archs._registry import COMMON_KWARGS, ArchInfo, check_kwargs
 from archs.model import LMConfig
 from archs.sizing import param_count, width_for_target
-from harness.checks import to_container
-from harness.config import ModelConfig
+from harness.config import ModelConfig, to_container
 
 # Keys of an arch node that describe the run rather than the architecture: `train` holds
 # the architecture's own training options (harness/arch_train.py merges them over `train`;

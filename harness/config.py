@@ -1,5 +1,6 @@
 """Structured configs: the schemas Hydra validates every run against (schemas only: the
-value checks, device resolution and the checks before compute are in ``harness.checks``).
+value checks before compute are in ``harness.checks``), and ``to_container``, a config node
+as plain Python.
 
 A typo (``bench.seq_lenz``) or a wrong type fails at composition, before any compute,
 with Hydra's message naming the key; values are checked again when a run starts
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.claims import DEFAULT_STALE_S
 from harness.train import TrainConfig
@@ -137,6 +138,11 @@ class ExtrapolateConfig:
     progress: bool = True
     claim_stale_s: float = DEFAULT_STALE_S     # a claim without a heartbeat for this long is taken over
     figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
+
+
+def to_container(node: Any) -> Any:
+    """A config node (resolved) as plain Python; anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def register_configs() -> None:

@@ -29,14 +29,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.build import BuiltModel, build
-from harness.checks import (resolve_device, to_container, validate_bench, validate_figures,
-                            validate_model)
+from harness.checks import (absolute_dir, as_schema, building_under_cap, check_writable_dir, validate_bench,
+                            validate_figures, validate_model)
+from harness.claims import check_stale_s
 from harness.cluster import prepare_launchers
-from harness.config import CONF_DIR, DTYPES, BenchConfig, CostConfig, register_configs
+from harness.config import CONF_DIR, DTYPES, CostConfig, register_configs, to_container
+from harness.devices import resolve_device
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
-from harness.checks import absolute_dir, as_schema, building_under_cap, check_writable_dir
-from harness.claims import check_stale_s
 from harness.results import load_rows_where, make_row, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"output folder (default {OUT}, or {OUT}_quick with --quick)")
     args = parser.parse_args(argv)
     # Imported here so that --help answers without loading torch.
-    from harness.checks import resolve_device
+    from harness.devices import resolve_device
     from harness.env import device_name
     from harness.report.collect import collect
     from harness.report.plot import main as plot_main

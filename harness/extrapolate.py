@@ -30,15 +30,15 @@ from archs import SequenceTooLongError
 from harness.arch_train import move_arch_train
 from harness.atomic import DiskFullError
 from harness.build import BuiltModel, build
-from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
-                            validate_model)
+from harness.checks import (absolute_dir, as_schema, building_under_cap, check_writable_dir, validate_eval,
+                            validate_figures, validate_model)
+from harness.claims import check_stale_s
 from harness.cluster import prepare_launchers
-from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
+from harness.config import CONF_DIR, ExtrapolateConfig, register_configs, to_container
+from harness.devices import resolve_device
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.checks import (absolute_dir, as_schema, building_under_cap, check_writable_dir,
-                            code_fingerprint)
-from harness.claims import check_stale_s
+from harness.fingerprint import code_fingerprint
 from harness.results import (atomic_write, clean_stale_temps, config_hash, load_rows_where, make_row,
                              point_key, safe_label)
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points

@@ -16,11 +16,7 @@ get hollow diamonds and the figure a footnote (harness.report.plot_marks).
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
@@ -30,7 +26,6 @@ from matplotlib.lines import Line2D
 from harness.report.plot_marks import UNFINISHED_MARKER, footnote_unfinished, mark_unfinished
 from harness.report.series import (extrapolation_groups, format_length, series_names, split_distance_rows,
                                    training_notes)
-from harness.results import load_rows
 
 
 def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figure:

@@ -21,7 +21,7 @@ import torch
 from archs import _registry
 from harness.report import collect as collect_mod
 from harness import cost, extrapolate
-from harness.checks import code_fingerprint
+from harness.fingerprint import code_fingerprint
 from harness.results import (ResultStore, atomic_write_group, finish_group, load_rows, make_row,
                              point_files)
 from harness.sweep import Claims
@@ -285,7 +285,7 @@ def test_training_key_includes_model_and_task_code(tmp_path):
                                            "checkpoint_dir=null"], "extrapolate"))
     exp = extrapolate.Experiment(cfg)
     assert exp.train_settings["code"] == code_fingerprint(exp.model, exp.task)
-    files = {p.name for p in __import__("harness.checks", fromlist=["x"])._module_files(
+    files = {p.name for p in __import__("harness.fingerprint", fromlist=["x"])._module_files(
         [exp.model, *exp.model.modules(), exp.task])}
     assert {"model.py", "induction.py"} <= files and any("lstm" in f or f == "layer.py" for f in files)
 
