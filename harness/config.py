@@ -11,6 +11,7 @@ and is checked by the registry against the builder's signature.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Dict, List, Optional
 
 from pathlib import Path
@@ -152,3 +153,15 @@ def register_configs() -> None:
     cs.store(group="bench", name="bench_schema", node=BenchConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
+
+
+def compose(app: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """``app``'s config (``cost`` or ``extrapolate``) as its command line would compose it,
+    for code that calls an app's ``run`` or rebuilds its model without the command line (the
+    probe, notebooks, tests). The apps register their schemas in ``main()``, not on import;
+    this registers them first."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(app, overrides=list(overrides), return_hydra_config=return_hydra_config)
