@@ -33,6 +33,7 @@ import logging
 import subprocess
 import time
 import types
+from collections.abc import Callable
 
 SACCT_BYPASS = "Bypassing sacct error"
 
@@ -112,12 +113,23 @@ def stand_in_for_missing_launchers() -> None:
 
 
 def prepare_launchers() -> None:
-    """All of the above; each Hydra app's ``main()`` calls it before any launcher runs (not at
-    import: importing an app for its ``run`` changes nothing)."""
+    """All of the above, before any launcher runs (``start_app``; not at import: importing an
+    app for its ``run`` changes nothing)."""
     pickle_module_subclasses_by_name()
     quiet_sacct_bypass()
     stand_in_for_missing_launchers()
     watch_pending_slurm_jobs()
+
+
+def start_app(app: Callable[[], None]) -> None:
+    """Each Hydra app's ``main()``: register the schemas its config names
+    (``harness.config.register_configs``), prepare the launchers, then run ``app`` (its
+    ``@hydra.main`` function, which parses the command line)."""
+    from harness.config import register_configs
+
+    register_configs()
+    prepare_launchers()
+    app()
 
 
 

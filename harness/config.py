@@ -10,8 +10,8 @@ and is checked by the registry against the builder's signature.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from pathlib import Path

@@ -32,8 +32,8 @@ from harness.build import build
 from harness.checks import (absolute_dir, building_under_cap, check_writable_dir, validate_eval, validate_figures,
                             validate_model)
 from harness.claims import check_stale_s
-from harness.cluster import prepare_launchers
-from harness.config import CONF_DIR, ExtrapolateConfig, register_configs, to_container
+from harness.cluster import start_app
+from harness.config import CONF_DIR, ExtrapolateConfig, to_container
 from harness.devices import resolve_device
 from harness.env import device_name
 from harness.evaluate import evaluate
@@ -299,12 +299,9 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The command line (``python -m harness.extrapolate``, ``archbench-extrapolate``). What Hydra needs is
-    set up here, not when the module is imported: the schemas the config's defaults name, and
-    the launchers' needs (``harness.cluster``), before any launcher runs."""
-    register_configs()
-    prepare_launchers()
-    _app()
+    """The command line (``python -m harness.extrapolate``, ``archbench-extrapolate``): what Hydra needs is
+    set up here (``harness.cluster.start_app``), not when this module is imported."""
+    start_app(_app)
 
 
 if __name__ == "__main__":
