@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from archs.bidirectional import (DECODE_HINT, BidirectionalDecodeError, check_causal_layers,
-                                  make_bidirectional)
+                                 make_bidirectional)
 from archs.blocks import MLPS, NORM_POSITIONS, NORMS, MLP, Block, make_norm
 from archs.mixer import Mixer, State
 from archs.positional import (ABSOLUTE, SequenceTooLongError, absolute_positions,

@@ -36,8 +36,8 @@ from archs.attention.fused import attention_flash, attention_sdpa, flash_attn_av
 from archs.attention.ref import attention_math  # noqa: E402
 from harness.config import DTYPES  # noqa: E402
 from harness.env import device_name  # noqa: E402
-from harness.fit import crossover  # noqa: E402
-from harness.report import markdown_table  # noqa: E402
+from harness.report.fit import crossover  # noqa: E402
+from harness.report.markdown import markdown_table  # noqa: E402
 from harness.results import ResultStore, atomic_write, load_rows, make_row, point_key  # noqa: E402
 from harness.devices import device_peak  # noqa: E402
 from harness import roofline  # noqa: E402

@@ -4,7 +4,7 @@ Forward + backward tokens/s of one mixer, swept over sequence length, timed with
 ``torch.utils.benchmark.Timer``. Each length first runs every implementation once to
 check that their outputs match the reference one; an implementation whose estimated
 memory or time exceeds the budget is recorded as skipped (or oom if it fails), never
-crashes the sweep. Each case is a row file in the result store (``--out`` folder; ``harness.collect``
+crashes the sweep. Each case is a row file in the result store (``--out`` folder; ``harness.report.collect``
 merges them into parquet/csv).
 
     python -m benchmarks.linear_attention                       # defaults below
@@ -166,7 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=1e-3, help="max |y - y_ref| allowed")
     p.add_argument("--no-ssd", action="store_true", help="only linear attention")
     p.add_argument("--out", default="results/cpu/benchmarks/linear_attention",
-                   help="results folder: one row file per case (harness.collect merges them)")
+                   help="results folder: one row file per case (harness.report.collect merges them)")
     return p.parse_args(argv)
 
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.out.endswith(".csv"):
         raise SystemExit(f"--out {args.out}: rows now go to a results folder (one file per case); "
-                         f"give a folder and run `python -m harness.collect FOLDER` for a CSV")
+                         f"give a folder and run `python -m harness.report.collect FOLDER` for a CSV")
     store = ResultStore(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ MambaBlock, whose parameter names match), the same input and the same loss; its 
 and input gradient are checked against the reference at every length where the
 reference runs. Timing uses torch.utils.benchmark.Timer.blocked_autorange. Each case is a
 row file in the result store (``--out`` folder, default results/cpu/benchmarks/mamba_scan;
-``python -m harness.collect`` merges them), each carrying the command that made it, the
+``python -m harness.report.collect`` merges them), each carrying the command that made it, the
 machine, torch version, threads and git commit. Compare ratios within one run: on a
 shared machine absolute numbers move a lot.
 """
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stretch min-run-time so even the slowest case is timed this often")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "results/cpu/benchmarks/mamba_scan",
-                   help="results folder: one row file per case (harness.collect merges them)")
+                   help="results folder: one row file per case (harness.report.collect merges them)")
     args = p.parse_args(argv)
     for item in args.skip:
         impl, _, length = item.partition(":")
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         os.path.relpath(__file__, ROOT), *(sys.argv[1:] if argv is None else argv)])
     if args.out.suffix == ".csv":
         raise SystemExit(f"--out {args.out}: rows now go to a results folder (one file per case); "
-                         f"give a folder and run `python -m harness.collect FOLDER` for a CSV")
+                         f"give a folder and run `python -m harness.report.collect FOLDER` for a CSV")
     args.command = command
     df = run(args, ResultStore(args.out))
     print(summarize(df))

@@ -17,7 +17,7 @@ the threads and the commit of the code measured (``--code-root`` measures anothe
 checkout with this script, e.g. the code before a change, so before and after come from one
 run on one machine). ``--profile`` writes the top of a torch.profiler table for each case.
 
-Rows go to the result store (``--out``, one file per case; ``python -m harness.collect``).
+Rows go to the result store (``--out``, one file per case; ``python -m harness.report.collect``).
 Compare ratios within one run: absolute numbers move with the CPU model and the load.
 """
 from __future__ import annotations

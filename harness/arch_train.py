@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from harness.checks import merge_over, to_container
-from harness.config import TrainConfig
+from harness.checks import merge_over
+from harness.config import TrainConfig, to_container
 
 
 def _check(train: TrainConfig, overrides: Any) -> None:

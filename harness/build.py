@@ -2,15 +2,16 @@
 
 Shared by the cost and extrapolation apps, so both size architectures the same way:
 matched parameter count by default, or matched FLOPs per token, matched decode-state
-bytes at a reference length, or a fixed width - and every row records the result.
+bytes at a reference length, or a fixed width - and every row records the result
+(``BuiltModel.row``: the columns both apps' rows share, written in one place).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import dataclasses
 import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,8 +19,9 @@ from archs import arch_info, create_arch
 from archs._registry import COMMON_KWARGS, ArchInfo, check_kwargs
 from archs.model import LMConfig
 from archs.sizing import param_count, width_for_target
-from harness.checks import to_container
-from harness.config import ModelConfig
+from harness.config import ModelConfig, to_container
+from harness.env import device_name
+from harness.results import make_row
 
 # Keys of an arch node that describe the run rather than the architecture: `train` holds
 # the architecture's own training options (harness/arch_train.py merges them over `train`;
@@ -34,6 +36,22 @@ class BuiltModel:
     label: str                # curve name in plots (the arch config's label, else name)
     kwargs: dict[str, Any]    # everything create_arch received, d_model included
     sizing: dict[str, Any]    # how the width was chosen (recorded in rows)
+
+    def row(self, device: torch.device, seq_len: int, *, status: str, reason: str, settings: Mapping[str, Any],
+            point_key: str, experiment: str, figures: Sequence[str], batch: int, dtype: str, mode: str,
+            time_budget_s: float | None, cpu_memory_limit_gb: float | None, **fields: Any) -> dict[str, Any]:
+        """A validated result row for one point measured on this model at ``seq_len`` on
+        ``device``: what was built (registry name, curve label, keywords, size, sizing rule),
+        the backend it ran, where, under which limits - the columns every app's rows share -
+        then the app's own ``fields``."""
+        return make_row(
+            status=status, reason=reason, arch_kwargs=self.kwargs, settings=settings,
+            arch=self.name, label=self.label, backend=self.model.backends(device, seq_len),
+            params=self.model.num_params(), seq_len=seq_len, batch=batch, dtype=dtype, mode=mode,
+            device=device_name(device), experiment=experiment, point_key=point_key,
+            d_model=self.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers, sizing=self.sizing["match"],
+            figures=",".join(figures) or None, time_budget_s=time_budget_s,
+            cpu_memory_limit_gb=cpu_memory_limit_gb, **fields)
 
 
 def split_arch(arch_node: Any) -> tuple[str, str, dict[str, Any]]:

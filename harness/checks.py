@@ -1,44 +1,36 @@
-"""Checks that run before any compute: unknown config keys, writable folders, code identity.
+"""Checks that run before any compute: unknown config keys, values, folders, memory caps.
 
 * ``reject_unknown_keys`` - keys in a composed config that its schema does not have
   (Hydra lets ``+bench.seq_lenz=[999]`` through; this does not), with a suggestion;
-  ``as_schema`` - that check, then the config as its schema's dataclass (each app's entry).
-* ``check_writable_dir`` - a results/checkpoint folder that is a file or cannot be
-  written is named before training or the first measurement, not after.
+  ``as_schema`` - that check, then the config as its schema's dataclass (each app's entry);
+  ``merge_over`` - overrides merged over a dataclass instance, checked the same way.
+* ``check_writable_dir`` / ``absolute_dir`` - a results/checkpoint folder that is a file or
+  cannot be written is named before training or the first measurement, not after.
 * ``validate_model`` / ``validate_bench`` / ``validate_eval`` / ``validate_figures`` - values
-  of the schemas in ``harness.config`` (a negative length, an unknown dtype name its key);
-  ``resolve_device`` - ``auto``/``cpu``/``cuda[:N]``, with a clear error for anything else.
-* ``code_fingerprint`` - a hash of the source files that define a model (its classes' and
-  builder's modules, and every project module those import, transitively) and a task
-  generator, so a checkpoint trained by other code is never reused silently.
+  of the schemas in ``harness.config`` (a negative length, an unknown dtype name its key).
+* ``check_memory_cap`` / ``building_under_cap`` - a CPU memory cap below what the process
+  already holds, or too small to build the model, is the cap's error, not a result.
+
+(Device names are resolved in ``harness.devices.resolve_device``; the code identity of a
+model is ``harness.fingerprint.code_fingerprint``.)
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import difflib
-import hashlib
-import importlib
-import inspect
 import os
-import sys
-import sysconfig
 import tempfile
-import types
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from archs.blocks import NORM_POSITIONS
 from harness.config import DTYPES, FIGURES, MATCH, MODES, BenchConfig, EvalConfig, ModelConfig
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- unknown keys
@@ -192,113 +184,6 @@ def building_under_cap(gb: float | None, key: str) -> Iterator[None]:
                          f"({type(exc).__name__}: {str(exc).strip()[:120]}); raise it or set it to null") from None
 
 
-# ---------------------------------------------------------------- code fingerprint
-
-
-def _project_file(obj: Any) -> Path | None:
-    try:
-        src = inspect.getsourcefile(obj)
-    except TypeError:
-        return None
-    if src is None:
-        return None
-    path = Path(src).resolve()
-    # The project and plugins count; the standard library and torch do not.
-    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    if stdlib in path.parents and "site-packages" not in path.parts:
-        return None
-    if any(part in ("torch", "numpy") for part in path.parts):
-        return None
-    return path
-
-
-def _defining_modules(obj: Any) -> list[types.ModuleType]:
-    """The modules that define ``obj``: a module itself, a class's (and its bases'), a
-    function's, an instance's class's."""
-    if isinstance(obj, types.ModuleType):
-        return [obj]
-    if inspect.isfunction(obj) or inspect.ismethod(obj):
-        names = [obj.__module__]
-    else:
-        names = [cls.__module__ for cls in (obj.__mro__ if isinstance(obj, type) else type(obj).__mro__)]
-    return [sys.modules[n] for n in names
-            if n in sys.modules and not n.startswith(("torch", "builtins", "typing"))]
-
-
-def _imported_modules(mod: types.ModuleType, source: str) -> set[str]:
-    """Names of the modules that ``mod``'s source imports anywhere (module level and inside
-    functions: lazy imports count), resolved the way Python would: ``from pkg import name``
-    counts ``pkg``, ``pkg.name`` if that is a module, else the module defining ``name``."""
-    names: set[str] = set()
-    package = mod.__package__ or mod.__name__.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            names.add(base)
-            for alias in node.names:
-                names.add(f"{base}.{alias.name}")  # kept only if it is a module (see below)
-                owner = getattr(sys.modules.get(base), alias.name, None)
-                if getattr(owner, "__module__", None):
-                    names.add(owner.__module__)
-    return names
-
-
-def _module_files(objs: Iterable[Any]) -> set[Path]:
-    """Source files of the modules defining ``objs`` (classes, instances, functions, modules)
-    and of every module they import, transitively, within the same top-level packages (the
-    project's ``archs``/``harness``, a plugin's package): ``ref.py`` imported by
-    ``chunked.py`` imported by ``layer.py`` counts, as does a lazy import inside a function."""
-    queue = [m for obj in objs for m in _defining_modules(obj)]
-    roots = {m.__name__.split(".")[0] for m in queue if _project_file(m) is not None}
-    files: dict[str, Path] = {}
-    while queue:
-        mod = queue.pop()
-        if mod.__name__ in files:
-            continue
-        path = _project_file(mod)
-        if path is None or not path.suffix == ".py":
-            continue
-        files[mod.__name__] = path
-        for name in _imported_modules(mod, path.read_text()):
-            if name.split(".")[0] not in roots or name in files:
-                continue
-            dep = sys.modules.get(name)
-            if dep is None:
-                try:
-                    dep = importlib.import_module(name)
-                except ImportError:  # `from pkg import function`: pkg.function is not a module
-                    continue
-            queue.append(dep)
-    return set(files.values())
-
-
-def code_fingerprint(*objs: Any, length: int = 12) -> str:
-    """Hash of the source files defining ``objs`` (e.g. a model and a task): a torch
-    module contributes the classes of all its submodules."""
-    expanded: list[Any] = []
-    for obj in objs:
-        expanded.append(obj)
-        if hasattr(obj, "modules") and callable(obj.modules):
-            expanded += list(obj.modules())
-        if isinstance(getattr(obj, "arch_name", None), str):  # the registered builder built it
-            from archs import arch_info
-
-            try:
-                expanded.append(arch_info(obj.arch_name).builder)
-            except (KeyError, ValueError):
-                pass
-    h = hashlib.sha256()
-    for path in sorted(_module_files(expanded)):
-        rel = path.relative_to(REPO_ROOT) if REPO_ROOT in path.parents else Path(path.name)
-        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:length]
-
-
 # ---------------------------------------------------------------- values
 
 
@@ -373,23 +258,3 @@ def validate_eval(e: EvalConfig | DictConfig) -> None:
     if e.distance_at not in DISTANCE_AT:
         _fail("eval.distance_at", f"must be one of {list(DISTANCE_AT)}, got {e.distance_at!r}")
     check_memory_cap(e.cpu_memory_limit_gb, "eval.cpu_memory_limit_gb")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r} is not a device torch knows; use device=auto, cpu, cuda "
-                         f"or cuda:<index>") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={name!r}: archbench runs on cpu or cuda; use device=auto, cpu, cuda "
-                         f"or cuda:<index>")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
-    return device
-
-
-def to_container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

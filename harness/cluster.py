@@ -1,8 +1,8 @@
 """What Hydra's launchers (submitit for SLURM, joblib) need from the harness process.
 
 1. Picklable task functions. ``python -m harness.extrapolate -m hydra/launcher=slurm_cpu``
-   makes submitit cloudpickle ``main`` *by value* (it lives in ``__main__``), walking the
-   modules its code names. A method called ``backends`` makes cloudpickle take in
+   makes submitit cloudpickle the app's task function *by value* (it lives in ``__main__``),
+   walking the modules its code names. A method called ``backends`` makes cloudpickle take in
    ``torch.backends``, a module *subclass* (``GenericModule``) it cannot pickle, and the
    submission fails with "cannot pickle 'GenericModule' object". Module objects of that
    kind are registered to pickle by name (re-imported in the job).
@@ -33,6 +33,7 @@ import logging
 import subprocess
 import time
 import types
+from collections.abc import Callable
 
 SACCT_BYPASS = "Bypassing sacct error"
 
@@ -112,11 +113,23 @@ def stand_in_for_missing_launchers() -> None:
 
 
 def prepare_launchers() -> None:
-    """All of the above; the Hydra apps call it at import, before any launcher runs."""
+    """All of the above, before any launcher runs (``start_app``; not at import: importing an
+    app for its ``run`` changes nothing)."""
     pickle_module_subclasses_by_name()
     quiet_sacct_bypass()
     stand_in_for_missing_launchers()
     watch_pending_slurm_jobs()
+
+
+def start_app(app: Callable[[], None]) -> None:
+    """Each Hydra app's ``main()``: register the schemas its config names
+    (``harness.config.register_configs``), prepare the launchers, then run ``app`` (its
+    ``@hydra.main`` function, which parses the command line)."""
+    from harness.config import register_configs
+
+    register_configs()
+    prepare_launchers()
+    app()
 
 
 

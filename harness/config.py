@@ -1,7 +1,7 @@
 """Structured configs: the schemas Hydra validates every run against, training's included
-(schemas and their own value checks only: the cross-key checks, device resolution and the
-checks before compute are in ``harness.checks``). It imports no app and no training loop, so
-anything may import it.
+(schemas and their own value checks only: the cross-key checks before compute are in
+``harness.checks``), ``to_container`` (a config node as plain Python) and ``compose``. It
+imports no app and no training loop, so anything may import it.
 
 A typo (``bench.seq_lenz``) or a wrong type fails at composition, before any compute,
 with Hydra's message naming the key; values are checked again when a run starts
@@ -11,6 +11,7 @@ and is checked by the registry against the builder's signature.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -18,14 +19,14 @@ from pathlib import Path
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.claims import DEFAULT_STALE_S
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("forward", "train_step", "decode", "generate")
 MATCH = ("params", "active_params", "flops", "state", "width")
-# Figures an experiment can declare (``figures: [...]``); harness.plot draws exactly these.
+# Figures an experiment can declare (``figures: [...]``); harness.report.plot draws exactly these.
 # The Hydra config tree, as an absolute path: a relative "../conf" resolves against the
 # calling *module* when an app runs as a console script (archbench-cost), and fails there.
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -213,6 +214,11 @@ class ExtrapolateConfig:
     figures: List[str] = field(default_factory=list)  # the experiment's figures (FIGURES); [] = all that apply
 
 
+def to_container(node: Any) -> Any:
+    """A config node (resolved) as plain Python; anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="cost_schema", node=CostConfig)
@@ -220,3 +226,15 @@ def register_configs() -> None:
     cs.store(group="bench", name="bench_schema", node=BenchConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
+
+
+def compose(app: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """``app``'s config (``cost`` or ``extrapolate``) as its command line would compose it,
+    for code that calls an app's ``run`` or rebuilds its model without the command line (the
+    probe, notebooks, tests). The apps register their schemas in ``main()``, not on import;
+    this registers them first."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(app, overrides=list(overrides), return_hydra_config=return_hydra_config)

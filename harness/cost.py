@@ -29,25 +29,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.build import BuiltModel, build
-from harness.checks import (resolve_device, to_container, validate_bench, validate_figures,
-                            validate_model)
-from harness.cluster import prepare_launchers
-from harness.config import CONF_DIR, DTYPES, BenchConfig, CostConfig, register_configs
+from harness.checks import (absolute_dir, as_schema, building_under_cap, check_writable_dir, validate_bench,
+                            validate_figures, validate_model)
+from harness.claims import check_stale_s
+from harness.cluster import start_app
+from harness.config import CONF_DIR, DTYPES, CostConfig, to_container
+from harness.devices import resolve_device
 from harness.env import device_name
 from harness.measure import fits_in_memory, measure
-from harness.checks import absolute_dir, as_schema, building_under_cap, check_writable_dir
-from harness.claims import check_stale_s
-from harness.results import load_rows_where, make_row, point_key
+from harness.results import load_rows_where, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout
 
 log = logging.getLogger(__name__)
-register_configs()
 DECODE_MODES = ("decode", "generate")
 BIDIRECTIONAL_SKIP = ("bidirectional models do not decode (causal=false: every output depends on "
                       "the tokens after it)")
-# Before any launcher runs (module level, like the schemas): see harness/cluster.py.
-prepare_launchers()
 
 
 def _as_schema(cfg: DictConfig | CostConfig) -> CostConfig:
@@ -62,9 +59,7 @@ class Sweep:
         self.cfg, self.bench = cfg, cfg.bench
         self.device = resolve_device(cfg.device)
         self.built: BuiltModel = build(cfg.arch, cfg.model, cfg.model.vocab_size or 256)
-        model = self.built.model
-        self.model = model.to(device=self.device, dtype=DTYPES[self.bench.dtype])
-        self.params = model.num_params()
+        self.model = self.built.model.to(device=self.device, dtype=DTYPES[self.bench.dtype])  # the same module
 
     # -- bookkeeping -------------------------------------------------------------------
     def settings(self, mode: str, seq_len: int) -> dict[str, Any]:
@@ -82,19 +77,13 @@ class Sweep:
         return point_key(self.settings(mode, seq_len), f"{self.built.label}-{mode}-{seq_len}")
 
     def row(self, mode: str, seq_len: int, status: str = "ok", reason: str = "", **fields) -> dict:
-        settings = self.settings(mode, seq_len)
-        return make_row(
-            status=status, reason=reason, arch_kwargs=self.built.kwargs, settings=settings,
-            arch=self.built.name, label=self.built.label,
-            backend=self.model.backends(self.device, seq_len), params=self.params, seq_len=seq_len,
-            batch=self.bench.batch, dtype=self.bench.dtype, mode=mode,
-            device=device_name(self.device), experiment=self.cfg.experiment,
-            point_key=self.key(mode, seq_len),
-            active_params=self.model.num_params(active_only=True),
-            d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
-            sizing=self.built.sizing["match"], figures=",".join(self.cfg.figures) or None,
-            time_budget_s=self.bench.time_budget_s,
-            cpu_memory_limit_gb=self.bench.cpu_memory_limit_gb, **fields)
+        b = self.bench
+        return self.built.row(
+            self.device, seq_len, status=status, reason=reason, settings=self.settings(mode, seq_len),
+            point_key=self.key(mode, seq_len), experiment=self.cfg.experiment, figures=self.cfg.figures,
+            batch=b.batch, dtype=b.dtype, mode=mode, time_budget_s=b.time_budget_s,
+            cpu_memory_limit_gb=b.cpu_memory_limit_gb, active_params=self.model.num_params(active_only=True),
+            **fields)
 
     def _no_decode(self, mode: str, seq_len: int) -> dict | None:
         """A ``skipped`` row for a decode mode of a bidirectional model, else None."""
@@ -212,13 +201,19 @@ def run(cfg: DictConfig | CostConfig) -> pd.DataFrame:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cost")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     # Launchers may run jobs elsewhere; results always land where the user pointed.
     cfg.results_dir = absolute_dir(cfg.results_dir, "results_dir")
     df = exit_on_terminate(lambda: run(cfg))
     if not df.empty:
         ok = df[df["status"] == "ok"]
         log.info("%d points (%d ok) in %s", len(df), len(ok), cfg.results_dir)
+
+
+def main() -> None:
+    """The command line (``python -m harness.cost``, ``archbench-cost``): what Hydra needs is
+    set up here (``harness.cluster.start_app``), not when this module is imported."""
+    start_app(_app)
 
 
 if __name__ == "__main__":

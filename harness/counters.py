@@ -1,4 +1,4 @@
-"""Counting what one call consumes: peak memory and FLOPs (re-exported by harness.timing).
+"""Counting what one call consumes: peak memory and FLOPs (``harness.timing`` times the call).
 
 Peak memory
 -----------

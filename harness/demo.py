@@ -5,11 +5,12 @@ plots, a report and a terminal summary of what they found.
     python -m harness.demo --quick    # a smoke version of the same pipeline (seconds)
 
 It only chains the public entry points - the Hydra apps (as a user would call them),
-``harness.collect`` and ``harness.plot`` - so what the demo shows is what they do; the
-summary reuses ``harness.fit`` (exponents, crossovers) and ``harness.plot`` (names,
-groups). Re-running resumes: points already measured are not measured again (so time
-a run only on an empty ``--out``). On a machine with a GPU the same command runs on it
-(``--device auto``) and measures the cost half to longer lengths; the device is printed.
+``harness.report.collect`` and ``harness.report.plot`` - so what the demo shows is what they
+do; the summary reuses ``harness.report.fit`` (exponents, crossovers) and
+``harness.report.series`` (names, groups). Re-running resumes: points already measured are
+not measured again (so time a run only on an empty ``--out``). On a machine with a GPU the
+same command runs on it (``--device auto``) and measures the cost half to longer lengths;
+the device is printed.
 The settings live in ``conf/experiment/cost_cpu_demo.yaml`` and ``demo_extrapolation.yaml``;
 the bigger versions are the ``cost_cpu`` and ``induction_extrapolation`` experiments.
 """
@@ -70,9 +71,9 @@ def _ci(lo: float, hi: float) -> str:
 
 
 def exponent_lines(cost: pd.DataFrame) -> list[str]:
-    """Fitted time exponent per architecture and mode (``harness.fit.fit_exponent``), with its
-    95% CI; "not resolved" where harness.fit's rules say the data cannot support it."""
-    from harness.fit import by_series, fit_exponent
+    """Fitted time exponent per architecture and mode (``harness.report.fit.fit_exponent``), with its
+    95% CI; "not resolved" where harness.report.fit's rules say the data cannot support it."""
+    from harness.report.fit import by_series, fit_exponent
 
     fits = fit_exponent(by_series(cost), y="time_ms")
     if fits.empty:
@@ -92,8 +93,8 @@ def exponent_lines(cost: pd.DataFrame) -> list[str]:
 
 def crossover_lines(cost: pd.DataFrame) -> list[str]:
     """Where one architecture's time curve crosses another's, with its interval
-    (``harness.fit.crossover_table``), or "not resolved" and why."""
-    from harness.fit import by_series, crossover_table
+    (``harness.report.fit.crossover_table``), or "not resolved" and why."""
+    from harness.report.fit import by_series, crossover_table
 
     table = crossover_table(by_series(cost))
     found = table[table["x"].notna()] if not table.empty else table
@@ -115,8 +116,8 @@ def crossover_lines(cost: pd.DataFrame) -> list[str]:
 def accuracy_lines(ext: pd.DataFrame) -> list[str]:
     """Accuracy by architecture and evaluation length, one table per (task, train length);
     a curve with a model whose training did not finish or converge is marked and explained."""
-    from harness.plot import extrapolation_groups, format_length, series_names
-    from harness.series import UNFINISHED, training_notes
+    from harness.report.series import (UNFINISHED, extrapolation_groups, format_length, series_names,
+                                       training_notes)
 
     ok = ext[ext["status"] == "ok"]
     if ok.empty or "accuracy" not in ok.columns:
@@ -175,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"output folder (default {OUT}, or {OUT}_quick with --quick)")
     args = parser.parse_args(argv)
     # Imported here so that --help answers without loading torch.
-    from harness.collect import collect
-    from harness.checks import resolve_device
+    from harness.devices import resolve_device
     from harness.env import device_name
-    from harness.plot import main as plot_main
+    from harness.report.collect import collect
+    from harness.report.plot import main as plot_main
 
     out = (args.out or Path(f"{OUT}_quick" if args.quick else OUT)).resolve()
     device = resolve_device(args.device)

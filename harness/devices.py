@@ -1,4 +1,7 @@
-"""Peak throughput of accelerators, for "fraction of peak" columns.
+"""Devices: which one a run uses, and its peak throughput for "fraction of peak" columns.
+
+``resolve_device(name)`` turns the ``device`` setting (``auto``, ``cpu``, ``cuda[:N]``) into
+a ``torch.device``, with an error naming the fix for anything else or a missing GPU.
 
 ``device_peak(device, dtype)`` answers (peak FLOP/s, peak memory bytes/s, source).
 Known GPUs come from a datasheet table (dense numbers: NVIDIA quotes tensor-core
@@ -17,6 +20,23 @@ import torch
 
 TFLOPS = 1e12
 TBPS = 1e12
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``device`` setting as a torch device: ``auto`` is a GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device torch knows; use device=auto, cpu, cuda "
+                         f"or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r}: archbench runs on cpu or cuda; use device=auto, cpu, cuda "
+                         f"or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
+    return device
 
 
 @dataclass(frozen=True)

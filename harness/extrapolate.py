@@ -24,71 +24,39 @@ from typing import Any
 import hydra
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from archs import SequenceTooLongError
-from harness.arch_train import move_arch_train
 from harness.atomic import DiskFullError
-from harness.build import BuiltModel, build
-from harness.checks import (resolve_device, to_container, validate_eval, validate_figures,
+from harness.build import build
+from harness.checks import (absolute_dir, building_under_cap, check_writable_dir, validate_eval, validate_figures,
                             validate_model)
-from harness.cluster import prepare_launchers
-from harness.config import CONF_DIR, ExtrapolateConfig, register_configs
+from harness.claims import check_stale_s
+from harness.cluster import start_app
+from harness.config import CONF_DIR, ExtrapolateConfig, to_container
+from harness.devices import resolve_device
 from harness.env import device_name
 from harness.evaluate import evaluate
-from harness.checks import (absolute_dir, as_schema, building_under_cap, check_writable_dir,
-                            code_fingerprint)
-from harness.claims import check_stale_s
-from harness.results import (atomic_write, clean_stale_temps, config_hash, load_rows_where, make_row,
-                             point_key, safe_label)
+from harness.results import atomic_write, clean_stale_temps, load_rows_where, point_key
 from harness.sweep import Point, SweepSettings, exit_on_terminate, run_points
 from harness.tasks import Task, get_task
 from harness.timing import classify_exception, free_memory, job_limits, run_with_timeout
-from harness.train import (TrainResult, autocast_dtype, batch_loss, factor_columns, identity_settings, load_identified,
-                           save_checkpoint, train)
+from harness.train import TrainResult, batch_loss, factor_columns, load_identified, save_checkpoint, train
+from harness.training_run import TrainingRun
+from harness.training_run import as_extrapolate_config as _as_schema  # the app's entry check, like cost._as_schema
 
 log = logging.getLogger(__name__)
-register_configs()
-# Before any launcher runs (module level, like the schemas): see harness/cluster.py.
-prepare_launchers()
 
 
-def _as_schema(cfg: DictConfig | ExtrapolateConfig) -> ExtrapolateConfig:
-    cfg = move_arch_train(cfg)  # before anything is resolved
-    return as_schema(cfg, ExtrapolateConfig)  # `+eval.seq_lenz=...` is refused, not silently ignored
-
-
-class Experiment:
-    """One (architecture, task, training run): train or load, then evaluate every length."""
+class Experiment(TrainingRun):
+    """One (architecture, task, training run) - built and identified by ``TrainingRun`` -
+    trained or loaded, then evaluated at every length (and trigger distance)."""
 
     def __init__(self, cfg: ExtrapolateConfig):
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.task: Task = get_task(**to_container(cfg.task))
-        self.built: BuiltModel = build(cfg.arch, cfg.model, cfg.model.vocab_size or self.task.vocab_size)
-        self.model = self.built.model.to(self.device)
-        self.task.check_model(self.model)  # e.g. a bidirectional model on next-token targets
-        self.amp = autocast_dtype(cfg.train.precision, self.device)
-        # Everything that shapes the trained weights - settings and the code of the model
-        # and the task generator - is their checkpoint's identity.
-        self.train_settings = {"arch": self.built.name, "arch_kwargs": self.built.kwargs,
-                               "task": self.task.params(),
-                               "train": identity_settings(to_container(OmegaConf.structured(cfg.train))),
-                               "code": code_fingerprint(self.model, self.task)}
-        self.train_key = config_hash(self.train_settings)
+        super().__init__(cfg)
         self.trained_result: TrainResult | None = None
-        self.distance: int | None = None  # the trigger distance of the point being measured
 
     # -- training (or loading) -------------------------------------------------------------
-    def _checkpoint(self) -> Path | None:
-        if not self.cfg.checkpoint_dir:
-            return None
-        # The label is the user's text (any characters): sanitised, it cannot leave the folder.
-        folder = Path(self.cfg.checkpoint_dir)
-        path = folder / f"{safe_label(self.built.label)}-{self.train_key}.pt"
-        assert path.resolve().parent == folder.resolve(), path
-        return path
-
     def _eval_fn(self):
         gen = torch.Generator().manual_seed(self.cfg.eval.seed + 1)
 
@@ -100,7 +68,7 @@ class Experiment:
         return early_stop_accuracy
 
     def trained(self) -> TrainResult:
-        ckpt = self._checkpoint()
+        ckpt = self.checkpoint()
         if ckpt and self.cfg.force:
             self._resume_path().unlink(missing_ok=True)  # force=true trains from step 0
         if ckpt and ckpt.exists() and not self.cfg.force:
@@ -141,7 +109,7 @@ class Experiment:
 
     def _resume_path(self) -> Path | None:
         """The resume snapshot beside the checkpoint (none without a checkpoint_dir)."""
-        ckpt = self._checkpoint()
+        ckpt = self.checkpoint()
         return ckpt.with_suffix(".resume.pt") if ckpt else None
 
     def _broken_by_last_update(self) -> str | None:
@@ -173,38 +141,36 @@ class Experiment:
         return point_key(self.settings(eval_len, distance),
                          f"{self.built.label}-{self.task.name}-s{self.cfg.train.seed}-{eval_len}{at}")
 
-    def row(self, eval_len: int, trained: TrainResult, status="ok", reason="", **metrics) -> dict:
+    def row(self, eval_len: int, distance: int | None, trained: TrainResult, status: str = "ok", reason: str = "",
+            **metrics) -> dict:
+        """The row of the point (``eval_len``, trigger ``distance``; None: as the task places it)."""
         e, t = self.cfg.eval, self.cfg.train
-        return make_row(
-            status=status, reason=reason, arch_kwargs=self.built.kwargs, settings=self.settings(eval_len, self.distance),
-            arch=self.built.name, label=self.built.label, backend=self.model.backends(self.device, eval_len),
-            params=self.model.num_params(), seq_len=eval_len, batch=self._eval_batch(eval_len),
-            dtype=str(self.amp or torch.float32).replace("torch.", ""), mode="eval",
-            device=device_name(self.device), experiment=self.cfg.experiment, point_key=self.key(eval_len, self.distance),
+        return self.built.row(
+            self.device, eval_len, status=status, reason=reason, settings=self.settings(eval_len, distance),
+            point_key=self.key(eval_len, distance), experiment=self.cfg.experiment, figures=self.cfg.figures,
+            batch=self._eval_batch(eval_len), dtype=str(self.amp or torch.float32).replace("torch.", ""),
+            mode="eval", time_budget_s=e.time_budget_s, cpu_memory_limit_gb=e.cpu_memory_limit_gb,
             task=self.task.name, task_params=json.dumps(self.task.params(), sort_keys=True),
             train_seq_len=t.seq_len, eval_seq_len=eval_len, seed=t.seed, train_key=self.train_key,
             train_status=trained.status, train_steps=trained.steps_done, train_loss=trained.final_loss,
             train_tokens=trained.tokens_seen, train_wall_s=trained.wall_s, early_stopped=trained.early_stopped,
             train_stop_reason=trained.stop_reason,
             # the target early stopping aimed at (None: no target checked), so a report can say
-            # that a model trained to the end never reached it (harness.series.training_flags)
+            # that a model trained to the end never reached it (harness.report.series.training_flags)
             train_target_acc=t.target_acc if t.eval_every else None,
-            eval_chunk_len=e.chunk_len, d_model=self.built.kwargs.get("d_model"), n_layers=self.model.cfg.n_layers,
-            state_bytes=self.model.expected_state_bytes(1, eval_len), sizing=self.built.sizing["match"],
-            trigger_distance=self.distance, train_trigger_distance=getattr(self.task, "trigger_distance", None),
-            figures=",".join(self.cfg.figures) or None,
-            time_budget_s=e.time_budget_s, cpu_memory_limit_gb=e.cpu_memory_limit_gb,
+            eval_chunk_len=e.chunk_len, state_bytes=self.model.expected_state_bytes(1, eval_len),
+            trigger_distance=distance, train_trigger_distance=getattr(self.task, "trigger_distance", None),
             **factor_columns(t), **metrics)
 
-    def eval_task(self) -> Task:
-        """The training task, with its trigger at ``self.distance`` when one is set."""
-        return self.task if self.distance is None else self.task.at_distance(self.distance)
+    def eval_task(self, distance: int | None) -> Task:
+        """The training task, with its trigger at ``distance`` when one is given."""
+        return self.task if distance is None else self.task.at_distance(distance)
 
     def _eval_batch(self, eval_len: int) -> int:
         return max(1, min(self.cfg.eval.n_sequences, self.cfg.eval.batch_tokens // eval_len))
 
-    def evaluate_at(self, eval_len: int, trained: TrainResult) -> dict:
-        """One length's row. An OOM halves the batch the model sees and retries (the
+    def evaluate_at(self, eval_len: int, distance: int | None, trained: TrainResult) -> dict:
+        """One point's row. An OOM halves the batch the model sees and retries (the
         sequences drawn stay the same, so do the metrics); at 1 it is an ``oom`` row."""
         e = self.cfg.eval
         batch = micro = self._eval_batch(eval_len)
@@ -213,20 +179,20 @@ class Experiment:
             gen = torch.Generator().manual_seed(e.seed)
             try:
                 metrics = run_with_timeout(lambda: evaluate(
-                    self.model, self.eval_task(), eval_len, n_sequences=e.n_sequences, batch_size=batch,
+                    self.model, self.eval_task(distance), eval_len, n_sequences=e.n_sequences, batch_size=batch,
                     micro_batch=micro, generator=gen, chunk_len=e.chunk_len, amp=self.amp,
                     device=self.device), e.time_budget_s)
                 elapsed_ms = 1e3 * (time.perf_counter() - start)
                 if "loss" in metrics and not math.isfinite(metrics["loss"]):
                     # non-finite logits: the weights are broken, not the model bad at this length
-                    return self.row(eval_len, trained, "diverged", f"eval loss is {metrics['loss']} at "
+                    return self.row(eval_len, distance, trained, "diverged", f"eval loss is {metrics['loss']} at "
                                     f"length {eval_len}: the trained model gives non-finite logits",
                                     time_ms=elapsed_ms, micro_batch=micro, **metrics)
                 if "loss" in metrics:
                     metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
-                return self.row(eval_len, trained, time_ms=elapsed_ms, micro_batch=micro, **metrics)
+                return self.row(eval_len, distance, trained, time_ms=elapsed_ms, micro_batch=micro, **metrics)
             except SequenceTooLongError as exc:
-                return self.row(eval_len, trained, "skipped", str(exc))
+                return self.row(eval_len, distance, trained, "skipped", str(exc))
             except Exception as exc:  # noqa: BLE001 - every failure becomes a row
                 status, reason = classify_exception(exc)
                 free_memory(exc)
@@ -235,7 +201,7 @@ class Experiment:
                              self.built.label, eval_len, micro, micro // 2)
                     micro //= 2
                     continue
-                return self.row(eval_len, trained, status, reason, micro_batch=micro)
+                return self.row(eval_len, distance, trained, status, reason, micro_batch=micro)
 
     def run(self) -> None:
         """Every (eval length, trigger distance) is a point of ``harness.sweep.run_points``:
@@ -257,16 +223,14 @@ class Experiment:
             self.trained_result = self.trained()
 
         def measure(point: Point) -> dict:
-            n, trained = point.info["eval_seq_len"], self.trained_result
-            self.distance = point.info["distance"]
+            n, distance, trained = point.info["eval_seq_len"], point.info["distance"], self.trained_result
             if trained.status != "ok":
-                return self.row(n, trained, trained.status, f"training {trained.status}: {trained.reason}")
-            return self.evaluate_at(n, trained)
+                return self.row(n, distance, trained, trained.status, f"training {trained.status}: {trained.reason}")
+            return self.evaluate_at(n, distance, trained)
 
         def failure(point: Point, status: str, reason: str) -> dict:
-            self.distance = point.info["distance"]
-            return self.row(point.info["eval_seq_len"], self.trained_result or TrainResult(status="skipped"),
-                            status, reason)
+            return self.row(point.info["eval_seq_len"], point.info["distance"],
+                            self.trained_result or TrainResult(status="skipped"), status, reason)
 
         settings = SweepSettings(results_dir=self.cfg.results_dir, force=self.cfg.force,
                                  claim_stale_s=self.cfg.claim_stale_s, progress=False,
@@ -275,7 +239,6 @@ class Experiment:
         # evaluation skips the longer ones (within the same distance).
         run_points(points, measure, failure, settings, before_first=train_once,
                    skips_longer=lambda row: row["status"] in ("oom", "timeout") and row["train_status"] == "ok")
-        self.distance = None
 
 
 def check_trigger_distances(task: Task, distances: list[int], seq_lens: list[int]) -> None:
@@ -326,13 +289,19 @@ def run(cfg: DictConfig | ExtrapolateConfig) -> pd.DataFrame:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extrapolate")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     cfg.results_dir = absolute_dir(cfg.results_dir, "results_dir")
     if cfg.checkpoint_dir:
         cfg.checkpoint_dir = absolute_dir(cfg.checkpoint_dir, "checkpoint_dir")
     df = exit_on_terminate(lambda: run(cfg))
     if not df.empty:
         log.info("%d evaluation rows in %s", len(df), cfg.results_dir)
+
+
+def main() -> None:
+    """The command line (``python -m harness.extrapolate``, ``archbench-extrapolate``): what Hydra needs is
+    set up here (``harness.cluster.start_app``), not when this module is imported."""
+    start_app(_app)
 
 
 if __name__ == "__main__":

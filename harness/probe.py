@@ -137,21 +137,18 @@ def probe_distances(model, task: Task, seq_len: int, distances: Sequence[int | N
 
 def load_model(overrides: Sequence[str], checkpoint: str | None):
     """(model, task, cfg) of the extrapolation run the overrides describe, its weights loaded."""
-    from hydra import compose, initialize_config_dir
-
-    from harness.extrapolate import Experiment, _as_schema
+    from harness.config import compose
     from harness.train import load_checkpoint
+    from harness.training_run import TrainingRun, as_extrapolate_config
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = _as_schema(compose("extrapolate", overrides=list(overrides)))
-    experiment = Experiment(cfg)
-    path = Path(checkpoint) if checkpoint else experiment._checkpoint()
+    cfg = as_extrapolate_config(compose("extrapolate", overrides))
+    run = TrainingRun(cfg)
+    path = Path(checkpoint) if checkpoint else run.checkpoint()
     if path is None or not path.exists():
         raise FileNotFoundError(f"no checkpoint {path}: train the run first (python -m harness.extrapolate "
                                 f"{' '.join(overrides)}) or pass its path")
-    load_checkpoint(experiment.model, path)
-    return experiment.model.to(experiment.device), experiment.task, cfg
+    load_checkpoint(run.model, path)
+    return run.model.to(run.device), run.task, cfg
 
 
 def _int_list(text: str) -> list[int]:

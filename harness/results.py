@@ -7,7 +7,8 @@ One row per measurement (tidy). Core columns, in this order, always present afte
 
 =============== ==============================================================
 arch            registry name of the architecture
-backend         backend actually used ("ref", "chunked", "fused", "fused:mamba_ssm/causal_conv1d", ...)
+backend         code path actually used: ``archs.backends`` words ("ref", "chunked", "fused",
+                "fused:<kernels>", "flash_attn"), "+"-joined for a hybrid ("chunked+fused")
 params          number of parameters
 seq_len         sequence length of the measured call (context length for decode)
 batch           batch size

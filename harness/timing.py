@@ -1,4 +1,4 @@
-"""Measuring one call: time, peak memory, FLOPs; classifying failures; point budgets.
+"""Timing one call; classifying failures; per-point time budgets and CPU memory caps.
 
 Everything here takes a zero-argument callable (``fn()`` runs one forward, one
 training step, one decode step ...) and knows nothing about architectures.

@@ -22,8 +22,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from harness.fit import t_quantile_975  # noqa: E402
-from harness.report import markdown_table  # noqa: E402
+from harness.report.fit import t_quantile_975  # noqa: E402
+from harness.report.markdown import markdown_table  # noqa: E402
 from harness.results import load_rows  # noqa: E402
 
 LENGTHS = [2 ** k for k in range(6, 21)]

@@ -13,6 +13,12 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Tests compose the apps' configs with Hydra directly; the apps register the schemas those
+# configs name in their main(), not on import (harness.config.compose does it for one call).
+from harness.config import register_configs  # noqa: E402
+
+register_configs()
+
 TIER = "triton_interpret"
 TIER_DIR = Path(__file__).parent / TIER
 

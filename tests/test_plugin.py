@@ -17,13 +17,14 @@ EXAMPLE = ROOT / "examples" / "archbench-plugin-example"
 PROBE = """
 import json, archs, torch
 torch.set_num_threads(1)  # tiny models: one thread, immune to a loaded machine
-import harness.cost  # registers the config schemas the primary config extends
+from harness.config import register_configs
 from hydra import compose, initialize_config_dir
 from harness.conformance import CHECKS, DTYPE_CHECKS, run_check, run_checks
 model = archs.create_arch("mingru", vocab_size=16, d_model=8, n_layers=1)
 logits = model(torch.zeros(1, 5, dtype=torch.long))
 mixed = archs.create_arch("hybrid", pattern="GA", vocab_size=16, d_model=8,
                           mixer_kwargs={"A": {"n_heads": 2}})
+register_configs()  # the schemas the primary config extends (the apps' main() registers them)
 with initialize_config_dir(config_dir=%(conf)r, version_base="1.3"):
     cfg = compose("cost", overrides=["arch=mingru"])
 print(json.dumps({

@@ -4,7 +4,7 @@ Importable on a CPU-only machine: the fla kernels in ``fused`` are imported lazi
 """
 from archs.linear_attention.layer import LinearAttentionConfig, LinearAttentionMixer
 from archs.linear_attention.ref import (
-    linear_attn_naive,
+    linear_attn_quadratic,
     linear_attn_recurrent,
     linear_attn_step,
     retnet_log_decay,
@@ -44,7 +44,7 @@ register_arch("retnet", family="linear_attention",
 
 __all__ = [
     "LinearAttentionConfig", "LinearAttentionMixer",
-    "linear_attn_naive", "linear_attn_recurrent", "linear_attn_chunked", "linear_attn_step",
+    "linear_attn_quadratic", "linear_attn_recurrent", "linear_attn_chunked", "linear_attn_step",
     "retnet_log_decay", "state_shape",
     "fla_available", "linear_attn_fused", "linear_attn_fused_step",
 ]

@@ -17,7 +17,7 @@ def linear_attn_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | Non
                         initial_state: Tensor | None = None, return_final_state: bool = False,
                         normalize: bool = True, eps: float = 1e-6, chunk_size: int = 64
                         ) -> tuple[Tensor, Tensor | None]:
-    """Same contract as ``ref.linear_attn_naive``; O(L * chunk) time, any L (the tail
+    """Same contract as ``ref.linear_attn_quadratic``; O(L * chunk) time, any L (the tail
     chunk is padded)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -47,9 +47,9 @@ def _state0(initial_state: Tensor | None, q: Tensor, d_value: int, normalize: bo
 
 
 def linear_attn_fused(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None,
-                     initial_state: Tensor | None = None, return_final_state: bool = False,
-                     normalize: bool = True, eps: float = 1e-6, chunk_size: int = 64
-                     ) -> tuple[Tensor, Tensor | None]:
+                      initial_state: Tensor | None = None, return_final_state: bool = False,
+                      normalize: bool = True, eps: float = 1e-6, chunk_size: int = 64
+                      ) -> tuple[Tensor, Tensor | None]:
     """Same contract as ``chunked.linear_attn_chunked``, via fla's ``chunk_simple_gla``
     (``chunk_size``: a power of two >= 16, see ``archs._fla``)."""
     _fla_ops()  # a missing package first: its install hint says more than the device
@@ -61,8 +61,8 @@ def linear_attn_fused(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None 
 
 
 def linear_attn_fused_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay_t: Tensor | None,
-                          state: Tensor, normalize: bool = True, eps: float = 1e-6
-                          ) -> tuple[Tensor, Tensor]:
+                           state: Tensor, normalize: bool = True, eps: float = 1e-6
+                           ) -> tuple[Tensor, Tensor]:
     """Same contract as ``ref.linear_attn_step``, via fla's ``fused_recurrent_simple_gla``."""
     _fla_ops()
     require_cuda(OWNER, q_t)

@@ -131,10 +131,10 @@ class LinearAttentionMixer(Mixer):
         if backend == "fused":
             o, new_state = fused.linear_attn_fused(q, k, v, log_decay, chunk_size=c.chunk_size, **kw)
         elif backend == "ref":
-            o, new_state = ref.linear_attn_naive(q, k, v, log_decay, **kw)
+            o, new_state = ref.linear_attn_quadratic(q, k, v, log_decay, **kw)
         else:
             o, new_state = chunked.linear_attn_chunked(q, k, v, log_decay, chunk_size=c.chunk_size,
-                                                   **kw)
+                                                       **kw)
         return self._out(o), new_state
 
     # -- the three forms ----------------------------------------------------------------

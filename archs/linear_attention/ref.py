@@ -16,8 +16,9 @@ column: with ``normalize=True`` the state is (B, H, K, V + 1) and its last colum
 otherwise it is (B, H, K, V). One state tensor, one code path for both cases.
 
 Three forms compute the same function, with the same signature:
-* ``linear_attn_naive``     - the explicit causal (decay-)masked L x L matrix (backend "ref");
-* ``linear_attn_recurrent`` - one step at a time with a float32 state; the reference;
+* ``linear_attn_quadratic`` - the explicit causal (decay-)masked L x L matrix (backend "ref");
+* ``linear_attn_recurrent`` - one step at a time with a float32 state: what the tests hold
+  the other forms to;
 * ``chunked.linear_attn_chunked`` - quadratic inside chunks, state passed across them;
   the training form, linear in L, any length (backend "chunked").
 They compute in at least float32 and return the output in v's dtype. The recurrence and
@@ -72,8 +73,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
 
 
 def run_core(core: Core, q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None,
-         initial_state: Tensor | None, return_final_state: bool, normalize: bool,
-         eps: float) -> tuple[Tensor, Tensor | None]:
+             initial_state: Tensor | None, return_final_state: bool, normalize: bool,
+             eps: float) -> tuple[Tensor, Tensor | None]:
     """Shared wrapper: widen, append the ones column, run ``core``, divide by z."""
     _check(q, k, v)
     b, _, h, dk = q.shape
@@ -107,18 +108,18 @@ def linear_attn_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, log_decay_t: Tensor 
     g = None if log_decay_t is None else (
         log_decay_t if log_decay_t.dim() == 1 else log_decay_t[:, None])
     o, new_state = run_core(recurrent_core, q_t[:, None], k_t[:, None], v_t[:, None], g,
-                        state, True, normalize, eps)
+                            state, True, normalize, eps)
     return o[:, 0], new_state
 
 
 # -- the forms ------------------------------------------------------------------------------
-def linear_attn_naive(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None,
-                      initial_state: Tensor | None = None, return_final_state: bool = False,
-                      normalize: bool = True, eps: float = 1e-6
-                      ) -> tuple[Tensor, Tensor | None]:
+def linear_attn_quadratic(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None,
+                          initial_state: Tensor | None = None, return_final_state: bool = False,
+                          normalize: bool = True, eps: float = 1e-6
+                          ) -> tuple[Tensor, Tensor | None]:
     """Quadratic form: O(L^2) time and memory. Returns (o (B, L, H, V), final state | None)."""
     return run_core(quadratic_core, q, k, v, log_decay, initial_state, return_final_state,
-                normalize, eps)
+                    normalize, eps)
 
 
 def linear_attn_recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None,
@@ -127,4 +128,4 @@ def linear_attn_recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | N
                           eps: float = 1e-6) -> tuple[Tensor, Tensor | None]:
     """Step-by-step recurrence with a float32 state: slow, and the reference."""
     return run_core(recurrent_core, q, k, v, log_decay, initial_state, return_final_state,
-                normalize, eps)
+                    normalize, eps)

@@ -59,10 +59,10 @@ def _initial_state_term(dt: Tensor, A: Tensor, C: Tensor, h0: Tensor,
 
 
 def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                        D: Tensor | None = None, z: Tensor | None = None,
-                        delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                        initial_state: Tensor | None = None, return_last_state: bool = False,
-                        ) -> Tensor | tuple[Tensor, Tensor]:
+                         D: Tensor | None = None, z: Tensor | None = None,
+                         delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                         initial_state: Tensor | None = None, return_last_state: bool = False,
+                         ) -> Tensor | tuple[Tensor, Tensor]:
     """mamba_ssm ``selective_scan_fn`` with ``selective_scan_ref``'s signature (CUDA only)."""
     (scan,) = require(OWNER, SCAN_MODULE)
     require_cuda(OWNER, u, delta, A, B, C)
@@ -85,9 +85,9 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
 
 def mamba_inner_fused(xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | None,
-                     x_proj_weight: Tensor, delta_proj_weight: Tensor, out_proj_weight: Tensor,
-                     out_proj_bias: Tensor | None, A: Tensor, D: Tensor,
-                     delta_bias: Tensor) -> Tensor:
+                      x_proj_weight: Tensor, delta_proj_weight: Tensor, out_proj_weight: Tensor,
+                      out_proj_bias: Tensor | None, A: Tensor, D: Tensor,
+                      delta_bias: Tensor) -> Tensor:
     """The whole fused Mamba block after in_proj: xz (B, 2*d_inner, L) -> (B, L, d_model).
 
     conv1d_weight is nn.Conv1d's (d_inner, 1, d_conv); B and C come from x_proj (input
@@ -97,14 +97,14 @@ def mamba_inner_fused(xz: Tensor, conv1d_weight: Tensor, conv1d_bias: Tensor | N
     scan, _ = require(OWNER, SCAN_MODULE, CONV_MODULE)
     require_cuda(OWNER, xz)
     return scan.mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
-                          out_proj_weight, out_proj_bias, A, None, None, D,
-                          delta_bias=delta_bias, delta_softplus=True)
+                               out_proj_weight, out_proj_bias, A, None, None, D,
+                               delta_bias=delta_bias, delta_softplus=True)
 
 
 def selective_state_update_fused(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
-                                C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
-                                dt_bias: Tensor | None = None, dt_softplus: bool = False,
-                                ) -> Tensor:
+                                 C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+                                 dt_bias: Tensor | None = None, dt_softplus: bool = False,
+                                 ) -> Tensor:
     """mamba_ssm's Triton decode step; updates ``state`` (B, D, N) in place, returns (B, D)."""
     (update,) = require(OWNER, UPDATE_MODULE)
     require_cuda(OWNER, state, x)
@@ -112,13 +112,13 @@ def selective_state_update_fused(state: Tensor, x: Tensor, dt: Tensor, A: Tensor
     # their strides; state-spaces/mamba PR #796): zeros mean the same
     zeros = x.new_zeros(x.shape[-1], dtype=torch.float32)
     return update.selective_state_update(state, x, dt, A, B, C, D=zeros if D is None else D, z=z,
-                                  dt_bias=zeros if dt_bias is None else dt_bias,
-                                  dt_softplus=dt_softplus)
+                                         dt_bias=zeros if dt_bias is None else dt_bias,
+                                         dt_softplus=dt_softplus)
 
 
 # -- short causal convolution ----------------------------------------------------------
 def causal_conv1d_fused(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-                       activation: str | None = "silu") -> Tensor:
+                        activation: str | None = "silu") -> Tensor:
     """causal_conv1d_fn: x (B, D, L), weight (D, W) -> (B, D, L)."""
     (conv,) = require(OWNER, CONV_MODULE)
     require_cuda(OWNER, x)
@@ -126,8 +126,8 @@ def causal_conv1d_fused(x: Tensor, weight: Tensor, bias: Tensor | None = None,
 
 
 def causal_conv1d_update_fused(x: Tensor, conv_state: Tensor, weight: Tensor,
-                              bias: Tensor | None = None, activation: str | None = "silu",
-                              ) -> Tensor:
+                               bias: Tensor | None = None, activation: str | None = "silu",
+                               ) -> Tensor:
     """causal_conv1d_update: x (B, D); conv_state (B, D, >= W-1) is updated in place."""
     (conv,) = require(OWNER, CONV_MODULE)
     require_cuda(OWNER, x, conv_state)

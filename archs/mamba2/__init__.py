@@ -3,7 +3,7 @@
 Importable on a CPU-only machine: mamba_ssm / causal_conv1d in ``fused`` load lazily.
 """
 from archs.mamba2.layer import GatedRMSNorm, Mamba2Config, Mamba2Mixer
-from archs.mamba2.ref import segsum, ssd_naive, ssd_recurrent, ssd_step
+from archs.mamba2.ref import segsum, ssd_quadratic, ssd_recurrent, ssd_step
 from archs.mamba2.chunked import ssd_chunked
 from archs.mamba2.fused import fused_available, ssd_fused, ssd_step_fused
 from archs._registry import TAB20, register_arch
@@ -34,6 +34,6 @@ register_arch("mamba2", family="mamba2", description="Mamba-2: SSD with scalar d
 
 __all__ = [
     "Mamba2Config", "Mamba2Mixer", "GatedRMSNorm",
-    "segsum", "ssd_naive", "ssd_recurrent", "ssd_chunked", "ssd_step",
+    "segsum", "ssd_quadratic", "ssd_recurrent", "ssd_chunked", "ssd_step",
     "fused_available", "ssd_fused", "ssd_step_fused",
 ]

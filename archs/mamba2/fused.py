@@ -75,9 +75,9 @@ def require_fused(impl: str = "mamba_ssm") -> None:
 
 # -- mamba_ssm ----------------------------------------------------------------------------
 def ssd_fused(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-             D: Tensor | None = None, initial_state: Tensor | None = None,
-             return_final_state: bool = False, chunk_size: int = 64
-             ) -> tuple[Tensor, Tensor | None]:
+              D: Tensor | None = None, initial_state: Tensor | None = None,
+              return_final_state: bool = False, chunk_size: int = 64
+              ) -> tuple[Tensor, Tensor | None]:
     """Same contract as ``chunked.ssd_chunked``, via ``mamba_chunk_scan_combined``."""
     mamba_chunk_scan_combined, _ = _ssd_ops()
     require_cuda(OWNER, x)
@@ -92,7 +92,7 @@ def ssd_fused(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
 
 def ssd_step_fused(x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor,
-                  state: Tensor, D: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   state: Tensor, D: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Same contract as ``ref.ssd_step``, via ``selective_state_update`` (on a copy)."""
     _, selective_state_update = _ssd_ops()
     require_cuda(OWNER, x_t)
@@ -150,7 +150,7 @@ def ssd_step_fused_fla(x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: T
 
 # -- causal_conv1d --------------------------------------------------------------------------
 def conv1d_silu_fused(x: Tensor, weight: Tensor, bias: Tensor | None,
-                     conv_state: Tensor | None) -> tuple[Tensor, Tensor]:
+                      conv_state: Tensor | None) -> tuple[Tensor, Tensor]:
     """Depthwise causal conv + SiLU over x (B, L, D) continuing from conv_state
     (B, D, W-1) (None: zeros); returns (y (B, L, D), new conv_state (B, D, W-1))."""
     causal_conv1d_fn, _ = _conv_ops()
@@ -165,7 +165,7 @@ def conv1d_silu_fused(x: Tensor, weight: Tensor, bias: Tensor | None,
 
 
 def conv1d_silu_step_fused(x_t: Tensor, weight: Tensor, bias: Tensor | None,
-                          conv_state: Tensor) -> tuple[Tensor, Tensor]:
+                           conv_state: Tensor) -> tuple[Tensor, Tensor]:
     """One token x_t (B, D) through the conv; returns (y_t, new conv_state) (on a copy)."""
     _, causal_conv1d_update = _conv_ops()
     require_cuda(OWNER, x_t)

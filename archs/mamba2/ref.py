@@ -10,7 +10,7 @@ with dt_t > 0 (already softplus-ed), A < 0, and B, C shared by the heads of a gr
 Unrolled, y = M x with M[t, s] = C_t . B_s * dt_s * exp(sum_{s<r<=t} dt_r A): a causal,
 decay-masked attention-like matrix. Three forms compute the same function:
 
-* ``ssd_naive``     - materialise M (L x L); quadratic, for testing;
+* ``ssd_quadratic`` - materialise M (L x L); quadratic, for testing;
 * ``ssd_recurrent`` - the recurrence above, one step at a time; fp32 state (backend "ref");
 * ``chunked.ssd_chunked`` - the paper's chunked algorithm (quadratic inside a chunk,
   recurrent across chunks); the training form, linear in L (backend "chunked").
@@ -30,7 +30,7 @@ from einops import repeat
 from archs._ssd import compute_dtype, quadratic_core, recurrent_core, segsum, step_core, wide
 
 Tensor = torch.Tensor
-__all__ = ["compute_dtype", "run_ssd", "segsum", "ssd_naive", "ssd_recurrent", "ssd_step"]
+__all__ = ["compute_dtype", "run_ssd", "segsum", "ssd_quadratic", "ssd_recurrent", "ssd_step"]
 
 
 # -- small pieces ------------------------------------------------------------------------
@@ -108,8 +108,8 @@ def ssd_recurrent(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     return run_ssd(recurrent_core, x, dt, A, B, C, D, initial_state, return_final_state)
 
 
-def ssd_naive(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-              D: Tensor | None = None, initial_state: Tensor | None = None,
-              return_final_state: bool = False) -> tuple[Tensor, Tensor | None]:
+def ssd_quadratic(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  D: Tensor | None = None, initial_state: Tensor | None = None,
+                  return_final_state: bool = False) -> tuple[Tensor, Tensor | None]:
     """Quadratic form: y = (L o C B^T) (dt x) with L = exp(segsum(dt A)), all L x L."""
     return run_ssd(quadratic_core, x, dt, A, B, C, D, initial_state, return_final_state)

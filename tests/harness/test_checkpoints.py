@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from harness import extrapolate
-from harness.checks import _module_files, code_fingerprint
+from harness.fingerprint import _module_files, code_fingerprint
 from harness.train import CheckpointError
 from tests.apps import EXTRAP, compose
 from tests.paths import ROOT

@@ -1,9 +1,9 @@
-"""harness.collect: merge point files into results.parquet and results.csv."""
+"""harness.report.collect: merge point files into results.parquet and results.csv."""
 from __future__ import annotations
 
 import pandas as pd
 
-from harness.collect import collect, main
+from harness.report.collect import collect, main
 from harness.results import CORE_COLUMNS, ResultStore, make_row
 
 

@@ -211,7 +211,7 @@ def test_generate_mode_and_its_figure(tmp_path):
     row = df.iloc[0]
     assert row["status"] == "ok" and row["gen_tokens"] == 4
     assert row["tokens_per_s"] == pytest.approx(4 / (row["time_ms"] / 1e3))
-    from harness.plot import cost_figures
+    from harness.report.plot import cost_figures
     figures = cost_figures(df)
     assert "generation_throughput" in figures and not any(k.startswith("time_vs") for k in figures)
 

@@ -1,4 +1,4 @@
-"""The demo's terminal summary: built from harness.fit / harness.plot on known curves."""
+"""The demo's terminal summary: built from harness.report.fit / harness.report.plot on known curves."""
 import pandas as pd
 
 from harness import demo

@@ -165,7 +165,7 @@ def test_multirun_over_seeds_then_plot(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     df = load_rows(res)
     assert sorted(set(df["seed"])) == [0, 1] and len(df) == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
-    from harness.plot import plot_extrapolation
+    from harness.report.plot import plot_extrapolation
     files = plot_extrapolation(df, tmp_path / "plots")
     assert files and all(Path(f).stat().st_size > 1000 for f in files)
 
@@ -173,6 +173,7 @@ def test_multirun_over_seeds_then_plot(tmp_path):
 def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkeypatch):
     """SIGTERM mid-training (a SLURM time limit): the re-run continues from the snapshot beside
     the checkpoint and ends with the weights of an uninterrupted run; the snapshot is gone."""
+    from harness import training_run
     from harness.sweep import Terminated
     from tests.harness.test_resume import SignalAt
 
@@ -184,11 +185,13 @@ def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkey
         task = real_get_task(**kw)
         task.sample = SignalAt(copy.copy(task), 5).sample
         return task
-    monkeypatch.setattr(extrapolate, "get_task", signalling_task)
+    for module in (extrapolate, training_run):  # the app's checks and the run's own task
+        monkeypatch.setattr(module, "get_task", signalling_task)
     with pytest.raises(Terminated):
         _run(tmp_path / "cut", overrides)
     assert list((tmp_path / "cut" / "ckpt").glob("*.resume.pt"))
-    monkeypatch.setattr(extrapolate, "get_task", real_get_task)
+    for module in (extrapolate, training_run):
+        monkeypatch.setattr(module, "get_task", real_get_task)
     rows = _run(tmp_path / "cut", overrides)
     assert (rows.status == "ok").all() and (rows.train_steps == 8).all()
     assert not list((tmp_path / "cut" / "ckpt").glob("*.resume.pt"))

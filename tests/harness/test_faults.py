@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from archs import _registry
-from harness import collect as collect_mod
+from harness.report import collect as collect_mod
 from harness import cost, extrapolate
-from harness.checks import code_fingerprint
+from harness.fingerprint import code_fingerprint
 from harness.results import (ResultStore, atomic_write_group, finish_group, load_rows, make_row,
                              point_files)
 from harness.sweep import Claims
@@ -129,7 +129,7 @@ def test_collect_and_plot_reject_bad_rows_by_file_and_line(tmp_path):
     expected = _bad_results(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for app in ("collect", "plot"):
-        proc = subprocess.run([sys.executable, "-m", f"harness.{app}", str(tmp_path)], cwd=ROOT, env=env,
+        proc = subprocess.run([sys.executable, "-m", f"harness.report.{app}", str(tmp_path)], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
         assert "Traceback" not in proc.stderr, proc.stderr
         for where, why in expected.items():
@@ -285,7 +285,7 @@ def test_training_key_includes_model_and_task_code(tmp_path):
                                            "checkpoint_dir=null"], "extrapolate"))
     exp = extrapolate.Experiment(cfg)
     assert exp.train_settings["code"] == code_fingerprint(exp.model, exp.task)
-    files = {p.name for p in __import__("harness.checks", fromlist=["x"])._module_files(
+    files = {p.name for p in __import__("harness.fingerprint", fromlist=["x"])._module_files(
         [exp.model, *exp.model.modules(), exp.task])}
     assert {"model.py", "induction.py"} <= files and any("lstm" in f or f == "layer.py" for f in files)
 
@@ -319,7 +319,7 @@ def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
 # --- figures are declared by the experiment, not guessed ------------------------------------
 
 def test_declared_figures_are_recorded_and_drawn(tmp_path):
-    from harness.plot import cost_figures, declared_figures
+    from harness.report.plot import cost_figures, declared_figures
 
     cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward,decode]",
                     "bench.seq_lens=[16,32]", "figures=[time_vs_length]"])

@@ -1,4 +1,4 @@
-"""harness.fit: power-law exponents with confidence intervals, crossover lengths."""
+"""harness.report.fit: power-law exponents with confidence intervals, crossover lengths."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.fit import (
+from harness.report.fit import (
     _t975_fallback, crossover, crossover_table, fit_exponent, fit_power_law, t_quantile_975,
 )
 
@@ -134,7 +134,7 @@ def test_crossover_table_all_pairs_per_mode():
 
 def test_labelled_series_stay_one_curve_across_backends():
     import pandas as pd
-    from harness.fit import by_series
+    from harness.report.fit import by_series
     df = pd.DataFrame({"arch": ["sw", "sw", "t", "t"], "label": ["sw", "sw", "t_math", "t_math"],
                        "backend": ["sdpa", "blocked", "math", "math"]})
     out = by_series(df)
@@ -144,7 +144,7 @@ def test_labelled_series_stay_one_curve_across_backends():
 
 def test_fits_meeting_far_outside_the_data_are_not_reported():
     import pandas as pd
-    from harness.fit import crossover
+    from harness.report.fit import crossover
     xs = [256, 512, 1024, 2048]
     rows = [{"arch": "a", "seq_len": x, "time_ms": 1.0 + 1e-6 * x, "status": "ok"} for x in xs]
     rows += [{"arch": "b", "seq_len": x, "time_ms": 2.0, "status": "ok"} for x in xs]

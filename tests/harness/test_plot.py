@@ -1,15 +1,15 @@
-"""harness.plot and harness.report: figures and report.md from result files only."""
+"""harness.report.plot and harness.report.markdown: figures and report.md from result files only."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from harness.plot import (
+from harness.report.plot import (
     cost_figures, extrapolation_figures, extrapolation_groups, format_bytes, format_length, main, series_names,
     series_palette, split_kinds,
 )
-from harness.report import markdown_table
+from harness.report.markdown import markdown_table
 from harness.results import load_rows
 
 COST_STEMS = ("time_vs_length", "memory_vs_length", "throughput_vs_length", "decode_vs_context")
@@ -151,7 +151,7 @@ def test_formatters_and_markdown():
 
 def test_several_widths_give_the_recall_vs_state_figure():
     import pandas as pd
-    from harness.plot import extrapolation_figures
+    from harness.report.plot import extrapolation_figures
     from harness.results import make_row
     rows = [make_row(arch=a, mode="eval", seq_len=256, eval_seq_len=256, train_seq_len=256, task="mqar",
                      accuracy=d / 128, loss=1.0, state_bytes=s * d, d_model=d, seed=0, env={})

@@ -1,13 +1,13 @@
-"""The accuracy-vs-trigger-distance figure (harness.plot_distance, drawn by harness.plot)."""
+"""The accuracy-vs-trigger-distance figure (harness.report.plot_distance, drawn by harness.report.plot)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness import plot_distance
-from harness.plot import main as plot_main, series_palette
-from harness.series import series_names, split_distance_rows
+from harness.report import plot_distance
+from harness.report.plot import main as plot_main, series_palette
+from harness.report.series import series_names, split_distance_rows
 from harness.results import ResultStore, make_row, point_key
 
 ENV = {"torch": "test", "git_commit": "abc123", "hostname": "test-host"}
@@ -84,7 +84,7 @@ def test_plot_draws_both_axes_without_mixing_them(results, tmp_path):
 
 
 def test_length_figure_leaves_fixed_distance_rows_out():
-    from harness.plot import extrapolation_figures
+    from harness.report.plot import extrapolation_figures
     df = pd.DataFrame(_rows())
     by_length, _ = split_distance_rows(df)
     drawn = extrapolation_figures(df)["extrapolation_accuracy"]

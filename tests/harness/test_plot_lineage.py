@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from harness.plot import extrapolation_figures, series_palette
-from harness.plot_history import history_figure, load_histories, main
-from harness.report import write_report
+from harness.report.plot import extrapolation_figures, series_palette
+from harness.report.plot_history import history_figure, load_histories, main
+from harness.report.markdown import write_report
 from harness.results import ResultStore, make_row
-from harness.series import largest_budget, several_budgets, training_budget
+from harness.report.series import largest_budget, several_budgets, training_budget
 
 
 def _lineage_rows(budgets=(10, 100)):

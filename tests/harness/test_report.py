@@ -1,10 +1,10 @@
-"""harness.report's seed statistics: mean with a Student-t 95% interval over seeds."""
+"""harness.report.markdown's seed statistics: mean with a Student-t 95% interval over seeds."""
 import math
 
 import pandas as pd
 import pytest
 
-from harness.report import seed_cells
+from harness.report.markdown import seed_cells
 
 
 def _values(groups: dict[tuple[str, int], list[float]]) -> pd.Series:

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from harness import demo
-from harness.fit import crossover, fit_power_law
-from harness.plot import extrapolation_figures, main
+from harness.report.fit import crossover, fit_power_law
+from harness.report.plot import extrapolation_figures, main
 from harness.results import ResultStore, load_rows, make_row, point_key
-from harness.series import training_flags
+from harness.report.series import training_flags
 from tests.conformance_toys import PrefixMean, registered  # noqa: F401 - a fixture
 
 ENV = {"torch": "test", "git_commit": "abc123", "hostname": "test-host"}
@@ -137,7 +137,7 @@ def test_exponent_and_crossover_uncertainty_rules():
 
 
 def test_the_report_says_what_conformance_checked_for_each_architecture(tmp_path, registered):
-    from harness.report import write_report
+    from harness.report.markdown import write_report
     plugin = registered("toy_plugin", PrefixMean)  # registered from outside archs/: a plugin
     rows = pd.DataFrame([r for r in _ext_rows(False) if r["arch"] == "mamba"] +
                         [{**r, "arch": plugin} for r in _ext_rows(False) if r["arch"] == "transformer"])
@@ -156,7 +156,7 @@ def test_a_labelled_curve_reports_its_architectures_conformance(tmp_path):
     """A curve named by its arch config (label ``encoder_decoder_mamba`` of the registry's
     ``encoder_decoder``, ``mamba_custom`` of ``mamba``) shows what was checked for that arch."""
     from harness.conformance.plan import coverage_brief
-    from harness.report import write_report
+    from harness.report.markdown import write_report
     rows = pd.DataFrame([{**r, "label": "mamba_custom"} for r in _ext_rows(False) if r["arch"] == "mamba"])
     table = write_report(rows, tmp_path).read_text().split("trained at 64: accuracy")[1]
     assert f"| mamba_custom | 0.000 | 0.000 | 0.000 | {coverage_brief('mamba')} |" in table

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from archs import create_arch
 from harness import extrapolate
 from harness.build import build
-from harness.checks import to_container
+from harness.config import to_container
 from harness.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import collect as collect_mod
+from harness.report import collect as collect_mod
 from harness import cost
 from harness.results import ResultStore, load_rows, load_rows_where, make_row, point_files, read_point_file
 from tests.apps import SMOKE, compose
@@ -141,7 +141,7 @@ _COLLECTOR = textwrap.dedent("""
         return to_csv(self, path, *args, **kwargs)
 
     pd.DataFrame.to_csv = slow_to_csv
-    from harness.collect import main
+    from harness.report.collect import main
 
     ready.touch()
     while not go.exists():

@@ -31,7 +31,6 @@ def test_every_planned_command_parses_here(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from benchmarks.kernels import parse_args as kernels_args
-    from harness import cost, extrapolate  # noqa: F401 - registers the config schemas
     for plan_name, plan in _plans(tmp_path):
         names = [s.name for s in plan]
         assert set(MEASURING) <= set(names) and "pytest_gpu" in names, plan_name

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from harness import cost  # noqa: F401 - registers the config schemas
 from tests.paths import CONF
 
 
@@ -26,7 +25,9 @@ def test_slurm_presets_compose_with_overrides(preset, gpus):
 def test_sacct_bypass_warning_is_dropped_and_others_kept(caplog):
     import logging
 
-    from harness import cost  # noqa: F401 - the apps install the filter at import
+    from harness.cluster import prepare_launchers
+
+    prepare_launchers()  # what each app's main() does before any launcher runs
 
     logger = logging.getLogger("submitit")
     with caplog.at_level(logging.WARNING, logger="submitit"):
@@ -36,12 +37,15 @@ def test_sacct_bypass_warning_is_dropped_and_others_kept(caplog):
 
 
 def test_torch_backends_pickles_by_name():
-    # submitit cloudpickles `python -m harness.extrapolate`'s main by value; it reaches torch.backends.
+    # submitit cloudpickles `python -m harness.extrapolate`'s task function by value; it reaches
+    # torch.backends.
     import pickle
 
     import cloudpickle
     import torch
 
-    from harness import cost  # noqa: F401 - the apps register the reducer at import
+    from harness.cluster import prepare_launchers
+
+    prepare_launchers()  # what each app's main() does before any launcher runs
 
     assert pickle.loads(cloudpickle.dumps(torch.backends)) is torch.backends

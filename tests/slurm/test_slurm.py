@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.collect import collect
+from harness.report.collect import collect
 from harness.results import load_rows
 from tests.paths import ROOT
 
@@ -99,7 +99,7 @@ def test_cost_sweep_returns_every_point_exactly_once(tmp_path, job_name):
     tasks = _array_tasks(sweep)
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, tasks
     assert "Bypassing sacct error" not in out  # harness.cluster keeps submitit quiet without accounting
-    # harness.collect merges the one results_dir.
+    # harness.report.collect merges the one results_dir.
     parquet, _, n = collect(results, tmp_path / "merged")
     assert n == 4 and len(pd.read_parquet(parquet)) == 4
 

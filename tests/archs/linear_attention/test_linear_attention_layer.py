@@ -43,7 +43,7 @@ def test_forward_equals_steps_equals_two_prefills(backend, variant):
 
 
 @pytest.mark.parametrize("decay", ["none", "gated"])
-def test_naive_and_chunked_backends_agree_with_gradients(decay):
+def test_ref_and_chunked_backends_agree_with_gradients(decay):
     x = _x()
     outs = []
     for backend in ("ref", "chunked"):

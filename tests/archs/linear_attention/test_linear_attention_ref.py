@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from archs.linear_attention import fused
 from archs.linear_attention.chunked import linear_attn_chunked
 from archs.linear_attention.ref import (
-    linear_attn_naive,
+    linear_attn_quadratic,
     linear_attn_recurrent,
     linear_attn_step,
     retnet_log_decay,
@@ -19,7 +19,7 @@ from archs.linear_attention.ref import (
 
 B, H, DK, DV, CHUNK = 2, 3, 5, 4, 8
 FORMS = {
-    "naive": linear_attn_naive,
+    "quadratic": linear_attn_quadratic,
     "chunked": functools.partial(linear_attn_chunked, chunk_size=CHUNK),
 }
 LENGTHS = [1, 2 * CHUNK, 2 * CHUNK + 5]  # L = 1, a multiple of the chunk, and not
@@ -158,7 +158,7 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="initial_state must be"):
         linear_attn_chunked(q, k, v, None, torch.zeros(B, H, DK, DV))  # missing z column
     with pytest.raises(ValueError, match="expected q, k"):
-        linear_attn_naive(q, k[:, :, :1], v)
+        linear_attn_quadratic(q, k[:, :, :1], v)
 
 
 def test_fast_without_fla_names_the_install(monkeypatch):

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from archs.mamba2 import fused
 from archs.mamba2.chunked import ssd_chunked
-from archs.mamba2.ref import segsum, ssd_naive, ssd_recurrent, ssd_step
+from archs.mamba2.ref import segsum, ssd_quadratic, ssd_recurrent, ssd_step
 
 BATCH, H, P, G, N, CHUNK = 2, 4, 3, 2, 5, 8
-FORMS = {"naive": ssd_naive, "chunked": functools.partial(ssd_chunked, chunk_size=CHUNK)}
+FORMS = {"quadratic": ssd_quadratic, "chunked": functools.partial(ssd_chunked, chunk_size=CHUNK)}
 LENGTHS = [1, 2 * CHUNK, 2 * CHUNK + 5]  # L = 1, a multiple of the chunk, and not
 
 
@@ -130,7 +130,7 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="dt must be"):
         ssd_chunked(x, dt[:, :2], A, B, C)
     with pytest.raises(ValueError, match="multiple of groups"):
-        ssd_naive(x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1))
+        ssd_quadratic(x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1))
     with pytest.raises(ValueError, match="initial_state must be"):
         ssd_recurrent(x, dt, A, B, C, D, torch.zeros(BATCH, H, N, P))
 

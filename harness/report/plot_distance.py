@@ -1,5 +1,5 @@
 """Accuracy against trigger distance: the figure beside accuracy against length
-(``harness.plot`` draws it as ``accuracy_vs_distance`` wherever such rows exist).
+(``harness.report.plot`` draws it as ``accuracy_vs_distance`` wherever such rows exist).
 
 "Accuracy at length L" with the trigger placed at random mixes every distance up to L;
 rows evaluated with ``eval.trigger_distances`` fix the distance d between the trigger and
@@ -8,28 +8,24 @@ This module draws those rows: accuracy against d (log2 axis), one panel per curv
 colour per evaluation length, the mean over seeds in bold and each seed as a thin line
 (a study has a handful of seeds: their spread is the finding), a dashed line at
 the longest distance a training sequence can hold (train_seq_len - 1). Rows without a
-distance (the length axis) make the length figures; ``harness.series.split_distance_rows``
+distance (the length axis) make the length figures; ``harness.report.series.split_distance_rows``
 is the split both use, so a length figure never averages over fixed-distance rows.
 One figure per task and training length: ``accuracy_vs_distance[_<n>]``. A panel whose
 curve includes a model that did not finish or converge training is titled †, its points
-get hollow diamonds and the figure a footnote (harness.plot_marks).
+get hollow diamonds and the figure a footnote (harness.report.plot_marks).
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.plot_marks import UNFINISHED_MARKER, footnote_unfinished, mark_unfinished
-from harness.series import extrapolation_groups, format_length, series_names, split_distance_rows, training_notes
-from harness.results import load_rows
+from harness.report.plot_marks import UNFINISHED_MARKER, footnote_unfinished, mark_unfinished
+from harness.report.series import (extrapolation_groups, format_length, series_names, split_distance_rows,
+                                   training_notes)
 
 
 def distance_figure(rows: pd.DataFrame, palette: dict, title: str = "") -> Figure:

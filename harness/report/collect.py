@@ -1,6 +1,6 @@
 """Merge per-point result files into one table: ``results.parquet`` and ``results.csv``.
 
-    python -m harness.collect RESULTS_DIR [--out OUT_DIR]
+    python -m harness.report.collect RESULTS_DIR [--out OUT_DIR]
 
 Reads every point file below RESULTS_DIR (``harness.results.load_rows``: every row is
 validated; a rejected file or line is named with its line number and the exit status is 1),

@@ -1,7 +1,7 @@
 """Training curves: the loss against the step, from the ``<checkpoint>.history.csv`` file
 the extrapolation app writes beside every trained model (also when training diverged).
 
-    python -m harness.plot_history RESULTS_DIR --checkpoints CKPT_DIR [--by train_warmup_steps] [--out OUT]
+    python -m harness.report.plot_history RESULTS_DIR --checkpoints CKPT_DIR [--by train_warmup_steps] [--out OUT]
 
 The result rows say which run each file belongs to (its ``label`` and ``train_key`` name
 the file) and what was varied (any row column, e.g. ``train_warmup_steps``); one panel per
@@ -21,7 +21,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from harness.results import load_rows
-from harness.series import series_names
+from harness.report.series import series_names
 
 FIGURE = "training_loss"
 
@@ -78,14 +78,15 @@ def history_figure(curves: pd.DataFrame, palette: dict, by: Sequence[str] = (), 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.plot_history", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.report.plot_history",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", help="directory of the runs' result files")
     parser.add_argument("--checkpoints", required=True, help="the runs' checkpoint_dir (holds *.history.csv)")
     parser.add_argument("--by", action="append", default=[], help="a row column: one panel per value (repeatable)")
     parser.add_argument("--title", default="")
     parser.add_argument("--out", default=None, help="output directory (default: results_dir)")
     args = parser.parse_args(argv)
-    from harness.plot import _save, series_palette
+    from harness.report.plot import _save, series_palette
 
     rows = load_rows(args.results_dir)
     missing = [c for c in args.by if c not in rows.columns]

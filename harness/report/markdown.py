@@ -1,13 +1,13 @@
-"""``report.md``: the tables behind the figures (written by ``harness.plot``).
+"""``report.md``: the tables behind the figures (written by ``harness.report.plot``).
 
 Sections: provenance (experiments, devices, commits), what the conformance suite checked
 for each architecture, figures, status counts, scaling exponents with 95% CIs and the
 fitted range, crossover lengths with their intervals ("not resolved" where the data
-cannot place them: harness.fit), failed points with their reasons, and the extrapolation
+cannot place them: harness.report.fit), failed points with their reasons, and the extrapolation
 tables (architecture x evaluation length, and x trigger distance): the mean over seeds
 with its 95% confidence interval (Student's t over seeds) and the number of seeds when
 there are several. A curve with rows from a model whose training did not finish or did
-not converge is marked † and footnoted (harness.series.training_notes).
+not converge is marked † and footnoted (harness.report.series.training_notes).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import pandas as pd
 
 from harness.conformance import conformance_note
 from harness.conformance.plan import coverage, coverage_brief
-from harness.fit import MAX_CI_HALF_WIDTH, MIN_R2, crossover_table, fit_exponent, t_quantile_975
+from harness.report.fit import MAX_CI_HALF_WIDTH, MIN_R2, crossover_table, fit_exponent, t_quantile_975
 from harness.results import atomic_write
-from harness.series import (
+from harness.report.series import (
     EXTRAPOLATION_METRICS, SERIES_KEYS, UNFINISHED, Y_LABELS, by_series, extrapolation_groups, format_length,
     registry_names, series_names, several_budgets, split_distance_rows, split_kinds, training_budget,
     training_notes,

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from harness.series import SERIES_KEYS, by_series, curve_labels  # noqa: F401 - one series identity
+from harness.report.series import SERIES_KEYS, by_series, curve_labels  # noqa: F401 - one series identity
 
 # Why 4: the asymptotic exponent shows at long lengths; short ones are dominated by
 # fixed overheads (launches, Python) that flatten the slope.

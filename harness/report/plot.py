@@ -1,6 +1,6 @@
 """Figures and a markdown report from result files (and nothing else).
 
-    python -m harness.plot RESULTS_DIR [--out OUT_DIR]
+    python -m harness.report.plot RESULTS_DIR [--out OUT_DIR]
 
 Reads the point files with ``harness.results.load_rows`` and writes PNG + SVG figures
 to ``OUT_DIR/figures`` and ``OUT_DIR/report.md`` (OUT_DIR defaults to RESULTS_DIR).
@@ -12,7 +12,7 @@ evaluation length (log2 axis), a dashed line at the training length, the mean an
 95% band over seeds. Points that failed (oom, timeout, error, skipped, diverged) are
 drawn as × at the bottom edge of their panel, and listed in the report; points from a
 model whose training did not finish or did not converge get a hollow diamond and the
-figure a footnote naming the runs and why (harness.plot_marks).
+figure a footnote naming the runs and why (harness.report.plot_marks).
 
 Which figures: each experiment declares them (``figures: [...]`` in its config, from
 ``harness.config.FIGURES``; every row records it) and exactly those are drawn; rows
@@ -37,13 +37,13 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
-from harness.fit import PowerFit, fit_power_law
-from harness.plot_budget import budget_figures
-from harness.plot_distance import distance_figures
-from harness.plot_marks import UNFINISHED_LEGEND, footnote_unfinished, mark_failures, mark_unfinished
-from harness.report import write_report
+from harness.report.fit import PowerFit, fit_power_law
+from harness.report.plot_budget import budget_figures
+from harness.report.plot_distance import distance_figures
+from harness.report.plot_marks import UNFINISHED_LEGEND, footnote_unfinished, mark_failures, mark_unfinished
+from harness.report.markdown import write_report
 from harness.results import results_dir_cli
-from harness.series import (  # noqa: F401 - re-used names of the figures' API
+from harness.report.series import (  # noqa: F401 - re-used names of the figures' API
     EXTRAPOLATION_METRICS, UNFINISHED, X_LABEL, Y_LABELS, by_series, extrapolation_groups, format_bytes,
     format_length, largest_budget, series_names, several_budgets, split_distance_rows, split_kinds,
     training_notes,
@@ -119,7 +119,7 @@ def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
 
 
 def _curve_label(name: str, backend: str, n_backends: int, fit: PowerFit | None) -> str:
-    """'mamba (∝ L^1.04±0.09)', or '(∝ L^0.31, not resolved)' (harness.fit's rules)."""
+    """'mamba (∝ L^1.04±0.09)', or '(∝ L^0.31, not resolved)' (harness.report.fit's rules)."""
     label = f"{name} [{backend}]" if n_backends > 1 else name
     if fit is None or not math.isfinite(fit.slope):
         return label

@@ -1,5 +1,5 @@
 """A metric against the training budget, beside the metric against evaluation length
-(``harness.plot`` draws it as ``extrapolation_vs_train_tokens`` wherever a curve was
+(``harness.report.plot`` draws it as ``extrapolation_vs_train_tokens`` wherever a curve was
 trained at several budgets, e.g. a multirun over ``train.steps``).
 
 Left: the metric at the training length against the tokens each run trained on (log
@@ -15,8 +15,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from harness.series import (Y_LABELS, extrapolation_groups, format_length, largest_budget, series_names,
-                            several_budgets, training_budget)
+from harness.report.series import (Y_LABELS, extrapolation_groups, format_length, largest_budget, series_names,
+                                   several_budgets, training_budget)
 
 def _metric(ext: pd.DataFrame) -> str:
     return "bpb" if "bpb" in ext.columns and ext["bpb"].notna().any() else "loss"
@@ -25,8 +25,8 @@ def _metric(ext: pd.DataFrame) -> str:
 def budget_figure(rows: pd.DataFrame, palette: dict, title: str) -> Figure:
     metric = _metric(rows)
     ok = rows[rows["status"] == "ok"].assign(series=series_names(rows[rows["status"] == "ok"]),
-                                              budget=training_budget(rows[rows["status"] == "ok"]),
-                                              eval_seq_len=lambda d: pd.to_numeric(d["eval_seq_len"]))
+                                             budget=training_budget(rows[rows["status"] == "ok"]),
+                                             eval_seq_len=lambda d: pd.to_numeric(d["eval_seq_len"]))
     order = [n for n in palette if n in set(ok["series"])]
     n_seeds = ok["seed"].nunique() if "seed" in ok.columns and not ok.empty else 1
     fig = Figure(figsize=(11.5, 4.4), layout="constrained")

@@ -1,9 +1,9 @@
-"""Marks that keep a figure from hiding how its points were obtained (used by harness.plot
-and harness.plot_distance):
+"""Marks that keep a figure from hiding how its points were obtained (used by harness.report.plot
+and harness.report.plot_distance):
 
 * a failed point (oom, timeout, error, skipped, diverged) is an × at the bottom edge;
 * a point from a model whose training did not finish or did not converge (stopped by its
-  time budget, short of its target accuracy: ``harness.series.training_flags``) gets a
+  time budget, short of its target accuracy: ``harness.report.series.training_flags``) gets a
   hollow diamond around it, and the figure a footnote saying which runs and why - so a
   model stopped after 31 of 1,500 steps does not read as "this architecture cannot".
 """
@@ -14,7 +14,7 @@ import textwrap
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.series import series_names, training_flags, training_notes
+from harness.report.series import series_names, training_flags, training_notes
 
 FAILED_MARKER = "x"
 UNFINISHED_MARKER = "D"
