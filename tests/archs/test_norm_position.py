@@ -92,14 +92,10 @@ def test_bad_norm_position_is_a_clear_error():
 
 
 def test_one_default_restated_by_the_schema_and_the_app_configs():
-    from hydra import compose, initialize_config_dir
-
-    from harness import cost, extrapolate  # noqa: F401 - registers the schemas
     from harness.config import ModelConfig
-    from tests.paths import CONF
+    from tests.apps import compose
 
     default = next(f.default for f in dataclasses.fields(LMConfig) if f.name == "norm_position")
     assert default == "pre" == ModelConfig().norm_position
     for app in ("cost", "extrapolate"):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            assert compose(app).model.norm_position == default, app
+        assert compose(app).model.norm_position == default, app

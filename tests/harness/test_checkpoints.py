@@ -19,13 +19,13 @@ import torch
 from harness import extrapolate
 from harness.checks import _module_files, code_fingerprint
 from harness.train import CheckpointError
-from tests.apps import EXTRAP, compose
+from tests.apps import EXTRAP_SMOKE, compose
 from tests.paths import ROOT
 
 
 def _cfg(tmp_path, *overrides, arch="lstm"):
-    return compose([*EXTRAP, f"results_dir={tmp_path / 'r'}", f"checkpoint_dir={tmp_path / 'ck'}",
-                    f"arch={arch}", *overrides], "extrapolate")
+    return compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path / 'r'}",
+                   f"checkpoint_dir={tmp_path / 'ck'}", f"arch={arch}", *overrides)
 
 
 # --- a final update that blows the model up --------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 from harness import cost
 from harness.results import load_rows, make_row
 from harness.sweep import Claims, Point, SweepSettings, run_points
-from tests.apps import SMOKE, compose
+from tests.apps import COST_SMOKE, compose
 from tests.paths import ROOT
 
 HOUR = 3600.0
@@ -219,7 +219,7 @@ def test_a_claim_stale_s_that_makes_no_sense_is_refused(tmp_path, bad):
 
 
 def test_a_negative_claim_stale_s_fails_before_compute(tmp_path):
-    cfg = compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "claim_stale_s=-5"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "claim_stale_s=-5")
     with pytest.raises(ValueError, match="claim_stale_s=-5"):
         cost.run(cfg)
     assert not list(tmp_path.iterdir())

@@ -27,9 +27,7 @@ from harness.results import (ResultStore, atomic_write_group, finish_group, load
 from harness.sweep import Claims
 from harness.train import CheckpointError, load_checkpoint
 
-from tests.apps import EXTRAP, SMOKE
-from tests.apps import cli as _cli
-from tests.apps import compose as _compose
+from tests.apps import COST_SMOKE, EXTRAP_SMOKE, cli, compose
 from tests.paths import ROOT
 
 
@@ -41,16 +39,16 @@ def _sums(folder: Path) -> dict[str, str]:
 
 def test_memory_cap_does_not_leak_into_the_next_job_and_is_in_the_key(tmp_path):
     res = tmp_path / "res"
-    args = ["-m", "arch=transformer_math", *SMOKE, "bench.seq_lens=[4096]", "bench.modes=[forward]",
+    args = ["-m", "arch=transformer_math", *COST_SMOKE, "bench.seq_lens=[4096]", "bench.modes=[forward]",
             "bench.cpu_memory_limit_gb=0.4,null", f"results_dir={res}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
-    out, _ = _cli("cost", args, tmp_path).communicate(timeout=240)
+    out, _ = cli("cost", args, tmp_path).communicate(timeout=240)
     df = load_rows(res)
     by_cap = {(None if pd.isna(c) else c): s for c, s in zip(df["cpu_memory_limit_gb"], df["status"])}
     assert by_cap == {0.4: "oom", None: "ok"}, out[-3000:]
     assert df["point_key"].nunique() == 2  # the cap is part of the resume key
     before = _sums(res)
     # Without force, the uncapped request reuses the uncapped row only (nothing re-measured).
-    out, _ = _cli("cost", args[1:7] + ["bench.cpu_memory_limit_gb=null", f"results_dir={res}"],
+    out, _ = cli("cost", args[1:7] + ["bench.cpu_memory_limit_gb=null", f"results_dir={res}"],
                   tmp_path).communicate(timeout=240)
     assert _sums(res) == before, out[-2000:]
 
@@ -59,8 +57,8 @@ def test_limits_are_restored_after_run(tmp_path):
     import resource
 
     before = resource.getrlimit(resource.RLIMIT_DATA)
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]",
-                    "bench.seq_lens=[16]", "bench.cpu_memory_limit_gb=64", "bench.threads=1"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]",
+                  "bench.seq_lens=[16]", "bench.cpu_memory_limit_gb=64", "bench.threads=1")
     threads = torch.get_num_threads()
     cost.run(cfg)
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
@@ -68,17 +66,18 @@ def test_limits_are_restored_after_run(tmp_path):
 
 
 def test_time_budget_is_in_the_key(tmp_path):
-    base = [*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
-    cost.run(_compose([*base, "bench.time_budget_s=1e-6"]))
-    df = cost.run(_compose(base))
+    base = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
+    cost.run(compose("cost", *base, "bench.time_budget_s=1e-6"))
+    df = cost.run(compose("cost", *base))
     assert sorted(df["status"]) == ["ok", "timeout"]  # the generous budget measured again
 
 
 # --- 2. corrupt / truncated point files ---------------------------------------------------
 
 def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
-    args = [*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16,24,32]"]
-    cost.run(_compose(args))
+    args = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]",
+            "bench.seq_lens=[16,24,32]"]
+    cost.run(compose("cost", *args))
     files = point_files(tmp_path)
     assert len(files) == 3
     truncated, garbage, intact = files
@@ -86,7 +85,7 @@ def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
     garbage.write_bytes(b"\x00\xff\xfe binary garbage")
     intact_sum = hashlib.sha256(intact.read_bytes()).hexdigest()
     with pytest.warns(RuntimeWarning, match="corrupt result file"):
-        df = cost.run(_compose(args))
+        df = cost.run(compose("cost", *args))
     assert len(df) == 3 and set(df["status"]) == {"ok"}
     assert hashlib.sha256(intact.read_bytes()).hexdigest() == intact_sum  # not re-measured
     for bad in (truncated, garbage):
@@ -99,8 +98,8 @@ def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
 
 @pytest.mark.parametrize("kind,status", [("oom", "oom"), ("error", "error")])
 def test_training_failure_becomes_a_row_for_every_eval_length(tmp_path, failing_arch, kind, status):
-    cfg = _compose([*EXTRAP, f"results_dir={tmp_path}", f"checkpoint_dir={tmp_path / 'ck'}",
-                    "eval.seq_lens=[32,64,128]"], "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}",
+                  f"checkpoint_dir={tmp_path / 'ck'}", "eval.seq_lens=[32,64,128]")
     cfg.arch = {"name": failing_arch, "fail_at": 8, "kind": kind}
     df = extrapolate.run(cfg)
     assert sorted(df["eval_seq_len"]) == [32, 64, 128]
@@ -175,7 +174,7 @@ def test_collect_files_agree_after_a_rerun(tmp_path):
 # --- 5. checks before compute ---------------------------------------------------------------
 
 def test_plus_added_unknown_key_is_rejected(tmp_path):
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "+bench.seq_lenz=[999]"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "+bench.seq_lenz=[999]")
     with pytest.raises(ValueError, match=r"bench\.seq_lenz.*did you mean bench\.seq_lens"):
         cost.run(cfg)
     assert not list(tmp_path.iterdir())
@@ -185,26 +184,26 @@ def test_results_dir_that_is_a_file_and_bad_device_fail_clearly(tmp_path):
     a_file = tmp_path / "f"
     a_file.write_text("x")
     with pytest.raises(ValueError, match="results_dir=.* is a file"):
-        cost.run(_compose([*SMOKE, f"results_dir={a_file}", "arch=lstm"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={a_file}", "arch=lstm"))
     with pytest.raises(ValueError, match="cannot be written"):
-        cost.run(_compose([*SMOKE, f"results_dir={a_file / 'sub'}", "arch=lstm"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={a_file / 'sub'}", "arch=lstm"))
     with pytest.raises(ValueError, match="device='tpu'.*use device=auto"):
-        cost.run(_compose([*SMOKE, f"results_dir={tmp_path / 'r'}", "arch=lstm", "device=tpu"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={tmp_path / 'r'}", "arch=lstm", "device=tpu"))
 
 
 def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path, monkeypatch):
     a_file = tmp_path / "ck"
     a_file.write_text("x")
     monkeypatch.setattr(extrapolate, "train", lambda *a, **k: pytest.fail("trained before the check"))
-    cfg = _compose([*EXTRAP, f"results_dir={tmp_path / 'r'}", f"checkpoint_dir={a_file}", "arch=lstm"],
-                   "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path / 'r'}",
+                  f"checkpoint_dir={a_file}", "arch=lstm")
     with pytest.raises(ValueError, match="checkpoint_dir=.* is a file"):
         extrapolate.run(cfg)
 
 
 def test_truncated_checkpoint_names_file_and_force(tmp_path):
-    cfg = _compose([*EXTRAP, f"results_dir={tmp_path / 'r'}", f"checkpoint_dir={tmp_path / 'ck'}",
-                    "arch=lstm", "eval.seq_lens=[32]"], "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path / 'r'}",
+                  f"checkpoint_dir={tmp_path / 'ck'}", "arch=lstm", "eval.seq_lens=[32]")
     extrapolate.run(cfg)
     (ckpt,) = (tmp_path / "ck").glob("*.pt")
     ckpt.write_bytes(ckpt.read_bytes()[:100])
@@ -237,9 +236,9 @@ def test_plugin_calling_sys_exit_is_a_plugin_error(monkeypatch):
 
 def test_two_sweeps_into_one_folder_measure_every_point_once(tmp_path):
     res = tmp_path / "res"
-    args = [*SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward,decode]",
+    args = [*COST_SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward,decode]",
             "bench.seq_lens=[16,24,32,40,48,56]", "bench.min_run_time=0.2"]
-    procs = [_cli("cost", args, tmp_path) for _ in range(2)]
+    procs = [cli("cost", args, tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     measured = [re.findall(r"\[harness\.sweep\]\[INFO\] - (\w+ L=\d+): ok", out) for out in outs]
@@ -281,8 +280,8 @@ def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
 
 
 def test_training_key_includes_model_and_task_code(tmp_path):
-    cfg = extrapolate._as_schema(_compose([*EXTRAP, f"results_dir={tmp_path}", "arch=lstm",
-                                           "checkpoint_dir=null"], "extrapolate"))
+    cfg = extrapolate._as_schema(compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1",
+                                         f"results_dir={tmp_path}", "arch=lstm", "checkpoint_dir=null"))
     exp = extrapolate.Experiment(cfg)
     assert exp.train_settings["code"] == code_fingerprint(exp.model, exp.task)
     files = {p.name for p in __import__("harness.checks", fromlist=["x"])._module_files(
@@ -295,9 +294,9 @@ def test_training_key_includes_model_and_task_code(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
 def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
     res = tmp_path / "res"
-    args = [*SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward]",
+    args = [*COST_SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward]",
             "bench.seq_lens=[16,24,32,40]", "bench.min_run_time=1.0", "bench.warmup=1"]
-    proc = _cli("cost", args, tmp_path)
+    proc = cli("cost", args, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and not list(res.glob("*.jsonl")):
         time.sleep(0.05)
@@ -311,7 +310,7 @@ def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
     assert len(rows) < 4 and not (res / ".claims").exists()  # the rest: unclaimed, no rows
     if sig == signal.SIGUSR2:
         return  # the re-run is the same for both signals
-    out, _ = _cli("cost", args, tmp_path).communicate(timeout=240)
+    out, _ = cli("cost", args, tmp_path).communicate(timeout=240)
     rows = load_rows(res)
     assert len(rows) == 4 and set(rows["status"]) == {"ok"} and rows["point_key"].is_unique, out[-3000:]
 
@@ -321,14 +320,14 @@ def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
 def test_declared_figures_are_recorded_and_drawn(tmp_path):
     from harness.plot import cost_figures, declared_figures
 
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward,decode]",
-                    "bench.seq_lens=[16,32]", "figures=[time_vs_length]"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward,decode]",
+                  "bench.seq_lens=[16,32]", "figures=[time_vs_length]")
     df = cost.run(cfg)
     assert declared_figures(df) == {"time_vs_length"}
     assert list(cost_figures(df)) == ["time_vs_length"]
     assert {"time_vs_length", "decode_vs_context"} <= set(cost_figures(df.drop(columns="figures")))
     with pytest.raises(ValueError, match="unknown figure"):
-        cost.run(_compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "figures=[nope]"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "figures=[nope]"))
 
 
 def test_stop_signal_during_training_is_the_first_points_timeout_row(tmp_path):

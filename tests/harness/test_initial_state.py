@@ -188,21 +188,17 @@ def test_identity_ignores_new_options_at_their_defaults():
 def test_committed_results_keep_their_training_keys(tmp_path):
     # The new TrainConfig fields and task knob stay out of the key at their defaults, so
     # the committed checkpoints and rows are still found by a re-run.
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
     from harness import extrapolate
     from harness.results import load_rows
+    from tests.apps import compose
+    from tests.paths import ROOT
 
-    root = Path(__file__).resolve().parents[2]
-    committed = root / "results" / "cpu" / "extrapolation" / "induction"
+    committed = ROOT / "results" / "cpu" / "extrapolation" / "induction"
     if not committed.is_dir():
         pytest.skip("no committed induction results in this checkout")
     rows = load_rows(committed)
-    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
-        cfg = compose("extrapolate", overrides=["experiment=induction_extrapolation", "arch=induction/mamba",
-                                                "train.seed=0", f"results_dir={tmp_path}"])
+    cfg = compose("extrapolate", "experiment=induction_extrapolation", "arch=induction/mamba", "train.seed=0",
+                  f"results_dir={tmp_path}")
     experiment = extrapolate.Experiment(extrapolate._as_schema(cfg))
     mine = rows[(rows["label"] == "mamba") & (rows["seed"] == 0)]
     # The key now also hashes the model's and task's source code (issue 10): leave that part

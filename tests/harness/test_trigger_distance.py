@@ -1,16 +1,13 @@
 """The trigger-distance knob of the tasks and the evaluation axis over distances (issue 11)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from harness import extrapolate
 from harness.tasks import IGNORE_INDEX, get_task, list_tasks
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from tests.apps import EXTRAP_SMOKE, compose, run_extrapolate
 
 
 def _gen(seed=0):
@@ -92,20 +89,11 @@ def test_tasks_without_the_knob_refuse_it_by_name():
         get_task("mqar").at_distance(10)
 
 
-SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16", "arch=lstm"]
-
-
-def _compose(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("extrapolate", overrides=overrides)
-
-
 def test_eval_axis_writes_one_row_per_length_and_distance(tmp_path):
-    common = [*SMOKE, f"results_dir={tmp_path / 'res'}", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    plain = extrapolate.run(_compose(common))
+    plain = run_extrapolate(tmp_path, "arch=lstm")
     keys_before = set(plain["point_key"])
     # eval=smoke evaluates at 32 and 64; distance 40 fits only in 64.
-    rows = extrapolate.run(_compose([*common, "eval.trigger_distances=[2,20,40]"]))
+    rows = run_extrapolate(tmp_path, "arch=lstm", "eval.trigger_distances=[2,20,40]")
     distance = rows["trigger_distance"].fillna(-1).astype(int)  # -1: the task's own placement
     got = sorted(zip(rows["eval_seq_len"].astype(int), distance))
     assert got == sorted([(32, -1), (64, -1), (32, 2), (64, 2), (32, 20), (64, 20), (64, 40)])
@@ -126,17 +114,18 @@ def test_eval_axis_evaluates_the_task_at_each_distance(tmp_path, monkeypatch):
         return real(model, task, seq_len, **kw)
 
     monkeypatch.setattr(extrapolate, "evaluate", recording)
-    extrapolate.run(_compose([*SMOKE, f"results_dir={tmp_path / 'res'}", "checkpoint_dir=null",
-                              "eval.trigger_distances=[3,50]"]))
+    run_extrapolate(tmp_path, "arch=lstm", "checkpoint_dir=null", "eval.trigger_distances=[3,50]")
     # The length axis (the task as configured), then each distance where it fits.
     assert seen == [(32, None), (64, None), (32, 3), (64, 3), (64, 50)]
 
 
 def test_eval_axis_refuses_a_task_without_the_knob(tmp_path):
-    cfg = _compose([*SMOKE, "task=mqar", "eval.trigger_distances=[8]", f"results_dir={tmp_path}"])
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "arch=lstm", "task=mqar", "eval.trigger_distances=[8]",
+                  f"results_dir={tmp_path}")
     with pytest.raises(ValueError, match="mqar has no trigger_distance knob"):
         extrapolate.run(cfg)
-    cfg = _compose([*SMOKE, "eval.trigger_distances=[1]", f"results_dir={tmp_path}"])
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "arch=lstm", "eval.trigger_distances=[1]",
+                  f"results_dir={tmp_path}")
     with pytest.raises(ValueError, match="trigger_distance must be an int >= 2"):
         extrapolate.run(cfg)
 
