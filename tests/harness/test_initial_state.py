@@ -8,17 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archs import arch_info, create_arch, list_archs
+from archs import list_archs
 from harness.tasks import get_task
 from harness.train import (InitialStates, TrainConfig, check_initial_state_support, identity_settings,
                            make_optimizer, map_state, set_threads, train)
 
+from tests.tiny import tiny_model
+
 VOCAB = 11
 
 
-def _tiny(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return create_arch(name, vocab_size=VOCAB, **arch_info(name).tiny)
+def _tiny(name: str):
+    return tiny_model(name, VOCAB)
 
 
 def _accepts(model) -> bool:

@@ -10,18 +10,18 @@ import signal
 import pytest
 import torch
 
-from archs import arch_info, create_arch
 from harness.sweep import Terminated, stop_signals_raise
 from harness.tasks import get_task
 from harness.train import TrainConfig, train
+
+from tests.tiny import tiny_model
 
 VOCAB = 11
 TASK = dict(name="induction_heads", vocab=VOCAB - 1)
 
 
 def _model(name: str = "mamba"):
-    torch.manual_seed(0)
-    return create_arch(name, vocab_size=VOCAB, **arch_info(name).tiny)
+    return tiny_model(name, VOCAB)
 
 
 class SignalAt:

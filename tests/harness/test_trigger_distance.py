@@ -8,16 +8,13 @@ from harness import extrapolate
 from harness.tasks import IGNORE_INDEX, get_task, list_tasks
 
 from tests.apps import EXTRAP_SMOKE, compose, run_extrapolate
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+from tests.tiny import gen
 
 
 @pytest.mark.parametrize("seq_len,d", [(3, 2), (32, 2), (32, 17), (32, 31), (300, 250)])
 def test_induction_distance_places_the_trigger_exactly(seq_len, d):
     task = get_task("induction_heads", vocab=8, trigger_distance=d)
-    b = task.sample(16, seq_len, _gen())
+    b = task.sample(16, seq_len, gen())
     s = task.special_token
     first = (b.inputs == s).int().argmax(dim=1)  # the first S of every row
     assert (first == seq_len - 1 - d).all()
@@ -31,9 +28,9 @@ def test_induction_distance_places_the_trigger_exactly(seq_len, d):
 def test_induction_distance_limits_and_exclusions():
     task = get_task("induction_heads", trigger_distance=100)
     assert task.min_len() == 101
-    task.sample(2, 101, _gen())
+    task.sample(2, 101, gen())
     with pytest.raises(ValueError, match="seq_len=100 is shorter than min_len=101"):
-        task.sample(2, 100, _gen())
+        task.sample(2, 100, gen())
     with pytest.raises(ValueError, match="trigger_distance must be an int >= 2"):
         get_task("induction_heads", trigger_distance=1)
     with pytest.raises(ValueError, match="set only one"):
@@ -44,15 +41,15 @@ def test_unset_distance_keeps_params_and_samples():
     # Hashes of earlier runs include task.params(): the unset knob must not appear there.
     assert "trigger_distance" not in get_task("induction_heads").params()
     assert get_task("induction_heads", trigger_distance=5).params()["trigger_distance"] == 5
-    a = get_task("induction_heads").sample(4, 64, _gen(3))
-    b = get_task("induction_heads").at_distance(None).sample(4, 64, _gen(3))
+    a = get_task("induction_heads").sample(4, 64, gen(3))
+    b = get_task("induction_heads").at_distance(None).sample(4, 64, gen(3))
     assert torch.equal(a.inputs, b.inputs)
 
 
 @pytest.mark.parametrize("d", [4, 10, 29])
 def test_passkey_distance_is_key_to_query(d):
     task = get_task("passkey", n_digits=3, filler="random", trigger_distance=d)
-    b = task.sample(8, 32, _gen())
+    b = task.sample(8, 32, gen())
     query = 32 - 3
     assert (b.inputs[:, query] == task.QUERY).all()
     key = (b.inputs == task.KEY).int().argmax(dim=1)
@@ -70,7 +67,7 @@ def test_passkey_distance_is_key_to_query(d):
 def test_selective_copy_distance_is_first_datum_to_first_marker(n_data, d):
     task = get_task("selective_copy", n_data=n_data, trigger_distance=d)
     L = 40
-    b = task.sample(8, L, _gen())
+    b = task.sample(8, L, gen())
     body = L - n_data
     data_pos = (b.inputs[:, :body] != task.NOISE).int()
     first = data_pos.argmax(dim=1)

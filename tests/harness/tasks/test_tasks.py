@@ -30,6 +30,8 @@ from harness.tasks import (
     score_logits,
 )
 
+from tests.tiny import gen
+
 
 @pytest.fixture(scope="session")
 def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -51,10 +53,6 @@ def make_task(text_file: Path):
         return get_task(name, **kwargs)
 
     return make
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 ALL = list_tasks()
