@@ -11,13 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from harness import extrapolate
-from harness.checks import _module_files, code_fingerprint
 from harness.train import CheckpointError
 from tests.apps import EXTRAP_SMOKE, compose
 from tests.paths import ROOT
@@ -36,51 +34,6 @@ def test_a_model_blown_up_by_its_last_update_gives_diverged_rows(tmp_path):
     assert len(df) == 2 and set(df["status"]) == {"diverged"}, df[["status", "reason"]]
     assert all("non-finite" in reason for reason in df["reason"])
     assert not list((tmp_path / "ck").glob("*.pt"))  # a broken model is not kept for reuse
-
-
-# --- the code fingerprint follows every file the model uses -----------------------------------
-
-def _package(root: Path) -> None:
-    pkg = root / "fp_pkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "model.py").write_text(textwrap.dedent("""
-        import torch
-        from fp_pkg.kernels import scan
-
-        class M(torch.nn.Module):
-            def forward(self, x):
-                from fp_pkg.lazy import fused  # imported only when called
-                return scan(fused(x))
-    """))
-    (pkg / "kernels.py").write_text("from fp_pkg import deep\n\ndef scan(x):\n    return deep.step(x)\n")
-    (pkg / "deep.py").write_text("def step(x):\n    return x\n")
-    (pkg / "lazy.py").write_text("def fused(x):\n    return x\n")
-
-
-@pytest.mark.parametrize("edited", ["deep.py", "lazy.py", "kernels.py"])
-def test_editing_any_file_the_model_imports_changes_the_fingerprint(tmp_path, monkeypatch, edited):
-    _package(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in [m for m in sys.modules if m.startswith("fp_pkg")]:
-        monkeypatch.delitem(sys.modules, name)
-    import fp_pkg.model
-
-    before = code_fingerprint(fp_pkg.model.M())
-    with open(tmp_path / "fp_pkg" / edited, "a") as f:
-        f.write("# edited\n")
-    assert code_fingerprint(fp_pkg.model.M()) != before
-
-
-def test_the_fingerprint_of_a_built_in_covers_its_whole_family(tmp_path):
-    cfg = extrapolate._as_schema(_cfg(tmp_path, "checkpoint_dir=null", arch="mamba"))
-    exp = extrapolate.Experiment(cfg)
-    files = {str(p.relative_to(ROOT)) for p in _module_files([exp.model, *exp.model.modules(), exp.task])}
-    assert {"archs/mamba/chunked_blocks.py", "archs/mamba/ref.py", "archs/precision.py",
-            "archs/model.py", "harness/tasks/induction.py", "harness/tasks/base.py"} <= files
-    # ... and the builder that made it (archs/mamba/__init__.py) through code_fingerprint
-    assert "archs/mamba/__init__.py" in {str(p.relative_to(ROOT)) for p in _module_files(
-        [__import__("archs").arch_info("mamba").builder])}
 
 
 # --- a checkpoint says which run it belongs to --------------------------------------------------

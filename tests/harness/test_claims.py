@@ -247,3 +247,21 @@ def test_debris_of_killed_claimers_is_cleared(tmp_path):
     fresh.write_text("{}")
     run_points([Point("p")], _row, _row, SweepSettings(str(tmp_path), progress=False))
     assert not any(p.exists() for p in debris) and fresh.exists()
+
+
+def test_claims_of_dead_or_stale_owners_are_taken_over(tmp_path):
+    claims = Claims(tmp_path, stale_s=60)
+    claims.dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    claims.path("dead").write_text(json.dumps({"pid": dead.pid, "host": host, "time": time.time()}))
+    claims.path("live").write_text(json.dumps({"pid": os.getppid(), "host": host, "time": time.time()}))
+    claims.path("far").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
+    claims.path("old").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
+    os.utime(claims.path("old"), (time.time() - 120, time.time() - 120))  # its last heartbeat
+    assert claims.acquire("dead") and claims.acquire("old") and claims.acquire("new")
+    assert not claims.acquire("live") and not claims.acquire("far")
+    assert json.loads(claims.path("dead").read_text())["pid"] == os.getpid()
+    claims.release_all()
+    assert not claims.path("dead").exists() and claims.path("live").exists()

@@ -32,3 +32,12 @@ def test_collect_cli(results_dir, capsys):
     n_before = len(pd.read_csv(results_dir / "results.csv"))
     main([str(results_dir)])
     assert len(pd.read_csv(results_dir / "results.csv")) == n_before
+
+
+def test_collect_files_agree_after_a_rerun(tmp_path):
+    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=16, env={}), "k1")
+    collect(tmp_path)
+    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=32, env={}), "k2")
+    collect(tmp_path)
+    assert len(pd.read_csv(tmp_path / "results.csv")) == len(pd.read_parquet(tmp_path / "results.parquet")) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -1,6 +1,11 @@
-"""Fault injection (issue 10): every case that once lost, corrupted or silently reused data,
-reproduced with tiny sizes and asserted fixed - the row, the message, the re-measurement,
-the unchanged completed files."""
+"""Fault injection through the apps (issue 10): every case that once lost, corrupted or
+silently reused data, reproduced end to end with tiny sizes and asserted fixed - the row, the
+message, the re-measurement, the unchanged completed files.
+
+This is the one place for faults that cross modules (an app, its sweep, its results folder,
+its checkpoints). A fault of one module is tested in that module's file: test_sweep.py,
+test_claims.py, test_atomic.py, test_collect.py, test_fingerprint.py, test_checkpoints.py,
+test_prechecks.py (checks before compute); see tests/README.md."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +22,8 @@ import pandas as pd
 import pytest
 import torch
 
-from archs import _registry
-from harness import collect as collect_mod
 from harness import cost, extrapolate
-from harness.checks import code_fingerprint
-from harness.results import (ResultStore, atomic_write_group, finish_group, load_rows, make_row,
-                             point_files)
-from harness.sweep import Claims
+from harness.results import ResultStore, load_rows, make_row, point_files
 from harness.train import CheckpointError, load_checkpoint
 
 from tests.apps import COST_SMOKE, EXTRAP_SMOKE, cli, compose
@@ -110,7 +109,7 @@ def test_training_failure_becomes_a_row_for_every_eval_length(tmp_path, failing_
     assert set(extrapolate.run(cfg)["status"]) == {"ok"}
 
 
-# --- 4. collect / plot validate rows; collect's two files change together -------------------
+# --- 4. collect / plot validate rows ---------------------------------------------------------
 
 def _bad_results(folder: Path) -> dict[str, str]:
     store = ResultStore(folder)
@@ -136,39 +135,6 @@ def test_collect_and_plot_reject_bad_rows_by_file_and_line(tmp_path):
     assert len(pd.read_csv(tmp_path / "results.csv")) == 1
     assert len(pd.read_parquet(tmp_path / "results.parquet")) == 1
     assert "Status counts" in (tmp_path / "report.md").read_text()
-
-
-def test_collect_kill_leaves_both_tables_old_or_both_new(tmp_path, monkeypatch):
-    (tmp_path / "a.txt").write_text("old")
-    (tmp_path / "b.txt").write_text("old")
-    real_replace = os.replace
-    calls = []
-
-    def dying_replace(src, dst):  # the process "dies" after the first table is in place
-        calls.append(dst)
-        if str(dst).endswith("b.txt"):
-            raise KeyboardInterrupt("killed")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", dying_replace)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write_group(tmp_path, "g", {"a.txt": "new", "b.txt": "new"})
-    monkeypatch.setattr(os, "replace", real_replace)
-    finish_group(tmp_path, "g")  # what the next collect does first
-    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() == "new"
-    # A kill before the journal (the commit point) rolls back: both stay old.
-    (tmp_path / ".a.txt.g.new").write_text("newer")
-    finish_group(tmp_path, "g")
-    assert (tmp_path / "a.txt").read_text() == "new" and not list(tmp_path.glob(".*.new"))
-
-
-def test_collect_files_agree_after_a_rerun(tmp_path):
-    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=16, env={}), "k1")
-    collect_mod.collect(tmp_path)
-    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=32, env={}), "k2")
-    collect_mod.collect(tmp_path)
-    assert len(pd.read_csv(tmp_path / "results.csv")) == len(pd.read_parquet(tmp_path / "results.parquet")) == 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 # --- 5. checks before compute ---------------------------------------------------------------
@@ -218,20 +184,6 @@ def test_truncated_checkpoint_names_file_and_force(tmp_path):
         load_checkpoint(model, ckpt)
 
 
-def test_plugin_calling_sys_exit_is_a_plugin_error(monkeypatch):
-    class EP:
-        name, value = "exiting", "exiting_plugin:register"
-
-        def load(self):
-            return lambda: sys.exit(3)
-
-    monkeypatch.setattr(_registry, "entry_points", lambda group: [EP()])
-    monkeypatch.setattr(_registry, "_PLUGIN_ERRORS", {})
-    with pytest.warns(RuntimeWarning, match="exiting"):
-        _registry._load_plugins()
-    assert "SystemExit" in _registry._PLUGIN_ERRORS["exiting"]
-
-
 # --- 6. concurrent sweeps split the work via claims -----------------------------------------
 
 def test_two_sweeps_into_one_folder_measure_every_point_once(tmp_path):
@@ -246,47 +198,6 @@ def test_two_sweeps_into_one_folder_measure_every_point_once(tmp_path):
     assert sorted(everything) == sorted(set(everything)) and len(everything) == 12, outs
     assert all(measured), "both processes should have done part of the work"
     assert len(load_rows(res)) == 12 and not (res / ".claims").exists()
-
-
-def test_claims_of_dead_or_stale_owners_are_taken_over(tmp_path):
-    claims = Claims(tmp_path, stale_s=60)
-    claims.dir.mkdir(parents=True)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = socket.gethostname()
-    claims.path("dead").write_text(json.dumps({"pid": dead.pid, "host": host, "time": time.time()}))
-    claims.path("live").write_text(json.dumps({"pid": os.getppid(), "host": host, "time": time.time()}))
-    claims.path("far").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
-    claims.path("old").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
-    os.utime(claims.path("old"), (time.time() - 120, time.time() - 120))  # its last heartbeat
-    assert claims.acquire("dead") and claims.acquire("old") and claims.acquire("new")
-    assert not claims.acquire("live") and not claims.acquire("far")
-    assert json.loads(claims.path("dead").read_text())["pid"] == os.getpid()
-    claims.release_all()
-    assert not claims.path("dead").exists() and claims.path("live").exists()
-
-
-# --- 7. checkpoints are keyed by code too ---------------------------------------------------
-
-def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
-    src = tmp_path / "fp_mod.py"
-    src.write_text("import torch\nclass M(torch.nn.Module):\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import fp_mod
-
-    before = code_fingerprint(fp_mod.M())
-    src.write_text("import torch\nclass M(torch.nn.Module):\n    pass  # changed\n")
-    assert code_fingerprint(fp_mod.M()) != before
-
-
-def test_training_key_includes_model_and_task_code(tmp_path):
-    cfg = extrapolate._as_schema(compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1",
-                                         f"results_dir={tmp_path}", "arch=lstm", "checkpoint_dir=null"))
-    exp = extrapolate.Experiment(cfg)
-    assert exp.train_settings["code"] == code_fingerprint(exp.model, exp.task)
-    files = {p.name for p in __import__("harness.checks", fromlist=["x"])._module_files(
-        [exp.model, *exp.model.modules(), exp.task])}
-    assert {"model.py", "induction.py"} <= files and any("lstm" in f or f == "layer.py" for f in files)
 
 
 # --- SIGTERM / SIGUSR2: the point in flight -> timeout row, the rest re-measured ---------------
@@ -330,43 +241,3 @@ def test_declared_figures_are_recorded_and_drawn(tmp_path):
         cost.run(compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "figures=[nope]"))
 
 
-def test_stop_signal_during_training_is_the_first_points_timeout_row(tmp_path):
-    from harness.sweep import Point, SweepSettings, Terminated, run_points
-
-    def row(point, status="ok", reason=""):
-        return make_row(status=status, reason=reason, arch="a", mode="eval", seq_len=point.info["n"], env={})
-
-    def train():
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while "training"
-        time.sleep(5)
-
-    points = [Point(f"p{n}", info={"n": n}) for n in (8, 16)]
-    with pytest.raises(Terminated):
-        run_points(points, row, row, SweepSettings(str(tmp_path), progress=False), before_first=train)
-    rows = load_rows(tmp_path)
-    assert list(rows["status"]) == ["timeout"] and "SIGTERM" in rows["reason"][0]
-    assert not (tmp_path / ".claims").exists()
-    # The interrupted row is not final: the next run measures both points.
-    written = run_points(points, row, row, SweepSettings(str(tmp_path), progress=False))
-    assert [r["seq_len"] for r in written] == [8, 16] and set(load_rows(tmp_path)["status"]) == {"ok"}
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-
-
-def test_a_second_stop_signal_cannot_cut_the_first_ones_row():
-    # SLURM signals a job more than once at its time limit; only the first may raise, so
-    # the timeout row of the point in flight is written whatever follows.
-    from harness.sweep import Terminated, stop_signals_raise
-    before = signal.getsignal(signal.SIGTERM)
-    raised = []
-    with stop_signals_raise():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.5)
-        except Terminated as stop:
-            raised.append(stop.name)
-            os.kill(os.getpid(), signal.SIGTERM)   # the repeat: ignored, no second raise
-            os.kill(os.getpid(), signal.SIGUSR2)
-            time.sleep(0.2)
-            raised.append("survived")
-    assert raised == ["SIGTERM", "survived"]
-    assert signal.getsignal(signal.SIGTERM) == before

@@ -1,5 +1,6 @@
-"""Training from a noise state or a passed state (train.initial_state), and the other
-training options of issue 11: plain Adam, threads, keys that ignore unset options."""
+"""harness.train: training from a noise state or a passed state (train.initial_state), and
+the other training options of issue 11: plain Adam, threads, keys that ignore unset options.
+(The training loop and evaluation together: test_train_eval.py; resume: test_resume.py.)"""
 from __future__ import annotations
 
 import dataclasses
