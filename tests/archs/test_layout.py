@@ -18,6 +18,7 @@ def _loaded(module: str) -> list[str]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,must_not", [
     ("archs.linear_attention", ("archs.mamba2", "archs.mamba")),
     ("archs.mamba2", ("archs.linear_attention", "archs.mamba")),

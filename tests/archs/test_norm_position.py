@@ -77,6 +77,7 @@ def test_post_norm_model_has_no_final_norm():
     assert pre.num_params() - post.num_params() == 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["transformer", "mamba", "lstm", "jamba", "ffn_lm"])
 @pytest.mark.parametrize("check", ["step_matches_forward", "prefill_matches_forward", "causality", "learns"])
 def test_post_norm_models_decode_and_learn(name, check):

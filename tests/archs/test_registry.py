@@ -136,6 +136,7 @@ def _sized_by_width(name: str) -> bool:
     return not trains_by_counting(create_arch(name, **arch_info(name).tiny))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [n for n in list_archs() if _sized_by_width(n)])
 def test_target_params_within_a_few_percent(arch):
     tiny = {k: v for k, v in arch_info(arch).tiny.items() if k != "d_model"}

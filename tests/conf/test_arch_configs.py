@@ -72,6 +72,7 @@ def _disagreements(arch: dict) -> dict:
             if k not in RESERVED and defaults.get(k, object()) != v}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", _options(ARCH))
 def test_top_level_arch_files_restate_the_code_defaults_exactly(option):
     arch = _composed_arch(option)
@@ -85,6 +86,7 @@ def test_top_level_arch_files_restate_the_code_defaults_exactly(option):
                        f"or make the file a labelled variant")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", _options(ARCH / "induction") + _options(ARCH / "lm"))
 def test_variant_arch_files_inherit_and_carry_only_what_differs(option):
     raw = yaml.safe_load((ARCH / f"{option}.yaml").read_text())

@@ -31,6 +31,7 @@ def test_every_gpu_preset_names_its_published_model():
     assert PRESETS and set(PRESETS) <= set(PUBLISHED), f"add {set(PRESETS) - set(PUBLISHED)} to PUBLISHED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_gpu_preset_matches_the_published_model(preset):
     name, params, layers, width = PUBLISHED[preset]

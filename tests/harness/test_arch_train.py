@@ -30,6 +30,7 @@ def _schema(overrides, train=_UNSET):
     return extrapolate._as_schema(raw)
 
 
+@pytest.mark.slow
 def test_arch_train_goes_over_train_and_leaves_the_arch_node():
     cfg = _schema(["arch=mamba", "train.steps=400"], train={"initial_state": "noise", "lr": 0.002})
     assert cfg.train.initial_state == "noise" and cfg.train.lr == 0.002  # the arch's values
@@ -71,6 +72,7 @@ def test_a_train_value_the_arch_would_override_is_refused(overrides, match):
         _schema(overrides)
 
 
+@pytest.mark.slow
 def test_the_same_value_in_both_places_is_no_conflict():
     cfg = _schema(["experiment=length_generalisation", "arch=induction/mamba_noise_state", "lengen=noise_state"])
     assert cfg.train.initial_state == "noise"
@@ -85,6 +87,7 @@ def test_interpolations_of_train_see_the_architectures_value():
     assert cfg.train.seq_len == 512 and cfg.arch["max_seq_len"] == 512
 
 
+@pytest.mark.slow
 def test_arch_train_shapes_the_run_identity_and_the_rows(tmp_path):
     common = [*EXTRAP_SMOKE, "arch=lstm", f"results_dir={tmp_path / 'res'}",
               f"checkpoint_dir={tmp_path / 'ckpt'}"]
@@ -98,6 +101,7 @@ def test_arch_train_shapes_the_run_identity_and_the_rows(tmp_path):
     assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 2
 
 
+@pytest.mark.slow
 def test_arch_train_reaches_a_run_the_way_train_would(tmp_path):
     # the same options given as arch.train or as train.* train the same model
     common = [*EXTRAP_SMOKE, "arch=lstm", f"checkpoint_dir={tmp_path / 'ckpt'}"]
@@ -110,6 +114,7 @@ def test_arch_train_reaches_a_run_the_way_train_would(tmp_path):
     assert via_train.set_index("eval_seq_len")["loss"].equals(via_arch.set_index("eval_seq_len")["loss"])
 
 
+@pytest.mark.slow
 def test_the_demo_trains_one_mamba_with_state_passing_and_the_rest_as_usual():
     sweep = compose("extrapolate", "experiment=demo_extrapolation", hydra_config=True)
     options = str(sweep.hydra.sweeper.params["arch"]).split(",")
@@ -122,6 +127,7 @@ def test_the_demo_trains_one_mamba_with_state_passing_and_the_rest_as_usual():
                      "mamba+state_passing": "passed"}
 
 
+@pytest.mark.slow
 def test_a_cost_sweep_ignores_arch_train():
     raw = compose("cost", "arch=induction/mamba_noise_state")
     assert raw.arch.train.initial_state == "noise"

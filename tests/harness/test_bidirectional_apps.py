@@ -27,6 +27,7 @@ def test_the_causal_default_has_one_source():
         assert compose(app).model.causal is default
 
 
+@pytest.mark.slow
 def test_cost_rows_of_a_bidirectional_model_skip_decoding(tmp_path):
     df = run_cost(tmp_path, "arch=mamba", "model.causal=false")
     assert set(df["label"]) == {"mamba+bidirectional"}
@@ -39,12 +40,14 @@ def test_cost_rows_of_a_bidirectional_model_skip_decoding(tmp_path):
     assert abs(ok["params"].iloc[0] - causal["params"].iloc[0]) / causal["params"].iloc[0] < 0.1
 
 
+@pytest.mark.slow
 def test_max_len_search_of_decoding_is_skipped_for_bidirectional(tmp_path):
     df = run_cost(tmp_path, "arch=transformer", "model.causal=false", "bench.search=max_len",
                   "bench.max_len.mode=decode")
     assert list(df["status"]) == ["skipped"] and "do not decode" in df["reason"].iloc[0]
 
 
+@pytest.mark.slow
 def test_cost_rows_of_the_encoder_decoder(tmp_path):
     df = run_cost(tmp_path, "arch=encoder_decoder_mamba")
     assert set(df["status"]) == {"ok"} and set(df["mode"]) == {"forward", "train_step", "decode"}
@@ -55,6 +58,7 @@ def test_cost_rows_of_the_encoder_decoder(tmp_path):
     assert df["flops_analytic"].notna().all()
 
 
+@pytest.mark.slow
 def test_bad_model_and_arch_combinations_fail_before_compute(tmp_path):
     with pytest.raises(TypeError, match="SlidingWindowAttention.*cannot run bidirectionally"):
         run_cost(tmp_path, "arch=sliding_window", "model.causal=false")
@@ -64,12 +68,14 @@ def test_bad_model_and_arch_combinations_fail_before_compute(tmp_path):
         run_cost(tmp_path, "arch=encoder_decoder", "model.causal=false")
 
 
+@pytest.mark.slow
 def test_extrapolation_rows_of_a_bidirectional_model_on_a_masked_task(tmp_path):
     df = run_extrapolate(tmp_path, "arch=transformer", "model.causal=false", "task=masked_recall")
     assert set(df["label"]) == {"transformer+bidirectional"} and set(df["status"]) == {"ok"}
     assert len(df) == 2 and df["accuracy"].between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_extrapolation_rows_of_the_encoder_decoder_on_seq2seq(tmp_path):
     df = run_extrapolate(tmp_path, "arch=encoder_decoder", "task=seq2seq_sort")
     assert set(df["status"]) == {"ok"} and set(df["task"]) == {"seq2seq"}

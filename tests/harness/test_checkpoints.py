@@ -28,6 +28,7 @@ def _cfg(tmp_path, *overrides, arch="lstm"):
 
 # --- a final update that blows the model up --------------------------------------------------
 
+@pytest.mark.slow
 def test_a_model_blown_up_by_its_last_update_gives_diverged_rows(tmp_path):
     # One step at lr=1e30: the loss before it was finite, the model after it gives NaN.
     df = extrapolate.run(_cfg(tmp_path, "train.lr=1e30", "train.steps=1", arch="mamba"))
@@ -38,6 +39,7 @@ def test_a_model_blown_up_by_its_last_update_gives_diverged_rows(tmp_path):
 
 # --- a checkpoint says which run it belongs to --------------------------------------------------
 
+@pytest.mark.slow
 def test_a_checkpoint_swapped_for_another_runs_is_refused(tmp_path):
     ck = {}
     for seed in (0, 1):
@@ -50,6 +52,7 @@ def test_a_checkpoint_swapped_for_another_runs_is_refused(tmp_path):
     assert str(ck[0]) in message and "was written by training run" in message and "force=true" in message
 
 
+@pytest.mark.slow
 def test_rows_take_the_training_numbers_from_the_checkpoint_not_its_sidecar(tmp_path):
     first = extrapolate.run(_cfg(tmp_path))
     (sidecar,) = (tmp_path / "ck").glob("*.json")
@@ -59,6 +62,7 @@ def test_rows_take_the_training_numbers_from_the_checkpoint_not_its_sidecar(tmp_
     assert new["train_loss"] == pytest.approx(first["train_loss"].iloc[0]) and new["train_steps"] == 4
 
 
+@pytest.mark.slow
 def test_weights_altered_after_the_save_are_refused(tmp_path):
     extrapolate.run(_cfg(tmp_path))
     (ckpt,) = (tmp_path / "ck").glob("*.pt")
@@ -70,6 +74,7 @@ def test_weights_altered_after_the_save_are_refused(tmp_path):
         extrapolate.run(_cfg(tmp_path, "eval.seq_lens=[48]"))
 
 
+@pytest.mark.slow
 def test_a_label_cannot_put_a_checkpoint_outside_checkpoint_dir(tmp_path):
     ck = tmp_path / "a" / "b" / "ck"
     extrapolate.run(_cfg(tmp_path, f"checkpoint_dir={ck}", "+arch.label='../../x'"))
@@ -96,6 +101,7 @@ _SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_temp_file_left_by_a_kill_during_the_save_is_removed_on_the_next_run(tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -110,6 +116,7 @@ def test_a_temp_file_left_by_a_kill_during_the_save_is_removed_on_the_next_run(t
     assert not list(ck.glob(".*.tmp")) and len(list(ck.glob("*.pt"))) == 1
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_the_save_says_disk_full_and_names_the_file(tmp_path, full_disk):
     with pytest.raises(OSError, match="disk full") as info:
         extrapolate.run(_cfg(tmp_path, f"checkpoint_dir={full_disk / 'ck'}"))

@@ -164,6 +164,7 @@ _CONTENDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_taking_over_one_stale_claim_one_wins(tmp_path):
     claims = Claims(tmp_path, stale_s=60)
     _claim(claims, "p", {"pid": 1, "host": "node7", "time": time.time() - 2 * HOUR}, heartbeat_age=2 * HOUR)
@@ -198,6 +199,7 @@ _HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_heartbeat_keeps_a_long_measurement_its_claim(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], env=env,

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from harness.collect import collect, main
 from harness.results import CORE_COLUMNS, ResultStore, make_row
 
 
+@pytest.mark.slow
 def test_collect_writes_parquet_and_csv_core_columns_first(results_dir, tmp_path):
     parquet, csv, n = collect(results_dir, tmp_path / "out")
     for frame in (pd.read_parquet(parquet), pd.read_csv(csv)):
@@ -24,6 +26,7 @@ def test_collect_handles_columns_of_mixed_types(tmp_path):
     assert sorted(pd.read_parquet(parquet)["note"]) == ["1", "text"]
 
 
+@pytest.mark.slow
 def test_collect_cli(results_dir, capsys):
     assert main([str(results_dir)]) == 0
     assert (results_dir / "results.parquet").exists() and (results_dir / "results.csv").exists()

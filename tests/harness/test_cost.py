@@ -23,6 +23,7 @@ FIXED_WIDTH = ["model.match=width", "model.d_model=4"]
 
 # --- composition -------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bench", group_options("bench"))
 def test_every_bench_preset_composes_and_validates(bench):
     from harness.checks import validate_bench
@@ -33,6 +34,7 @@ def test_every_bench_preset_composes_and_validates(bench):
 
 # --- measuring ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_rows_have_the_stable_core(tmp_path):
     df = run_cost(tmp_path, "arch=lstm")
     assert list(df.columns[: len(CORE_COLUMNS)]) == list(CORE_COLUMNS)
@@ -47,12 +49,14 @@ def test_sweep_rows_have_the_stable_core(tmp_path):
         assert col in df.columns
 
 
+@pytest.mark.slow
 def test_attention_state_grows_with_context(tmp_path):
     df = run_cost(tmp_path, "arch=transformer", "bench.modes=[decode]")
     by_len = df.set_index("seq_len")["state_bytes"]
     assert by_len[64] > by_len[32]
 
 
+@pytest.mark.slow
 def test_oom_becomes_a_row_and_longer_lengths_are_skipped(tmp_path, failing_arch):
     df = run_cost(tmp_path, "bench.seq_lens=[32,64,128]", "bench.modes=[forward]", *FIXED_WIDTH,
                   arch={"name": failing_arch, "fail_at": 64, "kind": "oom"})
@@ -62,6 +66,7 @@ def test_oom_becomes_a_row_and_longer_lengths_are_skipped(tmp_path, failing_arch
     assert "out of memory" in reasons[64] and "oom at seq_len=64" in reasons[128]
 
 
+@pytest.mark.slow
 def test_error_becomes_a_row_and_the_sweep_goes_on(tmp_path, failing_arch):
     df = run_cost(tmp_path, "bench.seq_lens=[32,64,128]", "bench.modes=[forward,train_step]", *FIXED_WIDTH,
                   arch={"name": failing_arch, "fail_at": 64, "kind": "error"})
@@ -71,12 +76,14 @@ def test_error_becomes_a_row_and_the_sweep_goes_on(tmp_path, failing_arch):
     assert set(errors["seq_len"]) == {64, 128} and "simulated kernel failure" in errors["reason"].iloc[0]
 
 
+@pytest.mark.slow
 def test_point_over_its_time_budget_is_a_timeout(tmp_path):
     df = run_cost(tmp_path, "arch=lstm", "bench.modes=[train_step]", "bench.time_budget_s=1e-6",
                   "bench.warmup=1")
     assert set(df["status"]) <= {"timeout", "skipped"} and "timeout" in set(df["status"])
 
 
+@pytest.mark.slow
 def test_resume_skips_measured_points_unless_forced(tmp_path):
     first = run_cost(tmp_path, "arch=lstm", "bench.modes=[forward]")
     stamps = sorted(first["timestamp"])
@@ -89,6 +96,7 @@ def test_resume_skips_measured_points_unless_forced(tmp_path):
     assert len(list(tmp_path.glob("*.jsonl"))) == 2  # forced points replace, never duplicate
 
 
+@pytest.mark.slow
 def test_max_len_search_finds_the_longest_length_within_budget(tmp_path):
     df = run_cost(tmp_path, "arch=transformer_math", "bench.search=max_len", "bench.max_len.mode=forward",
                   "bench.max_len.start=64", "bench.max_len.memory_budget_gb=0.002",
@@ -131,6 +139,7 @@ def test_unknown_arch_config_lists_the_options():
 
 # --- processes: kill-and-resume, multirun with glob, submitit ------------------------------
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_measures_every_point_exactly_once(tmp_path):
     results = tmp_path / "res"
     args = [*COST_SMOKE, f"results_dir={results}", "arch=lstm", "bench.seq_lens=[16,24,32,40,48,56]"]
@@ -148,6 +157,7 @@ def test_sigkill_then_rerun_measures_every_point_exactly_once(tmp_path):
     assert not [p for p in results.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
+@pytest.mark.slow
 def test_multirun_glob_over_arch_configs(tmp_path):
     results = tmp_path / "res"
     args = ["-m", "arch=glob(transformer_*,exclude=transformer_math)", *COST_SMOKE, f"results_dir={results}",
@@ -158,6 +168,7 @@ def test_multirun_glob_over_arch_configs(tmp_path):
                                "transformer_sinusoidal"}, out[-3000:]
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_real_jobs_into_one_results_dir(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     results = tmp_path / "res"
@@ -179,6 +190,7 @@ def test_slurm_preset_composes_one_gpu_per_job():
     assert cfg.bench.dtype == "bfloat16"
 
 
+@pytest.mark.slow
 def test_generate_mode_and_its_figure(tmp_path):
     df = run_cost(tmp_path, "arch=lstm", "bench.modes=[generate]", "bench.gen_tokens=4",
                   "bench.seq_lens=[16]")
@@ -190,6 +202,7 @@ def test_generate_mode_and_its_figure(tmp_path):
     assert "generation_throughput" in figures and not any(k.startswith("time_vs") for k in figures)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["archbench-cost", "archbench-extrapolate"])
 def test_console_scripts_find_the_configs_from_any_folder(script, tmp_path):
     # Installed entry points call the app from its module, not as __main__: a relative

@@ -20,6 +20,7 @@ from tests.paths import ROOT  # noqa: E402
 REQUIRED = ["arch", "task", "train_seq_len", "eval_seq_len", "accuracy", "loss", "status"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", ["task", "train", "eval", "model"])
 def test_every_group_option_composes_validates_and_applies(group):
     from harness.checks import validate_eval
@@ -34,6 +35,7 @@ def test_every_group_option_composes_validates_and_applies(group):
         build(cfg.arch, cfg.model, task.vocab_size, validate_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_composes(experiment):
     # Cost-app experiments (cost sweeps, generation throughput) choose a bench preset.
@@ -47,6 +49,7 @@ def test_every_experiment_composes(experiment):
             assert (ROOT / "conf" / "arch" / f"{option}.yaml").exists(), option
 
 
+@pytest.mark.slow
 def test_rows_carry_the_collected_columns(tmp_path):
     df = run_extrapolate(tmp_path, "arch=lstm")
     for col in REQUIRED:
@@ -57,6 +60,7 @@ def test_rows_carry_the_collected_columns(tmp_path):
     assert (df["train_steps"] == 4).all() and (df["mode"] == "eval").all()
 
 
+@pytest.mark.slow
 def test_learned_positions_past_the_table_are_skipped_rows(tmp_path):
     df = run_extrapolate(tmp_path, "arch=transformer_learned")
     status = df.set_index("eval_seq_len")["status"].to_dict()
@@ -64,6 +68,7 @@ def test_learned_positions_past_the_table_are_skipped_rows(tmp_path):
     assert "max_seq_len" in df.set_index("eval_seq_len")["reason"][64]
 
 
+@pytest.mark.slow
 def test_checkpoint_is_reused_and_points_resume(tmp_path, monkeypatch):
     first = run_extrapolate(tmp_path, "arch=lstm")
     assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 1
@@ -96,12 +101,14 @@ def test_diverged_training_is_a_row_per_length(tmp_path, monkeypatch):
     assert "loss nan at step 3" in df["reason"].iloc[0]
 
 
+@pytest.mark.slow
 def test_oom_at_a_length_then_longer_lengths_skipped(tmp_path, failing_arch):
     df = run_extrapolate(tmp_path, "eval.seq_lens=[32,64,128]", "model.d_model=4", "eval.chunk_len=null",
                          arch={"name": failing_arch, "fail_at": 64, "kind": "oom"})
     assert df.set_index("eval_seq_len")["status"].to_dict() == {32: "ok", 64: "oom", 128: "skipped"}
 
 
+@pytest.mark.slow
 def test_eval_oom_halves_the_model_batch_and_the_metrics_do_not_change(tmp_path, failing_arch):
     # eval=smoke: 4 sequences, batch_tokens=256 -> batch 4 at 64 tokens, 2 at 128.
     overrides = ["eval.seq_lens=[64,128]", "model.d_model=4", "eval.chunk_len=null"]
@@ -120,6 +127,7 @@ def test_eval_cpu_memory_limit_is_validated(tmp_path):
         run_extrapolate(tmp_path, "eval.cpu_memory_limit_gb=0")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,match", [
     ("task=mqar task.num_kv_pairs=64", "seq_len=32 is shorter than min_len"),
     ("task.vocab=1", "vocab must be >= 2"),
@@ -133,6 +141,7 @@ def test_bad_task_and_run_settings_fail_before_compute(tmp_path, override, match
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_multirun_over_seeds_then_plot(tmp_path):
     res = tmp_path / "res"
     args = ["-m", "arch=lstm", "train.seed=0,1", *EXTRAP_SMOKE, f"results_dir={res}",
@@ -145,6 +154,7 @@ def test_multirun_over_seeds_then_plot(tmp_path):
     assert files and all(Path(f).stat().st_size > 1000 for f in files)
 
 
+@pytest.mark.slow
 def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkeypatch):
     """SIGTERM mid-training (a SLURM time limit): the re-run continues from the snapshot beside
     the checkpoint and ends with the weights of an uninterrupted run; the snapshot is gone."""
@@ -173,6 +183,7 @@ def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkey
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_distance_at_shortest_evaluates_each_distance_at_its_first_length(tmp_path):
     """eval.distance_at=shortest: d = 2^k - 1 only at 2^k (the trigger at the start, as the
     paper's reproduction evaluates), not at every longer length."""

@@ -36,6 +36,7 @@ def _sums(folder: Path) -> dict[str, str]:
 
 # --- 1. memory caps / time budgets: restored after each job, part of the key -------------
 
+@pytest.mark.slow
 def test_memory_cap_does_not_leak_into_the_next_job_and_is_in_the_key(tmp_path):
     res = tmp_path / "res"
     args = ["-m", "arch=transformer_math", *COST_SMOKE, "bench.seq_lens=[4096]", "bench.modes=[forward]",
@@ -52,6 +53,7 @@ def test_memory_cap_does_not_leak_into_the_next_job_and_is_in_the_key(tmp_path):
     assert _sums(res) == before, out[-2000:]
 
 
+@pytest.mark.slow
 def test_limits_are_restored_after_run(tmp_path):
     import resource
 
@@ -64,6 +66,7 @@ def test_limits_are_restored_after_run(tmp_path):
     assert torch.get_num_threads() == threads
 
 
+@pytest.mark.slow
 def test_time_budget_is_in_the_key(tmp_path):
     base = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
     cost.run(compose("cost", *base, "bench.time_budget_s=1e-6"))
@@ -73,6 +76,7 @@ def test_time_budget_is_in_the_key(tmp_path):
 
 # --- 2. corrupt / truncated point files ---------------------------------------------------
 
+@pytest.mark.slow
 def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
     args = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]",
             "bench.seq_lens=[16,24,32]"]
@@ -95,6 +99,7 @@ def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
 
 # --- 3. training OOM / error -> rows --------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,status", [("oom", "oom"), ("error", "error")])
 def test_training_failure_becomes_a_row_for_every_eval_length(tmp_path, failing_arch, kind, status):
     cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}",
@@ -123,6 +128,7 @@ def _bad_results(folder: Path) -> dict[str, str]:
             "nocore.jsonl:1": "core column"}
 
 
+@pytest.mark.slow
 def test_collect_and_plot_reject_bad_rows_by_file_and_line(tmp_path):
     expected = _bad_results(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -146,6 +152,7 @@ def test_plus_added_unknown_key_is_rejected(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_results_dir_that_is_a_file_and_bad_device_fail_clearly(tmp_path):
     a_file = tmp_path / "f"
     a_file.write_text("x")
@@ -167,6 +174,7 @@ def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path, monkeypat
         extrapolate.run(cfg)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_names_file_and_force(tmp_path):
     cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path / 'r'}",
                   f"checkpoint_dir={tmp_path / 'ck'}", "arch=lstm", "eval.seq_lens=[32]")
@@ -186,6 +194,7 @@ def test_truncated_checkpoint_names_file_and_force(tmp_path):
 
 # --- 6. concurrent sweeps split the work via claims -----------------------------------------
 
+@pytest.mark.slow
 def test_two_sweeps_into_one_folder_measure_every_point_once(tmp_path):
     res = tmp_path / "res"
     args = [*COST_SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward,decode]",
@@ -202,6 +211,7 @@ def test_two_sweeps_into_one_folder_measure_every_point_once(tmp_path):
 
 # --- SIGTERM / SIGUSR2: the point in flight -> timeout row, the rest re-measured ---------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
 def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
     res = tmp_path / "res"
@@ -228,6 +238,7 @@ def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
 
 # --- figures are declared by the experiment, not guessed ------------------------------------
 
+@pytest.mark.slow
 def test_declared_figures_are_recorded_and_drawn(tmp_path):
     from harness.plot import cost_figures, declared_figures
 

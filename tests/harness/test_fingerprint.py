@@ -59,6 +59,7 @@ def test_editing_any_file_the_model_imports_changes_the_fingerprint(tmp_path, mo
     assert code_fingerprint(fp_pkg.model.M()) != before
 
 
+@pytest.mark.slow
 def test_the_fingerprint_of_a_built_in_covers_its_whole_family(tmp_path):
     cfg = extrapolate._as_schema(compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1",
                                          f"results_dir={tmp_path}", "arch=mamba", "checkpoint_dir=null"))
@@ -71,6 +72,7 @@ def test_the_fingerprint_of_a_built_in_covers_its_whole_family(tmp_path):
         [__import__("archs").arch_info("mamba").builder])}
 
 
+@pytest.mark.slow
 def test_training_key_includes_model_and_task_code(tmp_path):
     cfg = extrapolate._as_schema(compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1",
                                          f"results_dir={tmp_path}", "arch=lstm", "checkpoint_dir=null"))

@@ -17,6 +17,7 @@ from harness.train import TrainConfig, train, training_batch
 from tests.apps import run_cost, run_extrapolate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ngram", "ffn_lm"])
 def test_cost_rows_with_a_constant_decode_state(tmp_path, arch):
     df = run_cost(tmp_path, f"arch={arch}", "bench.seq_lens=[32,128]")
@@ -26,12 +27,14 @@ def test_cost_rows_with_a_constant_decode_state(tmp_path, arch):
     assert (df["time_ms"] > 0).all()
 
 
+@pytest.mark.slow
 def test_ngram_cost_train_step_is_counting(tmp_path):
     df = run_cost(tmp_path, "arch=ngram", "bench.modes=[train_step]")
     assert set(df["status"]) == {"ok"} and (df["arch.n_layers"].isna()).all()
     assert (df["backend"] == "ref").all() and (df["sizing"] == "arch_config").all()
 
 
+@pytest.mark.slow
 def test_post_norm_runs_through_both_apps_as_its_own_curve(tmp_path):
     df = run_cost(tmp_path, "arch=transformer", "model.norm_position=post", "bench.modes=[forward,decode]")
     assert set(df["status"]) == {"ok"} and set(df["label"]) == {"transformer+postnorm"}
@@ -43,6 +46,7 @@ def test_post_norm_runs_through_both_apps_as_its_own_curve(tmp_path):
     assert set(pre["train_key"]).isdisjoint(ext["train_key"])
 
 
+@pytest.mark.slow
 def test_bad_norm_position_or_one_that_cannot_apply_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match=r"model.norm_position.*\['pre', 'post'\]"):
         run_extrapolate(tmp_path, "task=lm", "model.norm_position=middle")
@@ -50,6 +54,7 @@ def test_bad_norm_position_or_one_that_cannot_apply_fails_before_compute(tmp_pat
         run_extrapolate(tmp_path, "task=lm", "arch=ngram", "model.norm_position=post")
 
 
+@pytest.mark.slow
 def test_ngram_extrapolation_rows_and_checkpoint(tmp_path, monkeypatch):
     df = run_extrapolate(tmp_path, "task=lm", "arch=ngram", "arch.order=3")
     assert set(df["status"]) == {"ok"} and sorted(df["eval_seq_len"]) == [32, 64]
@@ -67,6 +72,7 @@ def test_ngram_extrapolation_rows_and_checkpoint(tmp_path, monkeypatch):
     assert again.sort_values("eval_seq_len")["loss"].tolist() == df.sort_values("eval_seq_len")["loss"].tolist()
 
 
+@pytest.mark.slow
 def test_ffn_lm_extrapolation_rows(tmp_path):
     df = run_extrapolate(tmp_path, "task=lm", "arch=ffn_lm")
     assert set(df["status"]) == {"ok"} and (df["bpb"] > 0).all() and (df["d_model"] == 16).all()

@@ -22,6 +22,7 @@ def no_training(monkeypatch):
     monkeypatch.setattr(extrapolate, "train", lambda *a, **k: pytest.fail("trained before the check"))
 
 
+@pytest.mark.slow
 def test_a_vocab_smaller_than_the_tasks_is_refused_before_training(tmp_path, no_training):
     cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}", "arch=lstm",
                   "model.vocab_size=4")
@@ -37,6 +38,7 @@ def test_trigger_distances_that_fit_no_length_are_refused(tmp_path, no_training)
         extrapolate.run(cfg)
 
 
+@pytest.mark.slow
 def test_an_empty_results_dir_is_refused_and_nothing_lands_here(tmp_path):
     with pytest.raises(ValueError, match="results_dir is empty"):
         cost.run(compose("cost", *COST_SMOKE, "results_dir=", "arch=lstm"))
@@ -47,6 +49,7 @@ def test_an_empty_results_dir_is_refused_and_nothing_lands_here(tmp_path):
     assert not list(tmp_path.rglob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_a_memory_cap_below_what_the_process_uses_is_refused(tmp_path, no_training):
     used_gb = data_memory_bytes() / 2**30
     cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}", "arch=lstm",
@@ -58,6 +61,7 @@ def test_a_memory_cap_below_what_the_process_uses_is_refused(tmp_path, no_traini
                          f"bench.cpu_memory_limit_gb={used_gb / 2:.3f}"))
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_be_built_under_the_cap_says_so(tmp_path):
     # Room for the process, not for a 30M-parameter model (120 MB of weights). What it holds
     # is measured as the cap will count it: after the free heap is handed back (the cap does
@@ -89,6 +93,7 @@ _WITHOUT_CLUSTER_EXTRA = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["slurm_cpu", "joblib"])
 def test_a_launcher_without_the_cluster_extra_names_the_extra(tmp_path, launcher):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

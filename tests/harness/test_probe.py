@@ -69,6 +69,7 @@ def test_probe_rows_per_distance_and_head_accuracy_is_the_evaluations():
         assert head == pytest.approx(ev["accuracy"])
 
 
+@pytest.mark.slow
 def test_cli_loads_the_runs_checkpoint(tmp_path, capsys):
     overrides = [*EXTRAP_SMOKE, "arch=lstm", f"results_dir={tmp_path / 'res'}",
                  f"checkpoint_dir={tmp_path / 'ckpt'}"]

@@ -64,6 +64,7 @@ def _run(cfg: TrainConfig, tmp_path, stop_at: int | None, name: str = "mamba", *
     return model, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [
     dict(),
     dict(initial_state="passed", mixed_length=True),
@@ -148,6 +149,7 @@ def test_stop_signal_reaches_the_launchers_handler_to_requeue(tmp_path):
         signal.signal(signal.SIGUSR2, previous)
 
 
+@pytest.mark.slow
 def test_target_loss_stops_at_the_first_window_below_it_and_resumes_exactly(tmp_path):
     from harness.train import LOSS_WINDOW
     cfg = TrainConfig(steps=400, batch_size=4, seq_len=24, warmup_steps=2, log_every=1,

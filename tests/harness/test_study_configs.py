@@ -22,6 +22,7 @@ ARCH_SPECIFIC = {"dt_long": ("induction/mamba", "induction/mamba2"), "out_proj_s
 ALL_ARCHS = ("induction/mamba", "induction/mamba2", "induction/lstm")
 
 
+@pytest.mark.slow
 def test_induction_paper_is_the_reproductions_protocol():
     raw = compose("extrapolate", "experiment=induction_paper", hydra_config=True)
     assert str(raw.hydra.sweeper.params["train.seed"]).split(",") == ["0", "1", "2"]
@@ -40,6 +41,7 @@ def test_induction_paper_is_the_reproductions_protocol():
     assert all(n >= task.min_len() for n in cfg.eval.seq_lens)
 
 
+@pytest.mark.slow
 def test_induction_paper_smoke_runs(tmp_path):
     rows = extrapolate.run(compose("extrapolate", "experiment=induction_paper", "train.steps=3",
                                    "train.seq_len=64", "task.trigger_distance=40", "eval.seq_lens=[64,128]",
@@ -51,6 +53,7 @@ def test_induction_paper_smoke_runs(tmp_path):
     assert sorted(rows["trigger_distance"].fillna(-1).astype(int)) == [-1, -1, 63, 63, 100]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_composes_for_its_architectures(variant):
     for arch in ALL_ARCHS:
@@ -67,6 +70,7 @@ def test_every_variant_composes_for_its_architectures(variant):
                 build(cfg.arch, cfg.model, task.vocab_size, validate_only=True)
 
 
+@pytest.mark.slow
 def test_variants_change_one_factor_from_the_baseline():
     def settings(variant):
         cfg = extrapolate._as_schema(compose("extrapolate", "experiment=length_generalisation",
@@ -94,6 +98,7 @@ def test_variants_change_one_factor_from_the_baseline():
         {"trigger_distance", "train.steps"}
 
 
+@pytest.mark.slow
 def test_a_state_passing_variant_runs(tmp_path):
     rows = extrapolate.run(compose("extrapolate", "experiment=length_generalisation", "lengen=state_passing",
                                    "arch=induction/lstm", "train.steps=3", "train.seq_len=32",

@@ -75,6 +75,7 @@ def test_a_full_disk_while_writing_a_point_says_so_and_leaves_no_part(full_disk)
 
 # --- one file per point: force and re-measured points leave no duplicate ------------------
 
+@pytest.mark.slow
 def test_force_leaves_no_duplicate_of_a_point_in_a_job_subfolder(tmp_path):
     args = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
     cost.run(compose("cost", *args))
@@ -95,6 +96,7 @@ def test_a_point_with_files_in_two_folders_is_named_when_loaded(tmp_path):
 
 # --- labels that sanitise alike keep their own keys -----------------------------------------
 
+@pytest.mark.slow
 def test_labels_that_sanitise_alike_keep_separate_points(tmp_path):
     args = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
     for label in ("mämba", "mömba"):
@@ -150,6 +152,7 @@ _COLLECTOR = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_collects_at_once_leave_tables_that_agree(tmp_path):
     res = tmp_path / "res"
     store = ResultStore(res)

@@ -187,6 +187,7 @@ def test_identity_ignores_new_options_at_their_defaults():
                                                            "initial_state_scale": 0.5})
 
 
+@pytest.mark.slow
 def test_committed_results_keep_their_training_keys(tmp_path):
     # The new TrainConfig fields and task knob stay out of the key at their defaults, so
     # the committed checkpoints and rows are still found by a re-run.

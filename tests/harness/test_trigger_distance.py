@@ -86,6 +86,7 @@ def test_tasks_without_the_knob_refuse_it_by_name():
         get_task("mqar").at_distance(10)
 
 
+@pytest.mark.slow
 def test_eval_axis_writes_one_row_per_length_and_distance(tmp_path):
     plain = run_extrapolate(tmp_path, "arch=lstm")
     keys_before = set(plain["point_key"])
@@ -102,6 +103,7 @@ def test_eval_axis_writes_one_row_per_length_and_distance(tmp_path):
     assert rows["accuracy"].between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_eval_axis_evaluates_the_task_at_each_distance(tmp_path, monkeypatch):
     seen = []
     real = extrapolate.evaluate

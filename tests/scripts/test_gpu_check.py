@@ -26,6 +26,7 @@ def _plans(tmp_path):
         yield make.__name__, make(sys.executable, tmp_path / "res", tmp_path / "work", args)
 
 
+@pytest.mark.slow
 def test_every_planned_command_parses_here(tmp_path):
     """A typo in a GPU-only command would cost a GPU session: parse each one on the CPU."""
     from benchmarks.kernels import parse_args as kernels_args

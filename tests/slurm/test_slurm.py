@@ -22,7 +22,7 @@ from harness.collect import collect
 from harness.results import load_rows
 from tests.apps import COST_SMOKE, EXTRAP_SMOKE, cli
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # real jobs: minutes, not seconds
 
 COST_FORWARD = [*COST_SMOKE, "bench.modes=[forward]"]
 

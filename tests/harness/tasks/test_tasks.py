@@ -61,6 +61,7 @@ ALL = list_tasks()
 # ------------------------------------------------------------------ every task, same contract
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_batch_other_seed_differs(make_task, name):
     task = make_task(name)
