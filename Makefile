@@ -53,7 +53,7 @@ test: $(STAMP) $(KERNELS_STAMP)
 	ARCHBENCH_REQUIRE_KERNELS=1 $(BIN)/python -m pytest -q -m triton_interpret tests/triton_interpret
 
 # The edit-test loop: every test not marked `slow` (no CLI subprocess, no 4K-token
-# conformance, no real training run), under a minute on one core. `make test` runs them all.
+# conformance, no real training run): about a minute of CPU on one core. `make test` runs all.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
@@ -47,7 +46,7 @@ def cli(app: str, args, cwd, **popen) -> subprocess.Popen:
 
 def run_cost(results_dir: Path, *overrides: str, arch: dict | None = None) -> pd.DataFrame:
     """``harness.cost`` on the smoke preset, its rows written to ``results_dir``."""
-    from harness import cost  # importing an app registers its config schemas
+    from harness import cost
 
     cfg = compose("cost", *COST_SMOKE, f"results_dir={results_dir}", *overrides)
     if arch is not None:
