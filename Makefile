@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - the main job: a small CPU cost sweep + extrapolation run, with plots
-#   make test   - the test suite (what CI runs)
+#   make test   - the test suite (what CI runs); `make test-fast` - all but the slow tests
 # Both create .venv on first use. TORCH pins a CPU build for CPU machines; on a GPU
 # machine use e.g.  make test TORCH="torch" TORCH_INDEX=https://download.pytorch.org/whl/cu126
 PYTHON ?= python3
@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 KERNELS_STAMP := $(VENV)/.kernels
 
-.PHONY: demo demo-benchmark test install kernels clean wheelhouse gpu-check
+.PHONY: demo demo-benchmark test test-fast install kernels clean wheelhouse gpu-check
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ $(KERNELS_STAMP): $(STAMP) pyproject.toml
 test: $(STAMP) $(KERNELS_STAMP)
 	$(BIN)/python -m pytest -q
 	ARCHBENCH_REQUIRE_KERNELS=1 $(BIN)/python -m pytest -q -m triton_interpret tests/triton_interpret
+
+# The edit-test loop: every test not marked `slow` (no CLI subprocess, no 4K-token
+# conformance, no real training run): about a minute of CPU on one core. `make test` runs all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The GPU check (README "On a GPU"): `make wheelhouse` here (network), carry .whl/ to the
 # offline GPU machine, run `make gpu-check OUT=DIR` there. DRY_RUN=1: the CPU pipeline.

@@ -64,6 +64,7 @@ def _run(code: str, site: Path | None) -> subprocess.CompletedProcess:
                           cwd=ROOT.parent)
 
 
+@pytest.mark.slow
 def test_installed_plugin_is_listed_created_conformant_and_composable(installed):
     proc = _run(PROBE % {"conf": str(ROOT / "conf")}, installed)
     assert proc.returncode == 0, proc.stderr
@@ -81,12 +82,14 @@ def test_installed_plugin_is_listed_created_conformant_and_composable(installed)
     assert out["backends"] == ["ref"] and out["color"] not in out["builtin_colors"]
 
 
+@pytest.mark.slow
 def test_without_the_plugin_it_is_absent():
     proc = _run("import archs; print(archs.list_archs('min*'))", None)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_register_twice_is_harmless(installed):
     code = ("import archbench_plugin_example as p, archs; p.register(); p.register(); "
             "print(archs.list_archs('min*'))")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archs import arch_info, create_arch, register_arch
+from archs import create_arch, register_arch
 from archs import _registry
 from archs.bidirectional import BidirectionalDecodeError, BidirectionalMixer
 from archs.mixer import Mixer
 from archs.model import LanguageModel, LMConfig, build_lm
 from archs.positional import ALiBi
+
+from tests.tiny import tiny_model
 
 VOCAB = 20
 CAPABLE = ["transformer", "transformer_alibi", "transformer_learned", "mamba", "mamba2",
@@ -19,8 +21,7 @@ CAPABLE = ["transformer", "transformer_alibi", "transformer_learned", "mamba", "
 
 
 def _tiny(name: str, seed: int = 0, **kw) -> LanguageModel:
-    torch.manual_seed(seed)
-    return create_arch(name, vocab_size=VOCAB, **{**arch_info(name).tiny, **kw}).eval()
+    return tiny_model(name, VOCAB, seed=seed, **kw).eval()
 
 
 def _tokens(length: int = 24, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -77,6 +77,7 @@ def test_post_norm_model_has_no_final_norm():
     assert pre.num_params() - post.num_params() == 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["transformer", "mamba", "lstm", "jamba", "ffn_lm"])
 @pytest.mark.parametrize("check", ["step_matches_forward", "prefill_matches_forward", "causality", "learns"])
 def test_post_norm_models_decode_and_learn(name, check):
@@ -92,14 +93,10 @@ def test_bad_norm_position_is_a_clear_error():
 
 
 def test_one_default_restated_by_the_schema_and_the_app_configs():
-    from hydra import compose, initialize_config_dir
-
-    from harness import cost, extrapolate  # noqa: F401 - registers the schemas
     from harness.config import ModelConfig
-    from tests.paths import CONF
+    from tests.apps import compose
 
     default = next(f.default for f in dataclasses.fields(LMConfig) if f.name == "norm_position")
     assert default == "pre" == ModelConfig().norm_position
     for app in ("cost", "extrapolate"):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            assert compose(app).model.norm_position == default, app
+        assert compose(app).model.norm_position == default, app

@@ -89,6 +89,7 @@ def _neural_archs():
     return [n for n in list_archs() if create_arch(n, vocab_size=16, **arch_info(n).tiny).mixers]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _neural_archs())
 def test_float64_mixer_passes_gradcheck(name):
     """float64 must be computed in float64 (Mamba scans, RoPE, Mamba-2's dt, RetNet's decay,

@@ -1,3 +1,4 @@
+import sys
 import warnings
 
 import pytest
@@ -156,6 +157,7 @@ def _sized_by_width(name: str) -> bool:
     return not trains_by_counting(create_arch(name, **arch_info(name).tiny))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [n for n in list_archs() if _sized_by_width(n)])
 def test_target_params_within_a_few_percent(arch):
     tiny = {k: v for k, v in arch_info(arch).tiny.items() if k != "d_model"}
@@ -208,3 +210,17 @@ def test_recorded_backend_labels_map_to_todays_words():
     assert recorded_backend("sdpa+torch") == "fused"  # both now the fused path
     assert recorded_backend("sdpa|blocked") == "fused|chunked"
     assert recorded_backend("math") == "ref" and recorded_backend("chunked") == "chunked"
+
+
+def test_plugin_calling_sys_exit_is_a_plugin_error(monkeypatch):
+    class EP:
+        name, value = "exiting", "exiting_plugin:register"
+
+        def load(self):
+            return lambda: sys.exit(3)
+
+    monkeypatch.setattr(_registry, "entry_points", lambda group: [EP()])
+    monkeypatch.setattr(_registry, "_PLUGIN_ERRORS", {})
+    with pytest.warns(RuntimeWarning, match="exiting"):
+        _registry._load_plugins()
+    assert "SystemExit" in _registry._PLUGIN_ERRORS["exiting"]

@@ -11,6 +11,7 @@ def test_attention_flop_count_follows_flashattention():
         2, 1024, 16, 64, backward=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suite", ["attention", "scan_vs_attention"])
 def test_kernel_suites_write_rows_and_report(tmp_path, suite):
     kernels.main([suite, "--quick", "--seq-lens", "32", "64", "--out", str(tmp_path), "--device", "cpu"])
@@ -29,6 +30,7 @@ def test_kernel_suites_write_rows_and_report(tmp_path, suite):
     assert sorted(p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl")) == before  # resumed
 
 
+@pytest.mark.slow
 def test_csv_benchmarks_write_rows_to_the_result_store(tmp_path):
     """linear_attention and mamba_scan write one validated row file per case (the one
     atomic writer), which load_rows reads like any sweep's rows."""
@@ -50,6 +52,7 @@ def test_csv_benchmarks_write_rows_to_the_result_store(tmp_path):
         mamba_scan.main(["--out", str(tmp_path / "x.csv")])
 
 
+@pytest.mark.slow
 def test_train_throughput_writes_rows_with_the_machines_peak(tmp_path):
     from benchmarks import train_throughput
     from harness.results import load_rows

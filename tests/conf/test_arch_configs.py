@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from archs import arch_info, mixer_letters
 from harness import cost, extrapolate
 from harness.build import RESERVED as build_reserved, build
 
+from tests.apps import compose
 from tests.paths import CONF  # noqa: E402
 ARCH = CONF / "arch"
 RESERVED = (*build_reserved, "defaults")  # harness.build.RESERVED + Hydra's own key
@@ -33,8 +33,7 @@ def _options(folder: Path) -> list[str]:
 
 
 def _composed_arch(option: str, app: str = "cost") -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(app, overrides=[f"arch={option}"])
+    cfg = compose(app, f"arch={option}")
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     # the harness takes it: sizing to the app's default model, kwargs checked, no weights
     built = build((cost if app == "cost" else extrapolate)._as_schema(cfg).arch,
@@ -73,6 +72,7 @@ def _disagreements(arch: dict) -> dict:
             if k not in RESERVED and defaults.get(k, object()) != v}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", _options(ARCH))
 def test_top_level_arch_files_restate_the_code_defaults_exactly(option):
     arch = _composed_arch(option)
@@ -86,6 +86,7 @@ def test_top_level_arch_files_restate_the_code_defaults_exactly(option):
                        f"or make the file a labelled variant")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", _options(ARCH / "induction") + _options(ARCH / "lm"))
 def test_variant_arch_files_inherit_and_carry_only_what_differs(option):
     raw = yaml.safe_load((ARCH / f"{option}.yaml").read_text())

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 
 from harness import cost
 from harness.build import build
+from tests.apps import compose
 from tests.paths import CONF
 
 # preset -> (published model, its parameter count, layers, width). GPT-2 small: 12 layers of
@@ -22,8 +22,7 @@ ARCHS = ("transformer", "mamba2", "jamba")
 
 
 def _built(preset: str, arch: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = cost._as_schema(compose("cost", overrides=[f"model={preset}", f"arch={arch}"]))
+    cfg = cost._as_schema(compose("cost", f"model={preset}", f"arch={arch}"))
     with torch.device("meta"):  # no memory, no initialisation: seconds for 125M parameters
         return build(cfg.arch, cfg.model, cfg.model.vocab_size), cfg.model
 
@@ -32,6 +31,7 @@ def test_every_gpu_preset_names_its_published_model():
     assert PRESETS and set(PRESETS) <= set(PUBLISHED), f"add {set(PRESETS) - set(PUBLISHED)} to PUBLISHED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_gpu_preset_matches_the_published_model(preset):
     name, params, layers, width = PUBLISHED[preset]

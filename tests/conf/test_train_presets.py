@@ -20,14 +20,14 @@ USERS = {  # config file -> (overrides that compose it, keys it may set itself)
 @pytest.mark.parametrize("path", sorted(USERS))
 def test_the_paper_protocol_is_written_once(path):
     overrides, own = USERS[path]
-    train = compose(overrides, config="extrapolate").train
+    train = compose("extrapolate", *overrides).train
     assert {k: train[k] for k in PAPER if k not in own} == {k: v for k, v in PAPER.items() if k not in own}
     restated = set((yaml.safe_load((CONF / path).read_text()).get("train") or {})) & set(PAPER) - own
     assert not restated, f"conf/{path} restates {sorted(restated)} from conf/train/paper.yaml"
 
 
 def test_train_paper_on_the_command_line_is_the_protocol_over_the_defaults():
-    train = compose(["train=paper"], config="extrapolate").train
-    default = compose([], config="extrapolate").train
+    train = compose("extrapolate", "train=paper").train
+    default = compose("extrapolate").train
     assert {k: train[k] for k in PAPER} == PAPER
     assert {k: train[k] for k in default if k not in PAPER} == {k: default[k] for k in default if k not in PAPER}

@@ -6,21 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from harness import cost, extrapolate
 from harness.build import build, split_arch
 
-from tests.paths import ROOT  # noqa: E402
-
-CONF = str(ROOT / "conf")
-SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
-
-
-def _compose(app, overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(app, overrides=overrides)
+from tests.apps import EXTRAP_SMOKE, compose
 
 
 def _with_arch_train(raw, train):
@@ -33,12 +24,13 @@ _UNSET = object()
 
 
 def _schema(overrides, train=_UNSET):
-    raw = _compose("extrapolate", overrides)
+    raw = compose("extrapolate", *overrides)
     if train is not _UNSET:
         _with_arch_train(raw, train)
     return extrapolate._as_schema(raw)
 
 
+@pytest.mark.slow
 def test_arch_train_goes_over_train_and_leaves_the_arch_node():
     cfg = _schema(["arch=mamba", "train.steps=400"], train={"initial_state": "noise", "lr": 0.002})
     assert cfg.train.initial_state == "noise" and cfg.train.lr == 0.002  # the arch's values
@@ -80,6 +72,7 @@ def test_a_train_value_the_arch_would_override_is_refused(overrides, match):
         _schema(overrides)
 
 
+@pytest.mark.slow
 def test_the_same_value_in_both_places_is_no_conflict():
     cfg = _schema(["experiment=length_generalisation", "arch=induction/mamba_noise_state", "lengen=noise_state"])
     assert cfg.train.initial_state == "noise"
@@ -94,10 +87,12 @@ def test_interpolations_of_train_see_the_architectures_value():
     assert cfg.train.seq_len == 512 and cfg.arch["max_seq_len"] == 512
 
 
+@pytest.mark.slow
 def test_arch_train_shapes_the_run_identity_and_the_rows(tmp_path):
-    common = [*SMOKE, "arch=lstm", f"results_dir={tmp_path / 'res'}", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    plain = extrapolate.run(_compose("extrapolate", common))
-    noisy = extrapolate.run(_with_arch_train(_compose("extrapolate", common),
+    common = [*EXTRAP_SMOKE, "arch=lstm", f"results_dir={tmp_path / 'res'}",
+              f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    plain = extrapolate.run(compose("extrapolate", *common))
+    noisy = extrapolate.run(_with_arch_train(compose("extrapolate", *common),
                                              {"initial_state": "noise", "initial_state_scale": 0.5}))
     assert set(plain["train_initial_state"]) == {"zero"}
     assert set(noisy["train_initial_state"]) == {"noise"} and set(noisy["train_initial_state_scale"]) == {0.5}
@@ -106,20 +101,22 @@ def test_arch_train_shapes_the_run_identity_and_the_rows(tmp_path):
     assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 2
 
 
+@pytest.mark.slow
 def test_arch_train_reaches_a_run_the_way_train_would(tmp_path):
     # the same options given as arch.train or as train.* train the same model
-    common = [*SMOKE, "arch=lstm", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    via_train = extrapolate.run(_compose("extrapolate", [*common, f"results_dir={tmp_path / 'a'}",
-                                                         "train.initial_state=noise"]))
-    via_arch = extrapolate.run(_with_arch_train(_compose("extrapolate", [*common, f"results_dir={tmp_path / 'b'}"]),
+    common = [*EXTRAP_SMOKE, "arch=lstm", f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    via_train = extrapolate.run(compose("extrapolate", *common, f"results_dir={tmp_path / 'a'}",
+                                        "train.initial_state=noise"))
+    via_arch = extrapolate.run(_with_arch_train(compose("extrapolate", *common,
+                                                        f"results_dir={tmp_path / 'b'}"),
                                                 {"initial_state": "noise"}))
     assert list(via_train["train_key"]) == list(via_arch["train_key"])
     assert via_train.set_index("eval_seq_len")["loss"].equals(via_arch.set_index("eval_seq_len")["loss"])
 
 
+@pytest.mark.slow
 def test_the_demo_trains_one_mamba_with_state_passing_and_the_rest_as_usual():
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        sweep = compose("extrapolate", overrides=["experiment=demo_extrapolation"], return_hydra_config=True)
+    sweep = compose("extrapolate", "experiment=demo_extrapolation", hydra_config=True)
     options = str(sweep.hydra.sweeper.params["arch"]).split(",")
     modes = {}
     for option in options:
@@ -130,8 +127,9 @@ def test_the_demo_trains_one_mamba_with_state_passing_and_the_rest_as_usual():
                      "mamba+state_passing": "passed"}
 
 
+@pytest.mark.slow
 def test_a_cost_sweep_ignores_arch_train():
-    raw = _compose("cost", ["arch=induction/mamba_noise_state"])
+    raw = compose("cost", "arch=induction/mamba_noise_state")
     assert raw.arch.train.initial_state == "noise"
     cfg = cost._as_schema(raw)
     built = build(cfg.arch, cfg.model, 256, validate_only=True)

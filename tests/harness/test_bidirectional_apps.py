@@ -8,24 +8,14 @@ import dataclasses
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 
 from archs import create_arch
 from archs.model import LMConfig
-from harness import cost, extrapolate
 from harness.config import ModelConfig
 from harness.evaluate import logits_for
 
+from tests.apps import compose, run_cost, run_extrapolate
 from tests.paths import ROOT  # noqa: E402
-
-CONF = str(ROOT / "conf")
-COST = ["bench=smoke", "progress=false", "model.target_params=20000"]
-EXTRAPOLATE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
-
-
-def _compose(app, overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(app, overrides=overrides)
 
 
 def test_the_causal_default_has_one_source():
@@ -34,30 +24,32 @@ def test_the_causal_default_has_one_source():
     for app in ("cost", "extrapolate"):
         restated = yaml.safe_load((ROOT / "conf" / f"{app}.yaml").read_text())["model"]["causal"]
         assert restated is default, f"conf/{app}.yaml restates model.causal as {restated}"
-        assert _compose(app, []).model.causal is default
+        assert compose(app).model.causal is default
 
 
+@pytest.mark.slow
 def test_cost_rows_of_a_bidirectional_model_skip_decoding(tmp_path):
-    df = cost.run(_compose("cost", [*COST, "arch=mamba", "model.causal=false", f"results_dir={tmp_path}"]))
+    df = run_cost(tmp_path, "arch=mamba", "model.causal=false")
     assert set(df["label"]) == {"mamba+bidirectional"}
     ok, skipped = df[df["status"] == "ok"], df[df["status"] == "skipped"]
     assert set(ok["mode"]) == {"forward", "train_step"} and set(skipped["mode"]) == {"decode"}
     assert skipped["reason"].str.contains("bidirectional models do not decode").all()
-    causal = cost.run(_compose("cost", [*COST, "arch=mamba", f"results_dir={tmp_path / 'c'}",
-                                        "bench.modes=[forward]"]))
+    causal = run_cost(tmp_path / 'c', "arch=mamba", "bench.modes=[forward]")
     # matched parameters: the two-pass model is narrower than its causal twin
     assert ok["d_model"].iloc[0] < causal["d_model"].iloc[0]
     assert abs(ok["params"].iloc[0] - causal["params"].iloc[0]) / causal["params"].iloc[0] < 0.1
 
 
+@pytest.mark.slow
 def test_max_len_search_of_decoding_is_skipped_for_bidirectional(tmp_path):
-    df = cost.run(_compose("cost", [*COST, "arch=transformer", "model.causal=false", "bench.search=max_len",
-                                    "bench.max_len.mode=decode", f"results_dir={tmp_path}"]))
+    df = run_cost(tmp_path, "arch=transformer", "model.causal=false", "bench.search=max_len",
+                  "bench.max_len.mode=decode")
     assert list(df["status"]) == ["skipped"] and "do not decode" in df["reason"].iloc[0]
 
 
+@pytest.mark.slow
 def test_cost_rows_of_the_encoder_decoder(tmp_path):
-    df = cost.run(_compose("cost", [*COST, "arch=encoder_decoder_mamba", f"results_dir={tmp_path}"]))
+    df = run_cost(tmp_path, "arch=encoder_decoder_mamba")
     assert set(df["status"]) == {"ok"} and set(df["mode"]) == {"forward", "train_step", "decode"}
     decode = df[df["mode"] == "decode"].sort_values("seq_len")
     # the state: each layer's cross-attention cache of the source (half the context) plus
@@ -66,30 +58,26 @@ def test_cost_rows_of_the_encoder_decoder(tmp_path):
     assert df["flops_analytic"].notna().all()
 
 
+@pytest.mark.slow
 def test_bad_model_and_arch_combinations_fail_before_compute(tmp_path):
     with pytest.raises(TypeError, match="SlidingWindowAttention.*cannot run bidirectionally"):
-        cost.run(_compose("cost", [*COST, "arch=sliding_window", "model.causal=false", f"results_dir={tmp_path}"]))
+        run_cost(tmp_path, "arch=sliding_window", "model.causal=false")
     with pytest.raises(ValueError, match="model.causal=false but the arch config of mamba sets causal: true"):
-        cost.run(_compose("cost", [*COST, "arch=mamba", "model.causal=false", "+arch.causal=true",
-                                   f"results_dir={tmp_path}"]))
+        run_cost(tmp_path, "arch=mamba", "model.causal=false", "+arch.causal=true")
     with pytest.raises(ValueError, match="causal=False does not apply"):
-        cost.run(_compose("cost", [*COST, "arch=encoder_decoder", "model.causal=false", f"results_dir={tmp_path}"]))
+        run_cost(tmp_path, "arch=encoder_decoder", "model.causal=false")
 
 
-def _extrapolate(tmp_path, overrides):
-    cfg = _compose("extrapolate", [*EXTRAPOLATE, f"results_dir={tmp_path / 'res'}",
-                                   f"checkpoint_dir={tmp_path / 'ckpt'}", *overrides])
-    return extrapolate.run(cfg)
-
-
+@pytest.mark.slow
 def test_extrapolation_rows_of_a_bidirectional_model_on_a_masked_task(tmp_path):
-    df = _extrapolate(tmp_path, ["arch=transformer", "model.causal=false", "task=masked_recall"])
+    df = run_extrapolate(tmp_path, "arch=transformer", "model.causal=false", "task=masked_recall")
     assert set(df["label"]) == {"transformer+bidirectional"} and set(df["status"]) == {"ok"}
     assert len(df) == 2 and df["accuracy"].between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_extrapolation_rows_of_the_encoder_decoder_on_seq2seq(tmp_path):
-    df = _extrapolate(tmp_path, ["arch=encoder_decoder", "task=seq2seq_sort"])
+    df = run_extrapolate(tmp_path, "arch=encoder_decoder", "task=seq2seq_sort")
     assert set(df["status"]) == {"ok"} and set(df["task"]) == {"seq2seq"}
     assert df["seq_acc"].between(0, 1).all()
 
@@ -101,7 +89,7 @@ def test_extrapolation_rows_of_the_encoder_decoder_on_seq2seq(tmp_path):
 ])
 def test_unfair_task_and_model_combinations_are_refused(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
-        _extrapolate(tmp_path, overrides)
+        run_extrapolate(tmp_path, *overrides)
 
 
 def test_a_bidirectional_model_is_evaluated_in_one_pass_and_the_shell_in_chunks():

@@ -21,7 +21,7 @@ import pytest
 from harness import cost
 from harness.results import load_rows, make_row
 from harness.sweep import Claims, Point, SweepSettings, run_points
-from tests.apps import SMOKE, compose
+from tests.apps import COST_SMOKE, compose
 from tests.paths import ROOT
 
 HOUR = 3600.0
@@ -164,6 +164,7 @@ _CONTENDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_taking_over_one_stale_claim_one_wins(tmp_path):
     claims = Claims(tmp_path, stale_s=60)
     _claim(claims, "p", {"pid": 1, "host": "node7", "time": time.time() - 2 * HOUR}, heartbeat_age=2 * HOUR)
@@ -198,6 +199,7 @@ _HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_heartbeat_keeps_a_long_measurement_its_claim(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], env=env,
@@ -219,7 +221,7 @@ def test_a_claim_stale_s_that_makes_no_sense_is_refused(tmp_path, bad):
 
 
 def test_a_negative_claim_stale_s_fails_before_compute(tmp_path):
-    cfg = compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "claim_stale_s=-5"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "claim_stale_s=-5")
     with pytest.raises(ValueError, match="claim_stale_s=-5"):
         cost.run(cfg)
     assert not list(tmp_path.iterdir())
@@ -247,3 +249,21 @@ def test_debris_of_killed_claimers_is_cleared(tmp_path):
     fresh.write_text("{}")
     run_points([Point("p")], _row, _row, SweepSettings(str(tmp_path), progress=False))
     assert not any(p.exists() for p in debris) and fresh.exists()
+
+
+def test_claims_of_dead_or_stale_owners_are_taken_over(tmp_path):
+    claims = Claims(tmp_path, stale_s=60)
+    claims.dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    claims.path("dead").write_text(json.dumps({"pid": dead.pid, "host": host, "time": time.time()}))
+    claims.path("live").write_text(json.dumps({"pid": os.getppid(), "host": host, "time": time.time()}))
+    claims.path("far").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
+    claims.path("old").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
+    os.utime(claims.path("old"), (time.time() - 120, time.time() - 120))  # its last heartbeat
+    assert claims.acquire("dead") and claims.acquire("old") and claims.acquire("new")
+    assert not claims.acquire("live") and not claims.acquire("far")
+    assert json.loads(claims.path("dead").read_text())["pid"] == os.getpid()
+    claims.release_all()
+    assert not claims.path("dead").exists() and claims.path("live").exists()

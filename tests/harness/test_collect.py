@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from harness.report.collect import collect, main
 from harness.results import CORE_COLUMNS, ResultStore, make_row
 
 
+@pytest.mark.slow
 def test_collect_writes_parquet_and_csv_core_columns_first(results_dir, tmp_path):
     parquet, csv, n = collect(results_dir, tmp_path / "out")
     for frame in (pd.read_parquet(parquet), pd.read_csv(csv)):
@@ -24,6 +26,7 @@ def test_collect_handles_columns_of_mixed_types(tmp_path):
     assert sorted(pd.read_parquet(parquet)["note"]) == ["1", "text"]
 
 
+@pytest.mark.slow
 def test_collect_cli(results_dir, capsys):
     assert main([str(results_dir)]) == 0
     assert (results_dir / "results.parquet").exists() and (results_dir / "results.csv").exists()
@@ -32,3 +35,12 @@ def test_collect_cli(results_dir, capsys):
     n_before = len(pd.read_csv(results_dir / "results.csv"))
     main([str(results_dir)])
     assert len(pd.read_csv(results_dir / "results.csv")) == n_before
+
+
+def test_collect_files_agree_after_a_rerun(tmp_path):
+    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=16, env={}), "k1")
+    collect(tmp_path)
+    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=32, env={}), "k2")
+    collect(tmp_path)
+    assert len(pd.read_csv(tmp_path / "results.csv")) == len(pd.read_parquet(tmp_path / "results.parquet")) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -28,11 +28,13 @@ def _assert_passes(arch, check, backend=None, lengths=(), dtype="float32"):
 SHORT = [(a, b, c) for a, b in SHORT_CASES for c in SHORT_CHECKS if not (b and c == "learns")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,backend,check", SHORT, ids=[f"{a}-{b or 'default'}-{c}" for a, b, c in SHORT])
 def test_short_checks(arch, backend, check):
     _assert_passes(arch, check, backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", OTHER_DTYPES)
 @pytest.mark.parametrize("arch,backend", SHORT_CASES, ids=[f"{a}-{b or 'default'}" for a, b in SHORT_CASES])
 def test_short_causality_and_forms_in_other_dtypes(arch, backend, dtype):
@@ -40,6 +42,7 @@ def test_short_causality_and_forms_in_other_dtypes(arch, backend, dtype):
         _assert_passes(arch, check, backend, dtype=dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", LONG_CASES, ids=[c.id for c in LONG_CASES])
 def test_long_checks(case):
     _assert_passes(case.arch, case.check, case.backend, case.lengths, case.dtype)

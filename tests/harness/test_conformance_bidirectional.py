@@ -13,6 +13,7 @@ CAPABLE = ["transformer", "transformer_alibi", "mamba", "mamba2", "linear_attent
 SKIPPED = {"prefill_matches_forward", "state_size", "long_decode", "long_causality"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", [*SHORT_CHECKS, "long_causality", "long_decode"])
 @pytest.mark.parametrize("arch", CAPABLE)
 def test_bidirectional_builtins_pass_what_applies(arch, check):

@@ -54,6 +54,7 @@ def _run(mixer, check, dtype):
     CHECKS[check](toy(mixer, dtype=dtype), lengths=LENGTHS, rebuild=lambda seed: toy(mixer, dtype=dtype))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer,check,dtype,message", BLIND_SPOTS,
                          ids=[f"{m.__name__}-{c}-{str(d)[6:]}" for m, c, d, _ in BLIND_SPOTS])
 def test_blind_spot_is_caught_with_a_message_naming_it(mixer, check, dtype, message):
@@ -61,6 +62,7 @@ def test_blind_spot_is_caught_with_a_message_naming_it(mixer, check, dtype, mess
         _run(mixer, check, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer,dtype", [(StateInModelDtype, F32), (StateInModelDtype, F64),
                                          (Float32Inside, F32), (Float32Inside, BF16)],
                          ids=lambda v: getattr(v, "__name__", str(v)[6:]))
@@ -96,6 +98,7 @@ def test_a_random_forward_is_reported_once_and_the_rest_not_run(registered):
                          for r in later)
 
 
+@pytest.mark.slow
 def test_a_bidirectional_mixer_takes_the_bidirectional_checks(registered):
     """A plugin's mixer declaring ``causal = False`` (its model built with causal=False): the
     future must be used, and every decode form is skipped, saying why, in every dtype."""

@@ -32,6 +32,7 @@ PLANTED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer,check,message", PLANTED, ids=lambda v: getattr(v, "__name__", None))
 def test_planted_bug_fails_its_check_with_the_right_message(mixer, check, message):
     with pytest.raises(ConformanceError, match=message):
@@ -51,11 +52,13 @@ CLEAN_CASES = [(c, torch.float32) for c in CHECKS] + \
     [(c, d) for d in (torch.bfloat16, torch.float64) for c in DTYPE_CHECKS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check,dtype", CLEAN_CASES, ids=[f"{c}-{str(d)[6:]}" for c, d in CLEAN_CASES])
 def test_clean_toy_passes_every_check(check, dtype):
     CHECKS[check](toy(PrefixMean, dtype=dtype), lengths=LENGTHS, rebuild=lambda seed: toy(PrefixMean, dtype=dtype))
 
 
+@pytest.mark.slow
 def test_assert_conformance_names_the_failed_check_and_passes_the_clean_toy(registered):
     assert_conformance(registered("toy_clean", PrefixMean), lengths=LENGTHS)
     with pytest.raises(ConformanceError, match=r"^long_causality \[float32\]: causality leak at length 1024"):
@@ -64,6 +67,7 @@ def test_assert_conformance_names_the_failed_check_and_passes_the_clean_toy(regi
     assert result.passed, result.detail
 
 
+@pytest.mark.slow
 def test_a_leak_planted_in_a_builtin_past_512_tokens_fails_the_suite(monkeypatch):
     """The issue's first report: a built-in's parallel forward leaking only past 512 tokens."""
     from archs.linear_attention.layer import LinearAttentionMixer

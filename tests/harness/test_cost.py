@@ -2,7 +2,6 @@
 max_len search, multirun (glob and submitit_local), and bad overrides."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,51 +9,34 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from harness import cost
 from harness.results import CORE_COLUMNS, load_rows
 
-from tests.configs import assert_option_applied  # noqa: E402
+from tests.apps import COST_SMOKE, cli, compose, run_cost
+from tests.configs import assert_option_applied, group_options  # noqa: E402
 from tests.paths import ROOT  # noqa: E402
 
-CONF = str(ROOT / "conf")
-SMOKE = ["bench=smoke", "progress=false", "model.target_params=20000"]
 FIXED_WIDTH = ["model.match=width", "model.d_model=4"]
-
-
-def _compose(overrides, config="cost"):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config, overrides=overrides)
-
-
-def _run(tmp_path, overrides=(), arch=None):
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", *overrides])
-    if arch is not None:
-        cfg.arch = arch
-    return cost.run(cfg)
 
 
 # --- composition -------------------------------------------------------------------------
 
-def _group_options(group):
-    base = ROOT / "conf" / group
-    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
-
-
-@pytest.mark.parametrize("bench", _group_options("bench"))
+@pytest.mark.slow
+@pytest.mark.parametrize("bench", group_options("bench"))
 def test_every_bench_preset_composes_and_validates(bench):
     from harness.checks import validate_bench
-    raw = _compose([f"bench={bench}"])
+    raw = compose("cost", f"bench={bench}")
     assert_option_applied(raw.bench, ROOT / "conf" / "bench" / f"{bench}.yaml")
     validate_bench(cost._as_schema(raw).bench)
 
 
 # --- measuring ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_rows_have_the_stable_core(tmp_path):
-    df = _run(tmp_path, ["arch=lstm"])
+    df = run_cost(tmp_path, "arch=lstm")
     assert list(df.columns[: len(CORE_COLUMNS)]) == list(CORE_COLUMNS)
     assert len(df) == 6 and set(df["status"]) == {"ok"}
     assert set(df["mode"]) == {"forward", "train_step", "decode"}
@@ -67,52 +49,58 @@ def test_sweep_rows_have_the_stable_core(tmp_path):
         assert col in df.columns
 
 
+@pytest.mark.slow
 def test_attention_state_grows_with_context(tmp_path):
-    df = _run(tmp_path, ["arch=transformer", "bench.modes=[decode]"])
+    df = run_cost(tmp_path, "arch=transformer", "bench.modes=[decode]")
     by_len = df.set_index("seq_len")["state_bytes"]
     assert by_len[64] > by_len[32]
 
 
+@pytest.mark.slow
 def test_oom_becomes_a_row_and_longer_lengths_are_skipped(tmp_path, failing_arch):
-    df = _run(tmp_path, ["bench.seq_lens=[32,64,128]", "bench.modes=[forward]", *FIXED_WIDTH],
-              arch={"name": failing_arch, "fail_at": 64, "kind": "oom"})
+    df = run_cost(tmp_path, "bench.seq_lens=[32,64,128]", "bench.modes=[forward]", *FIXED_WIDTH,
+                  arch={"name": failing_arch, "fail_at": 64, "kind": "oom"})
     status = df.set_index("seq_len")["status"].to_dict()
     assert status == {32: "ok", 64: "oom", 128: "skipped"}
     reasons = df.set_index("seq_len")["reason"]
     assert "out of memory" in reasons[64] and "oom at seq_len=64" in reasons[128]
 
 
+@pytest.mark.slow
 def test_error_becomes_a_row_and_the_sweep_goes_on(tmp_path, failing_arch):
-    df = _run(tmp_path, ["bench.seq_lens=[32,64,128]", "bench.modes=[forward,train_step]", *FIXED_WIDTH],
-              arch={"name": failing_arch, "fail_at": 64, "kind": "error"})
+    df = run_cost(tmp_path, "bench.seq_lens=[32,64,128]", "bench.modes=[forward,train_step]", *FIXED_WIDTH,
+                  arch={"name": failing_arch, "fail_at": 64, "kind": "error"})
     assert len(df) == 6
     errors = df[df["status"] == "error"]
     # an error is not a capacity limit: longer lengths are still attempted
     assert set(errors["seq_len"]) == {64, 128} and "simulated kernel failure" in errors["reason"].iloc[0]
 
 
+@pytest.mark.slow
 def test_point_over_its_time_budget_is_a_timeout(tmp_path):
-    df = _run(tmp_path, ["arch=lstm", "bench.modes=[train_step]", "bench.time_budget_s=1e-6",
-                         "bench.warmup=1"])
+    df = run_cost(tmp_path, "arch=lstm", "bench.modes=[train_step]", "bench.time_budget_s=1e-6",
+                  "bench.warmup=1")
     assert set(df["status"]) <= {"timeout", "skipped"} and "timeout" in set(df["status"])
 
 
+@pytest.mark.slow
 def test_resume_skips_measured_points_unless_forced(tmp_path):
-    first = _run(tmp_path, ["arch=lstm", "bench.modes=[forward]"])
+    first = run_cost(tmp_path, "arch=lstm", "bench.modes=[forward]")
     stamps = sorted(first["timestamp"])
     files = sorted(p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl"))
-    again = _run(tmp_path, ["arch=lstm", "bench.modes=[forward]"])
+    again = run_cost(tmp_path, "arch=lstm", "bench.modes=[forward]")
     assert len(again) == 2 and sorted(again["timestamp"]) == stamps
     assert sorted(p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl")) == files
-    _run(tmp_path, ["arch=lstm", "bench.modes=[forward]", "force=true"])
+    run_cost(tmp_path, "arch=lstm", "bench.modes=[forward]", "force=true")
     assert sorted(p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl")) != files
     assert len(list(tmp_path.glob("*.jsonl"))) == 2  # forced points replace, never duplicate
 
 
+@pytest.mark.slow
 def test_max_len_search_finds_the_longest_length_within_budget(tmp_path):
-    df = _run(tmp_path, ["arch=transformer_math", "bench.search=max_len", "bench.max_len.mode=forward",
-                         "bench.max_len.start=64", "bench.max_len.memory_budget_gb=0.002",
-                         "bench.max_len.resolution=0.1"])
+    df = run_cost(tmp_path, "arch=transformer_math", "bench.search=max_len", "bench.max_len.mode=forward",
+                  "bench.max_len.start=64", "bench.max_len.memory_budget_gb=0.002",
+                  "bench.max_len.resolution=0.1")
     row = df.iloc[0]
     assert row["status"] == "ok" and row["mode"] == "max_len:forward"
     assert row["peak_mem_bytes"] <= 0.002 * 2**30 and row["bounded_by"] == "memory budget"
@@ -127,7 +115,7 @@ def test_max_len_search_finds_the_longest_length_within_budget(tmp_path):
 ])
 def test_typos_and_wrong_types_fail_at_composition(override, match):
     with pytest.raises(Exception, match=match):
-        cost._as_schema(_compose([override]))
+        cost._as_schema(compose("cost", override))
 
 
 @pytest.mark.parametrize("override,match", [
@@ -140,27 +128,22 @@ def test_typos_and_wrong_types_fail_at_composition(override, match):
 ])
 def test_bad_values_fail_before_compute_naming_the_key(tmp_path, override, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        _run(tmp_path, [override])
+        run_cost(tmp_path, override)
     assert not list(tmp_path.glob("*.jsonl"))
 
 
 def test_unknown_arch_config_lists_the_options():
     with pytest.raises(Exception, match="transformer"):
-        _compose(["arch=transfomer"])
+        compose("cost", "arch=transfomer")
 
 
 # --- processes: kill-and-resume, multirun with glob, submitit ------------------------------
 
-def _cli(args, cwd, timeout=240, **popen):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
-    return subprocess.Popen([sys.executable, "-m", "harness.cost", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
+@pytest.mark.slow
 def test_sigkill_then_rerun_measures_every_point_exactly_once(tmp_path):
     results = tmp_path / "res"
-    args = [*SMOKE, f"results_dir={results}", "arch=lstm", "bench.seq_lens=[16,24,32,40,48,56]"]
-    proc = _cli(args, tmp_path)
+    args = [*COST_SMOKE, f"results_dir={results}", "arch=lstm", "bench.seq_lens=[16,24,32,40,48,56]"]
+    proc = cli("cost", args, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(results.glob("*.jsonl"))) < 3:
         time.sleep(0.05)
@@ -168,29 +151,31 @@ def test_sigkill_then_rerun_measures_every_point_exactly_once(tmp_path):
     proc.wait()
     done_before = len(list(results.glob("*.jsonl")))
     assert 0 < done_before < 18, "the kill should land mid-sweep"
-    out, _ = _cli(args, tmp_path).communicate(timeout=240)
+    out, _ = cli("cost", args, tmp_path).communicate(timeout=240)
     df = load_rows(results)
     assert len(df) == 18 and df["point_key"].is_unique, out[-2000:]
     assert not [p for p in results.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
+@pytest.mark.slow
 def test_multirun_glob_over_arch_configs(tmp_path):
     results = tmp_path / "res"
-    args = ["-m", "arch=glob(transformer_*,exclude=transformer_math)", *SMOKE, f"results_dir={results}",
+    args = ["-m", "arch=glob(transformer_*,exclude=transformer_math)", *COST_SMOKE, f"results_dir={results}",
             "bench.modes=[forward]", "bench.seq_lens=[16]", "hydra.sweep.dir=" + str(tmp_path / "mr")]
-    out, _ = _cli(args, tmp_path).communicate(timeout=240)
+    out, _ = cli("cost", args, tmp_path).communicate(timeout=240)
     df = load_rows(results)
     assert set(df["arch"]) == {"transformer_alibi", "transformer_learned", "transformer_nope",
                                "transformer_sinusoidal"}, out[-3000:]
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_real_jobs_into_one_results_dir(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     results = tmp_path / "res"
-    args = ["-m", "hydra/launcher=submitit_local", "arch=lstm,transformer", *SMOKE,
+    args = ["-m", "hydra/launcher=submitit_local", "arch=lstm,transformer", *COST_SMOKE,
             f"results_dir={results}", "bench.modes=[forward]", "bench.seq_lens=[16]",
             "hydra.sweep.dir=" + str(tmp_path / "mr"), "hydra.launcher.timeout_min=5"]
-    out, _ = _cli(args, tmp_path).communicate(timeout=300)
+    out, _ = cli("cost", args, tmp_path).communicate(timeout=300)
     df = load_rows(results)
     assert set(df["arch"]) == {"lstm", "transformer"}, out[-3000:]
     assert list((tmp_path / "mr").rglob("*_submitted.pkl")), "jobs should have gone through submitit"
@@ -198,16 +183,17 @@ def test_submitit_local_launcher_runs_real_jobs_into_one_results_dir(tmp_path):
 
 def test_slurm_preset_composes_one_gpu_per_job():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("cost", overrides=["hydra/launcher=slurm_gpu", "bench=gpu"], return_hydra_config=True)
+    cfg = compose("cost", "hydra/launcher=slurm_gpu", "bench=gpu", hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.nodes == 1
     assert cfg.bench.dtype == "bfloat16"
 
 
+@pytest.mark.slow
 def test_generate_mode_and_its_figure(tmp_path):
-    df = _run(tmp_path, ["arch=lstm", "bench.modes=[generate]", "bench.gen_tokens=4", "bench.seq_lens=[16]"])
+    df = run_cost(tmp_path, "arch=lstm", "bench.modes=[generate]", "bench.gen_tokens=4",
+                  "bench.seq_lens=[16]")
     row = df.iloc[0]
     assert row["status"] == "ok" and row["gen_tokens"] == 4
     assert row["tokens_per_s"] == pytest.approx(4 / (row["time_ms"] / 1e3))
@@ -216,6 +202,7 @@ def test_generate_mode_and_its_figure(tmp_path):
     assert "generation_throughput" in figures and not any(k.startswith("time_vs") for k in figures)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["archbench-cost", "archbench-extrapolate"])
 def test_console_scripts_find_the_configs_from_any_folder(script, tmp_path):
     # Installed entry points call the app from its module, not as __main__: a relative

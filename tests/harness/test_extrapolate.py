@@ -3,52 +3,31 @@ resume, bad task parameters, multirun over seeds, and the plots it feeds."""
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from harness import extrapolate
 from harness.results import load_rows
 from harness.train import TrainResult
 
-from tests.configs import assert_option_applied  # noqa: E402
+from tests.apps import EXTRAP_SMOKE, cli, compose, run_extrapolate
+from tests.configs import assert_option_applied, group_options  # noqa: E402
 from tests.paths import ROOT  # noqa: E402
 
-CONF = str(ROOT / "conf")
-SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
 REQUIRED = ["arch", "task", "train_seq_len", "eval_seq_len", "accuracy", "loss", "status"]
 
 
-def _compose(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("extrapolate", overrides=overrides)
-
-
-def _run(tmp_path, overrides=(), arch=None):
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path / 'res'}", f"checkpoint_dir={tmp_path / 'ckpt'}",
-                    *overrides])
-    if arch is not None:
-        cfg.arch = arch
-    return extrapolate.run(cfg)
-
-
-def _options(group):
-    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("group", ["task", "train", "eval", "model"])
 def test_every_group_option_composes_validates_and_applies(group):
     from harness.checks import validate_eval
     from harness.tasks import get_task
     from harness.build import build
-    for option in _options(group):
-        raw = _compose([f"{group}={option}"])
+    for option in group_options(group):
+        raw = compose("extrapolate", f"{group}={option}")
         assert_option_applied(raw[group], ROOT / "conf" / group / f"{option}.yaml")
         cfg = extrapolate._as_schema(raw)
         validate_eval(cfg.eval)
@@ -56,14 +35,13 @@ def test_every_group_option_composes_validates_and_applies(group):
         build(cfg.arch, cfg.model, task.vocab_size, validate_only=True)
 
 
-@pytest.mark.parametrize("experiment", _options("experiment"))
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_composes(experiment):
     # Cost-app experiments (cost sweeps, generation throughput) choose a bench preset.
     text = (ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()
     app = "cost" if "override /bench" in text else "extrapolate"
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(app,
-                      overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    cfg = compose(app, f"experiment={experiment}", hydra_config=True)
     assert cfg.experiment == experiment
     sweep = cfg.hydra.sweeper.params or {}
     for option in str(sweep.get("arch", "")).split(","):
@@ -71,8 +49,9 @@ def test_every_experiment_composes(experiment):
             assert (ROOT / "conf" / "arch" / f"{option}.yaml").exists(), option
 
 
+@pytest.mark.slow
 def test_rows_carry_the_collected_columns(tmp_path):
-    df = _run(tmp_path, ["arch=lstm"])
+    df = run_extrapolate(tmp_path, "arch=lstm")
     for col in REQUIRED:
         assert col in df.columns
     assert sorted(df["eval_seq_len"]) == [32, 64] and set(df["status"]) == {"ok"}
@@ -81,15 +60,17 @@ def test_rows_carry_the_collected_columns(tmp_path):
     assert (df["train_steps"] == 4).all() and (df["mode"] == "eval").all()
 
 
+@pytest.mark.slow
 def test_learned_positions_past_the_table_are_skipped_rows(tmp_path):
-    df = _run(tmp_path, ["arch=transformer_learned"])
+    df = run_extrapolate(tmp_path, "arch=transformer_learned")
     status = df.set_index("eval_seq_len")["status"].to_dict()
     assert status == {32: "ok", 64: "skipped"}  # the table is as long as train.seq_len
     assert "max_seq_len" in df.set_index("eval_seq_len")["reason"][64]
 
 
+@pytest.mark.slow
 def test_checkpoint_is_reused_and_points_resume(tmp_path, monkeypatch):
-    first = _run(tmp_path, ["arch=lstm"])
+    first = run_extrapolate(tmp_path, "arch=lstm")
     assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 1
     # the training curve lies beside the weights: a loss at step 0 and at the last step
     (curve_file,) = (tmp_path / "ckpt").glob("*.history.csv")
@@ -100,13 +81,13 @@ def test_checkpoint_is_reused_and_points_resume(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("should have loaded the checkpoint")
     monkeypatch.setattr(extrapolate, "train", no_training)
-    again = _run(tmp_path, ["arch=lstm"])  # everything measured: nothing runs
+    again = run_extrapolate(tmp_path, "arch=lstm")  # everything measured: nothing runs
     assert sorted(again["timestamp"]) == sorted(first["timestamp"])
     # new lengths evaluate the same weights without training again
-    more = _run(tmp_path, ["arch=lstm", "eval.seq_lens=[32,64,96]"])
+    more = run_extrapolate(tmp_path, "arch=lstm", "eval.seq_lens=[32,64,96]")
     assert sorted(more["eval_seq_len"]) == [32, 64, 96]
     # re-evaluating from the checkpoint reproduces the metrics exactly
-    forced = _run(tmp_path, ["arch=lstm", "force=false", f"results_dir={tmp_path / 'res2'}"])
+    forced = run_extrapolate(tmp_path, "arch=lstm", "force=false", f"results_dir={tmp_path / 'res2'}")
     a = first.set_index("eval_seq_len")[["accuracy", "loss"]]
     b = forced.set_index("eval_seq_len")[["accuracy", "loss"]]
     assert a.equals(b.loc[a.index])
@@ -115,23 +96,25 @@ def test_checkpoint_is_reused_and_points_resume(tmp_path, monkeypatch):
 def test_diverged_training_is_a_row_per_length(tmp_path, monkeypatch):
     monkeypatch.setattr(extrapolate, "train",
                         lambda *a, **k: TrainResult(status="diverged", reason="loss nan at step 3", steps_done=3))
-    df = _run(tmp_path, ["arch=lstm"])
+    df = run_extrapolate(tmp_path, "arch=lstm")
     assert set(df["status"]) == {"diverged"} and len(df) == 2
     assert "loss nan at step 3" in df["reason"].iloc[0]
 
 
+@pytest.mark.slow
 def test_oom_at_a_length_then_longer_lengths_skipped(tmp_path, failing_arch):
-    df = _run(tmp_path, ["eval.seq_lens=[32,64,128]", "model.d_model=4", "eval.chunk_len=null"],
-              arch={"name": failing_arch, "fail_at": 64, "kind": "oom"})
+    df = run_extrapolate(tmp_path, "eval.seq_lens=[32,64,128]", "model.d_model=4", "eval.chunk_len=null",
+                         arch={"name": failing_arch, "fail_at": 64, "kind": "oom"})
     assert df.set_index("eval_seq_len")["status"].to_dict() == {32: "ok", 64: "oom", 128: "skipped"}
 
 
+@pytest.mark.slow
 def test_eval_oom_halves_the_model_batch_and_the_metrics_do_not_change(tmp_path, failing_arch):
     # eval=smoke: 4 sequences, batch_tokens=256 -> batch 4 at 64 tokens, 2 at 128.
     overrides = ["eval.seq_lens=[64,128]", "model.d_model=4", "eval.chunk_len=null"]
-    roomy = _run(tmp_path / "roomy", overrides, arch={"name": failing_arch, "fail_at": 10**6})
-    tight = _run(tmp_path / "tight", overrides,
-                 arch={"name": failing_arch, "fail_at": 10**6, "max_eval_tokens": 128})
+    roomy = run_extrapolate(tmp_path / "roomy", *overrides, arch={"name": failing_arch, "fail_at": 10**6})
+    tight = run_extrapolate(tmp_path / "tight", *overrides,
+                            arch={"name": failing_arch, "fail_at": 10**6, "max_eval_tokens": 128})
     roomy, tight = roomy.set_index("eval_seq_len"), tight.set_index("eval_seq_len")
     assert (tight["status"] == "ok").all()
     assert roomy["micro_batch"].to_dict() == {64: 4, 128: 2}
@@ -141,9 +124,10 @@ def test_eval_oom_halves_the_model_batch_and_the_metrics_do_not_change(tmp_path,
 
 def test_eval_cpu_memory_limit_is_validated(tmp_path):
     with pytest.raises(Exception, match="eval.cpu_memory_limit_gb"):
-        _run(tmp_path, ["eval.cpu_memory_limit_gb=0"])
+        run_extrapolate(tmp_path, "eval.cpu_memory_limit_gb=0")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,match", [
     ("task=mqar task.num_kv_pairs=64", "seq_len=32 is shorter than min_len"),
     ("task.vocab=1", "vocab must be >= 2"),
@@ -153,23 +137,24 @@ def test_eval_cpu_memory_limit_is_validated(tmp_path):
 ])
 def test_bad_task_and_run_settings_fail_before_compute(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
-        _run(tmp_path, override.split())
+        run_extrapolate(tmp_path, *override.split())
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_multirun_over_seeds_then_plot(tmp_path):
     res = tmp_path / "res"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "harness.extrapolate", "-m", "arch=lstm", "train.seed=0,1", *SMOKE,
-           f"results_dir={res}", f"checkpoint_dir={tmp_path / 'ckpt'}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    args = ["-m", "arch=lstm", "train.seed=0,1", *EXTRAP_SMOKE, f"results_dir={res}",
+            f"checkpoint_dir={tmp_path / 'ckpt'}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
+    out, _ = cli("extrapolate", args, tmp_path).communicate(timeout=300)
     df = load_rows(res)
-    assert sorted(set(df["seed"])) == [0, 1] and len(df) == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(set(df["seed"])) == [0, 1] and len(df) == 4, out[-4000:]
     from harness.report.plot import plot_extrapolation
     files = plot_extrapolation(df, tmp_path / "plots")
     assert files and all(Path(f).stat().st_size > 1000 for f in files)
 
 
+@pytest.mark.slow
 def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkeypatch):
     """SIGTERM mid-training (a SLURM time limit): the re-run continues from the snapshot beside
     the checkpoint and ends with the weights of an uninterrupted run; the snapshot is gone."""
@@ -178,7 +163,7 @@ def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkey
     from tests.harness.test_resume import SignalAt
 
     overrides = ["train.steps=8", "train.eval_every=0", "arch=mamba", "eval.seq_lens=[32]"]
-    _run(tmp_path / "whole", overrides)
+    run_extrapolate(tmp_path / "whole", *overrides)
     real_get_task = extrapolate.get_task
 
     def signalling_task(**kw):  # the same task object (its code is the checkpoint's identity)
@@ -188,11 +173,11 @@ def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkey
     for module in (extrapolate, training_run):  # the app's checks and the run's own task
         monkeypatch.setattr(module, "get_task", signalling_task)
     with pytest.raises(Terminated):
-        _run(tmp_path / "cut", overrides)
+        run_extrapolate(tmp_path / "cut", *overrides)
     assert list((tmp_path / "cut" / "ckpt").glob("*.resume.pt"))
     for module in (extrapolate, training_run):
         monkeypatch.setattr(module, "get_task", real_get_task)
-    rows = _run(tmp_path / "cut", overrides)
+    rows = run_extrapolate(tmp_path / "cut", *overrides)
     assert (rows.status == "ok").all() and (rows.train_steps == 8).all()
     assert not list((tmp_path / "cut" / "ckpt").glob("*.resume.pt"))
     (whole,), (cut,) = ((tmp_path / d / "ckpt").glob("*[0-9a-f].pt") for d in ("whole", "cut"))
@@ -201,12 +186,13 @@ def test_training_stopped_by_a_signal_resumes_from_its_snapshot(tmp_path, monkey
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_distance_at_shortest_evaluates_each_distance_at_its_first_length(tmp_path):
     """eval.distance_at=shortest: d = 2^k - 1 only at 2^k (the trigger at the start, as the
     paper's reproduction evaluates), not at every longer length."""
-    rows = _run(tmp_path, ["arch=lstm", "eval.seq_lens=[16,32,64]", "eval.trigger_distances=[15,31]",
-                           "eval.distance_at=shortest"])
+    rows = run_extrapolate(tmp_path, "arch=lstm", "eval.seq_lens=[16,32,64]",
+                           "eval.trigger_distances=[15,31]", "eval.distance_at=shortest")
     by_distance = rows[rows.trigger_distance.notna()]
     assert sorted(zip(by_distance.trigger_distance, by_distance.eval_seq_len)) == [(15, 16), (31, 32)]
     with pytest.raises(ValueError, match="eval.distance_at"):
-        _run(tmp_path, ["arch=lstm", "eval.distance_at=nearest"])
+        run_extrapolate(tmp_path, "arch=lstm", "eval.distance_at=nearest")

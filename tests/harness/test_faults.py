@@ -1,6 +1,11 @@
-"""Fault injection (issue 10): every case that once lost, corrupted or silently reused data,
-reproduced with tiny sizes and asserted fixed - the row, the message, the re-measurement,
-the unchanged completed files."""
+"""Fault injection through the apps (issue 10): every case that once lost, corrupted or
+silently reused data, reproduced end to end with tiny sizes and asserted fixed - the row, the
+message, the re-measurement, the unchanged completed files.
+
+This is the one place for faults that cross modules (an app, its sweep, its results folder,
+its checkpoints). A fault of one module is tested in that module's file: test_sweep.py,
+test_claims.py, test_atomic.py, test_collect.py, test_fingerprint.py, test_checkpoints.py,
+test_prechecks.py (checks before compute); see tests/README.md."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +22,11 @@ import pandas as pd
 import pytest
 import torch
 
-from archs import _registry
-from harness.report import collect as collect_mod
 from harness import cost, extrapolate
-from harness.fingerprint import code_fingerprint
-from harness.results import (ResultStore, atomic_write_group, finish_group, load_rows, make_row,
-                             point_files)
-from harness.sweep import Claims
+from harness.results import ResultStore, load_rows, make_row, point_files
 from harness.train import CheckpointError, load_checkpoint
 
-from tests.apps import EXTRAP, SMOKE
-from tests.apps import cli as _cli
-from tests.apps import compose as _compose
+from tests.apps import COST_SMOKE, EXTRAP_SMOKE, cli, compose
 from tests.paths import ROOT
 
 
@@ -39,46 +36,51 @@ def _sums(folder: Path) -> dict[str, str]:
 
 # --- 1. memory caps / time budgets: restored after each job, part of the key -------------
 
+@pytest.mark.slow
 def test_memory_cap_does_not_leak_into_the_next_job_and_is_in_the_key(tmp_path):
     res = tmp_path / "res"
-    args = ["-m", "arch=transformer_math", *SMOKE, "bench.seq_lens=[4096]", "bench.modes=[forward]",
+    args = ["-m", "arch=transformer_math", *COST_SMOKE, "bench.seq_lens=[4096]", "bench.modes=[forward]",
             "bench.cpu_memory_limit_gb=0.4,null", f"results_dir={res}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
-    out, _ = _cli("cost", args, tmp_path).communicate(timeout=240)
+    out, _ = cli("cost", args, tmp_path).communicate(timeout=240)
     df = load_rows(res)
     by_cap = {(None if pd.isna(c) else c): s for c, s in zip(df["cpu_memory_limit_gb"], df["status"])}
     assert by_cap == {0.4: "oom", None: "ok"}, out[-3000:]
     assert df["point_key"].nunique() == 2  # the cap is part of the resume key
     before = _sums(res)
     # Without force, the uncapped request reuses the uncapped row only (nothing re-measured).
-    out, _ = _cli("cost", args[1:7] + ["bench.cpu_memory_limit_gb=null", f"results_dir={res}"],
+    out, _ = cli("cost", args[1:7] + ["bench.cpu_memory_limit_gb=null", f"results_dir={res}"],
                   tmp_path).communicate(timeout=240)
     assert _sums(res) == before, out[-2000:]
 
 
+@pytest.mark.slow
 def test_limits_are_restored_after_run(tmp_path):
     import resource
 
     before = resource.getrlimit(resource.RLIMIT_DATA)
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]",
-                    "bench.seq_lens=[16]", "bench.cpu_memory_limit_gb=64", "bench.threads=1"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]",
+                  "bench.seq_lens=[16]", "bench.cpu_memory_limit_gb=64", "bench.threads=1")
     threads = torch.get_num_threads()
     cost.run(cfg)
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
     assert torch.get_num_threads() == threads
 
 
+@pytest.mark.slow
 def test_time_budget_is_in_the_key(tmp_path):
-    base = [*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
-    cost.run(_compose([*base, "bench.time_budget_s=1e-6"]))
-    df = cost.run(_compose(base))
+    base = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
+    cost.run(compose("cost", *base, "bench.time_budget_s=1e-6"))
+    df = cost.run(compose("cost", *base))
     assert sorted(df["status"]) == ["ok", "timeout"]  # the generous budget measured again
 
 
 # --- 2. corrupt / truncated point files ---------------------------------------------------
 
+@pytest.mark.slow
 def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
-    args = [*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16,24,32]"]
-    cost.run(_compose(args))
+    args = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]",
+            "bench.seq_lens=[16,24,32]"]
+    cost.run(compose("cost", *args))
     files = point_files(tmp_path)
     assert len(files) == 3
     truncated, garbage, intact = files
@@ -86,7 +88,7 @@ def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
     garbage.write_bytes(b"\x00\xff\xfe binary garbage")
     intact_sum = hashlib.sha256(intact.read_bytes()).hexdigest()
     with pytest.warns(RuntimeWarning, match="corrupt result file"):
-        df = cost.run(_compose(args))
+        df = cost.run(compose("cost", *args))
     assert len(df) == 3 and set(df["status"]) == {"ok"}
     assert hashlib.sha256(intact.read_bytes()).hexdigest() == intact_sum  # not re-measured
     for bad in (truncated, garbage):
@@ -97,10 +99,11 @@ def test_corrupt_point_files_are_moved_aside_and_remeasured(tmp_path, caplog):
 
 # --- 3. training OOM / error -> rows --------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,status", [("oom", "oom"), ("error", "error")])
 def test_training_failure_becomes_a_row_for_every_eval_length(tmp_path, failing_arch, kind, status):
-    cfg = _compose([*EXTRAP, f"results_dir={tmp_path}", f"checkpoint_dir={tmp_path / 'ck'}",
-                    "eval.seq_lens=[32,64,128]"], "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}",
+                  f"checkpoint_dir={tmp_path / 'ck'}", "eval.seq_lens=[32,64,128]")
     cfg.arch = {"name": failing_arch, "fail_at": 8, "kind": kind}
     df = extrapolate.run(cfg)
     assert sorted(df["eval_seq_len"]) == [32, 64, 128]
@@ -111,7 +114,7 @@ def test_training_failure_becomes_a_row_for_every_eval_length(tmp_path, failing_
     assert set(extrapolate.run(cfg)["status"]) == {"ok"}
 
 
-# --- 4. collect / plot validate rows; collect's two files change together -------------------
+# --- 4. collect / plot validate rows ---------------------------------------------------------
 
 def _bad_results(folder: Path) -> dict[str, str]:
     store = ResultStore(folder)
@@ -125,6 +128,7 @@ def _bad_results(folder: Path) -> dict[str, str]:
             "nocore.jsonl:1": "core column"}
 
 
+@pytest.mark.slow
 def test_collect_and_plot_reject_bad_rows_by_file_and_line(tmp_path):
     expected = _bad_results(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -139,72 +143,41 @@ def test_collect_and_plot_reject_bad_rows_by_file_and_line(tmp_path):
     assert "Status counts" in (tmp_path / "report.md").read_text()
 
 
-def test_collect_kill_leaves_both_tables_old_or_both_new(tmp_path, monkeypatch):
-    (tmp_path / "a.txt").write_text("old")
-    (tmp_path / "b.txt").write_text("old")
-    real_replace = os.replace
-    calls = []
-
-    def dying_replace(src, dst):  # the process "dies" after the first table is in place
-        calls.append(dst)
-        if str(dst).endswith("b.txt"):
-            raise KeyboardInterrupt("killed")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", dying_replace)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write_group(tmp_path, "g", {"a.txt": "new", "b.txt": "new"})
-    monkeypatch.setattr(os, "replace", real_replace)
-    finish_group(tmp_path, "g")  # what the next collect does first
-    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() == "new"
-    # A kill before the journal (the commit point) rolls back: both stay old.
-    (tmp_path / ".a.txt.g.new").write_text("newer")
-    finish_group(tmp_path, "g")
-    assert (tmp_path / "a.txt").read_text() == "new" and not list(tmp_path.glob(".*.new"))
-
-
-def test_collect_files_agree_after_a_rerun(tmp_path):
-    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=16, env={}), "k1")
-    collect_mod.collect(tmp_path)
-    ResultStore(tmp_path).write(make_row(arch="a", mode="forward", seq_len=32, env={}), "k2")
-    collect_mod.collect(tmp_path)
-    assert len(pd.read_csv(tmp_path / "results.csv")) == len(pd.read_parquet(tmp_path / "results.parquet")) == 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-
-
 # --- 5. checks before compute ---------------------------------------------------------------
 
 def test_plus_added_unknown_key_is_rejected(tmp_path):
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "+bench.seq_lenz=[999]"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "+bench.seq_lenz=[999]")
     with pytest.raises(ValueError, match=r"bench\.seq_lenz.*did you mean bench\.seq_lens"):
         cost.run(cfg)
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_results_dir_that_is_a_file_and_bad_device_fail_clearly(tmp_path):
     a_file = tmp_path / "f"
     a_file.write_text("x")
     with pytest.raises(ValueError, match="results_dir=.* is a file"):
-        cost.run(_compose([*SMOKE, f"results_dir={a_file}", "arch=lstm"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={a_file}", "arch=lstm"))
     with pytest.raises(ValueError, match="cannot be written"):
-        cost.run(_compose([*SMOKE, f"results_dir={a_file / 'sub'}", "arch=lstm"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={a_file / 'sub'}", "arch=lstm"))
     with pytest.raises(ValueError, match="device='tpu'.*use device=auto"):
-        cost.run(_compose([*SMOKE, f"results_dir={tmp_path / 'r'}", "arch=lstm", "device=tpu"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={tmp_path / 'r'}", "arch=lstm", "device=tpu"))
 
 
 def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path, monkeypatch):
     a_file = tmp_path / "ck"
     a_file.write_text("x")
     monkeypatch.setattr(extrapolate, "train", lambda *a, **k: pytest.fail("trained before the check"))
-    cfg = _compose([*EXTRAP, f"results_dir={tmp_path / 'r'}", f"checkpoint_dir={a_file}", "arch=lstm"],
-                   "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path / 'r'}",
+                  f"checkpoint_dir={a_file}", "arch=lstm")
     with pytest.raises(ValueError, match="checkpoint_dir=.* is a file"):
         extrapolate.run(cfg)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_names_file_and_force(tmp_path):
-    cfg = _compose([*EXTRAP, f"results_dir={tmp_path / 'r'}", f"checkpoint_dir={tmp_path / 'ck'}",
-                    "arch=lstm", "eval.seq_lens=[32]"], "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path / 'r'}",
+                  f"checkpoint_dir={tmp_path / 'ck'}", "arch=lstm", "eval.seq_lens=[32]")
     extrapolate.run(cfg)
     (ckpt,) = (tmp_path / "ck").glob("*.pt")
     ckpt.write_bytes(ckpt.read_bytes()[:100])
@@ -219,27 +192,14 @@ def test_truncated_checkpoint_names_file_and_force(tmp_path):
         load_checkpoint(model, ckpt)
 
 
-def test_plugin_calling_sys_exit_is_a_plugin_error(monkeypatch):
-    class EP:
-        name, value = "exiting", "exiting_plugin:register"
-
-        def load(self):
-            return lambda: sys.exit(3)
-
-    monkeypatch.setattr(_registry, "entry_points", lambda group: [EP()])
-    monkeypatch.setattr(_registry, "_PLUGIN_ERRORS", {})
-    with pytest.warns(RuntimeWarning, match="exiting"):
-        _registry._load_plugins()
-    assert "SystemExit" in _registry._PLUGIN_ERRORS["exiting"]
-
-
 # --- 6. concurrent sweeps split the work via claims -----------------------------------------
 
+@pytest.mark.slow
 def test_two_sweeps_into_one_folder_measure_every_point_once(tmp_path):
     res = tmp_path / "res"
-    args = [*SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward,decode]",
+    args = [*COST_SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward,decode]",
             "bench.seq_lens=[16,24,32,40,48,56]", "bench.min_run_time=0.2"]
-    procs = [_cli("cost", args, tmp_path) for _ in range(2)]
+    procs = [cli("cost", args, tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     measured = [re.findall(r"\[harness\.sweep\]\[INFO\] - (\w+ L=\d+): ok", out) for out in outs]
@@ -249,55 +209,15 @@ def test_two_sweeps_into_one_folder_measure_every_point_once(tmp_path):
     assert len(load_rows(res)) == 12 and not (res / ".claims").exists()
 
 
-def test_claims_of_dead_or_stale_owners_are_taken_over(tmp_path):
-    claims = Claims(tmp_path, stale_s=60)
-    claims.dir.mkdir(parents=True)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = socket.gethostname()
-    claims.path("dead").write_text(json.dumps({"pid": dead.pid, "host": host, "time": time.time()}))
-    claims.path("live").write_text(json.dumps({"pid": os.getppid(), "host": host, "time": time.time()}))
-    claims.path("far").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
-    claims.path("old").write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time()}))
-    os.utime(claims.path("old"), (time.time() - 120, time.time() - 120))  # its last heartbeat
-    assert claims.acquire("dead") and claims.acquire("old") and claims.acquire("new")
-    assert not claims.acquire("live") and not claims.acquire("far")
-    assert json.loads(claims.path("dead").read_text())["pid"] == os.getpid()
-    claims.release_all()
-    assert not claims.path("dead").exists() and claims.path("live").exists()
-
-
-# --- 7. checkpoints are keyed by code too ---------------------------------------------------
-
-def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
-    src = tmp_path / "fp_mod.py"
-    src.write_text("import torch\nclass M(torch.nn.Module):\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import fp_mod
-
-    before = code_fingerprint(fp_mod.M())
-    src.write_text("import torch\nclass M(torch.nn.Module):\n    pass  # changed\n")
-    assert code_fingerprint(fp_mod.M()) != before
-
-
-def test_training_key_includes_model_and_task_code(tmp_path):
-    cfg = extrapolate._as_schema(_compose([*EXTRAP, f"results_dir={tmp_path}", "arch=lstm",
-                                           "checkpoint_dir=null"], "extrapolate"))
-    exp = extrapolate.Experiment(cfg)
-    assert exp.train_settings["code"] == code_fingerprint(exp.model, exp.task)
-    files = {p.name for p in __import__("harness.fingerprint", fromlist=["x"])._module_files(
-        [exp.model, *exp.model.modules(), exp.task])}
-    assert {"model.py", "induction.py"} <= files and any("lstm" in f or f == "layer.py" for f in files)
-
-
 # --- SIGTERM / SIGUSR2: the point in flight -> timeout row, the rest re-measured ---------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
 def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
     res = tmp_path / "res"
-    args = [*SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward]",
+    args = [*COST_SMOKE, f"results_dir={res}", "arch=lstm", "bench.modes=[forward]",
             "bench.seq_lens=[16,24,32,40]", "bench.min_run_time=1.0", "bench.warmup=1"]
-    proc = _cli("cost", args, tmp_path)
+    proc = cli("cost", args, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and not list(res.glob("*.jsonl")):
         time.sleep(0.05)
@@ -311,63 +231,24 @@ def test_stop_signal_writes_a_timeout_row_and_a_rerun_completes(tmp_path, sig):
     assert len(rows) < 4 and not (res / ".claims").exists()  # the rest: unclaimed, no rows
     if sig == signal.SIGUSR2:
         return  # the re-run is the same for both signals
-    out, _ = _cli("cost", args, tmp_path).communicate(timeout=240)
+    out, _ = cli("cost", args, tmp_path).communicate(timeout=240)
     rows = load_rows(res)
     assert len(rows) == 4 and set(rows["status"]) == {"ok"} and rows["point_key"].is_unique, out[-3000:]
 
 
 # --- figures are declared by the experiment, not guessed ------------------------------------
 
+@pytest.mark.slow
 def test_declared_figures_are_recorded_and_drawn(tmp_path):
     from harness.report.plot import cost_figures, declared_figures
 
-    cfg = _compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward,decode]",
-                    "bench.seq_lens=[16,32]", "figures=[time_vs_length]"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward,decode]",
+                  "bench.seq_lens=[16,32]", "figures=[time_vs_length]")
     df = cost.run(cfg)
     assert declared_figures(df) == {"time_vs_length"}
     assert list(cost_figures(df)) == ["time_vs_length"]
     assert {"time_vs_length", "decode_vs_context"} <= set(cost_figures(df.drop(columns="figures")))
     with pytest.raises(ValueError, match="unknown figure"):
-        cost.run(_compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "figures=[nope]"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "figures=[nope]"))
 
 
-def test_stop_signal_during_training_is_the_first_points_timeout_row(tmp_path):
-    from harness.sweep import Point, SweepSettings, Terminated, run_points
-
-    def row(point, status="ok", reason=""):
-        return make_row(status=status, reason=reason, arch="a", mode="eval", seq_len=point.info["n"], env={})
-
-    def train():
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while "training"
-        time.sleep(5)
-
-    points = [Point(f"p{n}", info={"n": n}) for n in (8, 16)]
-    with pytest.raises(Terminated):
-        run_points(points, row, row, SweepSettings(str(tmp_path), progress=False), before_first=train)
-    rows = load_rows(tmp_path)
-    assert list(rows["status"]) == ["timeout"] and "SIGTERM" in rows["reason"][0]
-    assert not (tmp_path / ".claims").exists()
-    # The interrupted row is not final: the next run measures both points.
-    written = run_points(points, row, row, SweepSettings(str(tmp_path), progress=False))
-    assert [r["seq_len"] for r in written] == [8, 16] and set(load_rows(tmp_path)["status"]) == {"ok"}
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-
-
-def test_a_second_stop_signal_cannot_cut_the_first_ones_row():
-    # SLURM signals a job more than once at its time limit; only the first may raise, so
-    # the timeout row of the point in flight is written whatever follows.
-    from harness.sweep import Terminated, stop_signals_raise
-    before = signal.getsignal(signal.SIGTERM)
-    raised = []
-    with stop_signals_raise():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.5)
-        except Terminated as stop:
-            raised.append(stop.name)
-            os.kill(os.getpid(), signal.SIGTERM)   # the repeat: ignored, no second raise
-            os.kill(os.getpid(), signal.SIGUSR2)
-            time.sleep(0.2)
-            raised.append("survived")
-    assert raised == ["SIGTERM", "survived"]
-    assert signal.getsignal(signal.SIGTERM) == before

@@ -36,6 +36,7 @@ def test_recovers_known_exponent_with_noise(power):
     assert (fit.n_points, fit.x_min, fit.x_max) == (7, 128, 8192)
 
 
+@pytest.mark.slow
 def test_confidence_interval_coverage_is_about_95_percent():
     hits = 0
     for seed in range(200):
@@ -124,6 +125,7 @@ def test_crossover_input_errors():
         crossover(df, "a", "c", mode="forward")
 
 
+@pytest.mark.slow
 def test_crossover_table_all_pairs_per_mode():
     df = frame([("a", 1e-5, 2.0), ("b", 1e-2, 1.0), ("c", 1.0, 0.5)])
     table = crossover_table(pd.concat([df, df.assign(mode="train")]))

@@ -7,70 +7,57 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from archs import create_arch
-from harness import cost, extrapolate
+from harness import extrapolate
 from harness.tasks import get_task
 from harness.counting import count_training_tokens
 from harness.config import TrainConfig
 from harness.train import train, training_batch
 
-from tests.paths import ROOT  # noqa: E402
-
-CONF = str(ROOT / "conf")
-COST_SMOKE = ["bench=smoke", "progress=false", "model.target_params=20000"]
-EXTRAPOLATE_SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16", "task=lm"]
+from tests.apps import run_cost, run_extrapolate
 
 
-def _cost(tmp_path, overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("cost", overrides=[*COST_SMOKE, f"results_dir={tmp_path}", *overrides])
-    return cost.run(cfg)
-
-
-def _extrapolate(tmp_path, overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("extrapolate", overrides=[*EXTRAPOLATE_SMOKE, f"results_dir={tmp_path / 'res'}",
-                                                f"checkpoint_dir={tmp_path / 'ckpt'}", *overrides])
-    return extrapolate.run(cfg)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ngram", "ffn_lm"])
 def test_cost_rows_with_a_constant_decode_state(tmp_path, arch):
-    df = _cost(tmp_path, [f"arch={arch}", "bench.seq_lens=[32,128]"])
+    df = run_cost(tmp_path, f"arch={arch}", "bench.seq_lens=[32,128]")
     assert set(df["status"]) == {"ok"} and set(df["mode"]) == {"forward", "train_step", "decode"}
     decode = df[df["mode"] == "decode"].set_index("seq_len")
     assert decode["state_bytes"][32] == decode["state_bytes"][128] > 0  # constant per token
     assert (df["time_ms"] > 0).all()
 
 
+@pytest.mark.slow
 def test_ngram_cost_train_step_is_counting(tmp_path):
-    df = _cost(tmp_path, ["arch=ngram", "bench.modes=[train_step]"])
+    df = run_cost(tmp_path, "arch=ngram", "bench.modes=[train_step]")
     assert set(df["status"]) == {"ok"} and (df["arch.n_layers"].isna()).all()
     assert (df["backend"] == "ref").all() and (df["sizing"] == "arch_config").all()
 
 
+@pytest.mark.slow
 def test_post_norm_runs_through_both_apps_as_its_own_curve(tmp_path):
-    df = _cost(tmp_path, ["arch=transformer", "model.norm_position=post", "bench.modes=[forward,decode]"])
+    df = run_cost(tmp_path, "arch=transformer", "model.norm_position=post", "bench.modes=[forward,decode]")
     assert set(df["status"]) == {"ok"} and set(df["label"]) == {"transformer+postnorm"}
     assert (df["arch.norm_position"] == "post").all()
-    ext = _extrapolate(tmp_path, ["arch=mamba", "model.norm_position=post"])
+    ext = run_extrapolate(tmp_path, "task=lm", "arch=mamba", "model.norm_position=post")
     assert set(ext["status"]) == {"ok"} and set(ext["label"]) == {"mamba+postnorm"}
-    pre = _extrapolate(tmp_path, ["arch=mamba"])  # the default keeps its old identity
+    pre = run_extrapolate(tmp_path, "task=lm", "arch=mamba")  # the default keeps its old identity
     assert set(pre["label"]) == {"mamba"} and pre.get("arch.norm_position", pd.Series([None])).isna().all()
     assert set(pre["train_key"]).isdisjoint(ext["train_key"])
 
 
+@pytest.mark.slow
 def test_bad_norm_position_or_one_that_cannot_apply_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match=r"model.norm_position.*\['pre', 'post'\]"):
-        _extrapolate(tmp_path, ["model.norm_position=middle"])
+        run_extrapolate(tmp_path, "task=lm", "model.norm_position=middle")
     with pytest.raises(TypeError, match=r"'ngram' got unknown keyword\(s\) \['norm_position'\]"):
-        _extrapolate(tmp_path, ["arch=ngram", "model.norm_position=post"])
+        run_extrapolate(tmp_path, "task=lm", "arch=ngram", "model.norm_position=post")
 
 
+@pytest.mark.slow
 def test_ngram_extrapolation_rows_and_checkpoint(tmp_path, monkeypatch):
-    df = _extrapolate(tmp_path, ["arch=ngram", "arch.order=3"])
+    df = run_extrapolate(tmp_path, "task=lm", "arch=ngram", "arch.order=3")
     assert set(df["status"]) == {"ok"} and sorted(df["eval_seq_len"]) == [32, 64]
     assert (df["train_tokens"] == 4 * 4 * 32).all() and (df["bpb"] > 0).all()
     assert (df["params"] > 0).all() and (df["state_bytes"] > 2 * 8).all()  # the tables are its state
@@ -82,12 +69,13 @@ def test_ngram_extrapolation_rows_and_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(extrapolate, "train", no_counting)
     shutil.rmtree(tmp_path / "res")  # evaluate again, from the saved counts
-    again = _extrapolate(tmp_path, ["arch=ngram", "arch.order=3"])
+    again = run_extrapolate(tmp_path, "task=lm", "arch=ngram", "arch.order=3")
     assert again.sort_values("eval_seq_len")["loss"].tolist() == df.sort_values("eval_seq_len")["loss"].tolist()
 
 
+@pytest.mark.slow
 def test_ffn_lm_extrapolation_rows(tmp_path):
-    df = _extrapolate(tmp_path, ["arch=ffn_lm"])
+    df = run_extrapolate(tmp_path, "task=lm", "arch=ffn_lm")
     assert set(df["status"]) == {"ok"} and (df["bpb"] > 0).all() and (df["d_model"] == 16).all()
 
 

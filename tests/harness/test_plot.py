@@ -35,6 +35,7 @@ def cost_figs(rows):
     return cost_figures(rows)
 
 
+@pytest.mark.slow
 def test_cli_writes_png_and_svg_for_every_figure(rendered):
     _, out = rendered
     for stem in COST_STEMS + EXTRAP_STEMS:
@@ -44,6 +45,7 @@ def test_cli_writes_png_and_svg_for_every_figure(rendered):
     assert (out / "figures" / "time_vs_length.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_report_has_the_expected_tables(rendered):
     _, out = rendered
     report = (out / "report.md").read_text()
@@ -79,6 +81,7 @@ def test_builtin_architectures_keep_their_colour_across_experiments():
     assert len(set(both.values())) == 4
 
 
+@pytest.mark.slow
 def test_same_arch_same_colour_in_every_figure(rows):
     df = rows.copy()
     # The extrapolation rows hold only a subset of the curves in the cost rows.
@@ -97,6 +100,7 @@ def test_same_arch_same_colour_in_every_figure(rows):
         assert colours == {to_rgb(palette[name])}, name
 
 
+@pytest.mark.slow
 def test_failed_points_are_drawn(cost_figs):
     train_ax = [ax for ax in cost_figs["time_vs_length"].axes if ax.get_title() == "train"][0]
     xs = np.concatenate([c.get_offsets()[:, 0] for c in train_ax.collections if len(c.get_offsets())])
@@ -113,6 +117,7 @@ def test_legend_carries_the_fitted_exponent(cost_figs):
                for label in labels)
 
 
+@pytest.mark.slow
 def test_cost_only_results_give_no_extrapolation(cost_only_dir, tmp_path):
     assert main([str(cost_only_dir), "--out", str(tmp_path / "o")]) == 0
     report = (tmp_path / "o" / "report.md").read_text()

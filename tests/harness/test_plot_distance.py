@@ -73,6 +73,7 @@ def test_figure_draws_the_mean_per_distance_one_panel_per_curve():
     assert all(max(line.get_ydata()[:2]) == 1.0 for line in bold if tuple(line.get_xdata()) == DISTANCES)
 
 
+@pytest.mark.slow
 def test_plot_draws_both_axes_without_mixing_them(results, tmp_path):
     assert plot_main([str(results), "--out", str(tmp_path / "out")]) == 0
     figures = tmp_path / "out" / "figures"
@@ -83,6 +84,7 @@ def test_plot_draws_both_axes_without_mixing_them(results, tmp_path):
     assert "Accuracy by trigger distance" in report and "d=256" in report
 
 
+@pytest.mark.slow
 def test_length_figure_leaves_fixed_distance_rows_out():
     from harness.report.plot import extrapolation_figures
     df = pd.DataFrame(_rows())

@@ -34,6 +34,7 @@ def test_budgets_are_told_apart():
     assert not several_budgets(df.drop(columns=["train_steps_budget"]))
 
 
+@pytest.mark.slow
 def test_budget_figure_and_length_figures_at_the_largest_budget():
     df = _lineage_rows()
     figures = extrapolation_figures(df)
@@ -81,6 +82,7 @@ def _study(tmp_path):
     return tmp_path / "res", ckpt
 
 
+@pytest.mark.slow
 def test_training_curves_join_rows_to_their_history_files(tmp_path):
     res, ckpt = _study(tmp_path)
     from harness.results import load_rows
@@ -95,6 +97,7 @@ def test_training_curves_join_rows_to_their_history_files(tmp_path):
     assert labels == {"transformer", "transformer+postnorm (1 diverged)"}
 
 
+@pytest.mark.slow
 def test_history_cli_writes_the_figure_and_names_bad_input(tmp_path, capsys):
     res, ckpt = _study(tmp_path)
     assert main([str(res), "--checkpoints", str(ckpt), "--by", "train_warmup_steps", "--out", str(tmp_path / "o")]) == 0

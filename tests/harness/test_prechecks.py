@@ -13,7 +13,7 @@ import pytest
 from harness import cluster, cost, extrapolate
 from harness.allocator import release_freed_memory
 from harness.checks import data_memory_bytes
-from tests.apps import EXTRAP, SMOKE, cli, compose
+from tests.apps import COST_SMOKE, EXTRAP_SMOKE, cli, compose
 from tests.paths import ROOT
 
 
@@ -22,48 +22,54 @@ def no_training(monkeypatch):
     monkeypatch.setattr(extrapolate, "train", lambda *a, **k: pytest.fail("trained before the check"))
 
 
+@pytest.mark.slow
 def test_a_vocab_smaller_than_the_tasks_is_refused_before_training(tmp_path, no_training):
-    cfg = compose([*EXTRAP, f"results_dir={tmp_path}", "arch=lstm", "model.vocab_size=4"], "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}", "arch=lstm",
+                  "model.vocab_size=4")
     with pytest.raises(ValueError, match=r"model.vocab_size=4 is smaller than the vocabulary of task"):
         extrapolate.run(cfg)
     assert not list(tmp_path.rglob("*.jsonl"))
 
 
 def test_trigger_distances_that_fit_no_length_are_refused(tmp_path, no_training):
-    cfg = compose([*EXTRAP, f"results_dir={tmp_path}", "arch=lstm", "eval.seq_lens=[32,64]",
-                   "eval.trigger_distances=[8,500]"], "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}", "arch=lstm",
+                  "eval.seq_lens=[32,64]", "eval.trigger_distances=[8,500]")
     with pytest.raises(ValueError, match=r"eval.trigger_distances 500 .* fit in no evaluation length"):
         extrapolate.run(cfg)
 
 
+@pytest.mark.slow
 def test_an_empty_results_dir_is_refused_and_nothing_lands_here(tmp_path):
     with pytest.raises(ValueError, match="results_dir is empty"):
-        cost.run(compose([*SMOKE, "results_dir=", "arch=lstm"]))
-    proc = cli("cost", [*SMOKE, "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]", "results_dir="], tmp_path)
+        cost.run(compose("cost", *COST_SMOKE, "results_dir=", "arch=lstm"))
+    args = [*COST_SMOKE, "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]", "results_dir="]
+    proc = cli("cost", args, tmp_path)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode != 0 and "results_dir is empty" in out, out[-2000:]
     assert not list(tmp_path.rglob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_a_memory_cap_below_what_the_process_uses_is_refused(tmp_path, no_training):
     used_gb = data_memory_bytes() / 2**30
-    cfg = compose([*EXTRAP, f"results_dir={tmp_path}", "arch=lstm",
-                   f"eval.cpu_memory_limit_gb={used_gb / 2:.3f}"], "extrapolate")
+    cfg = compose("extrapolate", *EXTRAP_SMOKE, "model.n_layers=1", f"results_dir={tmp_path}", "arch=lstm",
+                  f"eval.cpu_memory_limit_gb={used_gb / 2:.3f}")
     with pytest.raises(ValueError, match=r"eval.cpu_memory_limit_gb: .* below what this process already uses"):
         extrapolate.run(cfg)
     with pytest.raises(ValueError, match=r"bench.cpu_memory_limit_gb: .* already uses"):
-        cost.run(compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm",
-                          f"bench.cpu_memory_limit_gb={used_gb / 2:.3f}"]))
+        cost.run(compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm",
+                         f"bench.cpu_memory_limit_gb={used_gb / 2:.3f}"))
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_be_built_under_the_cap_says_so(tmp_path):
     # Room for the process, not for a 30M-parameter model (120 MB of weights). What it holds
     # is measured as the cap will count it: after the free heap is handed back (the cap does
     # that first; an earlier test's training may have left up to 1 GiB of it, allocator.py).
     release_freed_memory()
     cap = (data_memory_bytes() + 48 * 2**20) / 2**30
-    cfg = compose([*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "model.target_params=30000000",
-                   f"bench.cpu_memory_limit_gb={cap:.3f}"])
+    cfg = compose("cost", *COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "model.target_params=30000000",
+                  f"bench.cpu_memory_limit_gb={cap:.3f}")
     with pytest.raises(ValueError, match="building the model ran out of memory under this cap"):
         cost.run(cfg)
 
@@ -87,11 +93,12 @@ _WITHOUT_CLUSTER_EXTRA = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["slurm_cpu", "joblib"])
 def test_a_launcher_without_the_cluster_extra_names_the_extra(tmp_path, launcher):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", _WITHOUT_CLUSTER_EXTRA, "-m", f"hydra/launcher={launcher}",
-                           *SMOKE, "arch=lstm", f"results_dir={tmp_path / 'r'}"], cwd=tmp_path, env=env,
+                           *COST_SMOKE, "arch=lstm", f"results_dir={tmp_path / 'r'}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "pip install 'archbench[cluster]'" in out, out[-3000:]

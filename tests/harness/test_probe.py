@@ -2,19 +2,16 @@
 model's, head accuracy is the evaluation's, and the CLI turns a checkpoint into rows."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from archs import create_arch
-from harness import extrapolate, probe
+from harness import probe
 from harness.evaluate import evaluate
 from harness.tasks import get_task
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from tests.apps import EXTRAP_SMOKE, run_extrapolate
 
 
 def _planted(n, dim=32, classes=8, strength=1.0, seed=0):
@@ -72,11 +69,11 @@ def test_probe_rows_per_distance_and_head_accuracy_is_the_evaluations():
         assert head == pytest.approx(ev["accuracy"])
 
 
+@pytest.mark.slow
 def test_cli_loads_the_runs_checkpoint(tmp_path, capsys):
-    overrides = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16", "arch=lstm",
-                 f"results_dir={tmp_path / 'res'}", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        extrapolate.run(compose("extrapolate", overrides=overrides))
+    overrides = [*EXTRAP_SMOKE, "arch=lstm", f"results_dir={tmp_path / 'res'}",
+                 f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    run_extrapolate(tmp_path, "arch=lstm")
     out = tmp_path / "rows.csv"
     assert probe.main(["--seq-len", "40", "--distances", "3,30", "--n-train", "32", "--n-test", "16",
                        "--out", str(out), *overrides]) == 0

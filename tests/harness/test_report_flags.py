@@ -69,6 +69,7 @@ def clean(tmp_path_factory):
     return _write(tmp_path_factory.mktemp("clean"), noisy=False, budget_stopped=False)
 
 
+@pytest.mark.slow
 def test_the_report_flags_the_budget_stopped_model_and_the_unresolved_crossover(flagged):
     ext = (flagged / "extrapolation" / "report.md").read_text()
     assert "| mamba † | 0.000 | 0.000 | 0.000 |" in ext
@@ -100,6 +101,7 @@ def test_the_terminal_summary_prints_both_flags(flagged):
     assert "not resolved: mamba forward:" in text
 
 
+@pytest.mark.slow
 def test_a_clean_run_carries_no_flag(clean):
     text = demo.summary(clean)
     assert "†" not in text and "not resolved" not in text

@@ -131,6 +131,7 @@ _KILLED_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_writer_killed_mid_write_leaves_no_result(tmp_path):
     from tests.paths import ROOT as repo
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], cwd=repo,

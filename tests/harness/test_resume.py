@@ -10,19 +10,19 @@ import signal
 import pytest
 import torch
 
-from archs import arch_info, create_arch
 from harness.sweep import Terminated, stop_signals_raise
 from harness.tasks import get_task
 from harness.config import TrainConfig
 from harness.train import train
+
+from tests.tiny import tiny_model
 
 VOCAB = 11
 TASK = dict(name="induction_heads", vocab=VOCAB - 1)
 
 
 def _model(name: str = "mamba"):
-    torch.manual_seed(0)
-    return create_arch(name, vocab_size=VOCAB, **arch_info(name).tiny)
+    return tiny_model(name, VOCAB)
 
 
 class SignalAt:
@@ -65,6 +65,7 @@ def _run(cfg: TrainConfig, tmp_path, stop_at: int | None, name: str = "mamba", *
     return model, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [
     dict(),
     dict(initial_state="passed", mixed_length=True),
@@ -149,6 +150,7 @@ def test_stop_signal_reaches_the_launchers_handler_to_requeue(tmp_path):
         signal.signal(signal.SIGUSR2, previous)
 
 
+@pytest.mark.slow
 def test_target_loss_stops_at_the_first_window_below_it_and_resumes_exactly(tmp_path):
     from harness.train import LOSS_WINDOW
     cfg = TrainConfig(steps=400, batch_size=4, seq_len=24, warmup_steps=2, log_every=1,

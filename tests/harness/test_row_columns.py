@@ -10,7 +10,7 @@ import torch
 from harness import cost, extrapolate
 from harness.build import BuiltModel
 from harness.train import TrainResult
-from tests.apps import EXTRAP, SMOKE, compose
+from tests.apps import COST_SMOKE, EXTRAP_SMOKE, compose
 
 # One model for both apps: a fixed width, layers and vocabulary (not sized by a target).
 SAME_MODEL = ["arch=lstm", "model.match=width", "model.d_model=16", "model.n_layers=1", "model.vocab_size=32",
@@ -33,9 +33,10 @@ def rows_through_the_shared_function(monkeypatch):
 
 
 def test_cost_and_extrapolation_rows_share_their_common_columns(tmp_path, rows_through_the_shared_function):
-    sweep = cost.Sweep(cost._as_schema(compose([*SMOKE, *SAME_MODEL, f"results_dir={tmp_path / 'c'}"])))
+    sweep = cost.Sweep(cost._as_schema(compose("cost", *COST_SMOKE, *SAME_MODEL, f"results_dir={tmp_path / 'c'}")))
     experiment = extrapolate.Experiment(extrapolate._as_schema(compose(
-        [*EXTRAP, *SAME_MODEL, f"results_dir={tmp_path / 'e'}", "checkpoint_dir=null"], "extrapolate")))
+        "extrapolate", *EXTRAP_SMOKE, *SAME_MODEL, f"results_dir={tmp_path / 'e'}",
+        "checkpoint_dir=null")))
     cost_row = sweep.row("forward", 64, "skipped", "why")
     eval_row = experiment.row(64, 8, TrainResult(), "skipped", "why")
 

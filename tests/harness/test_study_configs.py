@@ -3,12 +3,10 @@ length_generalisation (one factor at a time, conf/lengen/), and the Mamba init o
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from archs import create_arch
 from harness import extrapolate
@@ -16,22 +14,19 @@ from harness.build import build
 from harness.config import to_container
 from harness.tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = str(ROOT / "conf")
-VARIANTS = sorted(p.stem for p in (ROOT / "conf" / "lengen").glob("*.yaml"))
+from tests.apps import compose
+from tests.configs import group_options
+
+VARIANTS = group_options("lengen")
 ARCH_SPECIFIC = {"dt_long": ("induction/mamba", "induction/mamba2"), "out_proj_scaled": ("induction/mamba",)}
 ALL_ARCHS = ("induction/mamba", "induction/mamba2", "induction/lstm")
 
 
-def _compose(overrides, hydra=False):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("extrapolate", overrides=overrides, return_hydra_config=hydra)
-
-
+@pytest.mark.slow
 def test_induction_paper_is_the_reproductions_protocol():
-    raw = _compose(["experiment=induction_paper"], hydra=True)
+    raw = compose("extrapolate", "experiment=induction_paper", hydra_config=True)
     assert str(raw.hydra.sweeper.params["train.seed"]).split(",") == ["0", "1", "2"]
-    cfg = extrapolate._as_schema(_compose(["experiment=induction_paper"]))
+    cfg = extrapolate._as_schema(compose("extrapolate", "experiment=induction_paper"))
     t = cfg.train
     assert (t.seq_len, t.mixed_length, t.steps, t.batch_size) == (256, False, 40000, 8)
     assert (t.optimizer, t.lr, t.weight_decay, t.schedule, t.warmup_steps, t.grad_clip) == \
@@ -46,21 +41,24 @@ def test_induction_paper_is_the_reproductions_protocol():
     assert all(n >= task.min_len() for n in cfg.eval.seq_lens)
 
 
+@pytest.mark.slow
 def test_induction_paper_smoke_runs(tmp_path):
-    rows = extrapolate.run(_compose([
-        "experiment=induction_paper", "train.steps=3", "train.seq_len=64", "task.trigger_distance=40",
-        "eval.seq_lens=[64,128]", "eval.trigger_distances=[63,100]", "eval.n_sequences=4",
-        "model.d_model=16", "progress=false", f"results_dir={tmp_path / 'res'}", "checkpoint_dir=null"]))
+    rows = extrapolate.run(compose("extrapolate", "experiment=induction_paper", "train.steps=3",
+                                   "train.seq_len=64", "task.trigger_distance=40", "eval.seq_lens=[64,128]",
+                                   "eval.trigger_distances=[63,100]", "eval.n_sequences=4",
+                                   "model.d_model=16", "progress=false", f"results_dir={tmp_path / 'res'}",
+                                   "checkpoint_dir=null"))
     assert (rows["status"] == "ok").all() and (rows["train_optimizer"] == "adam").all()
     assert (rows["train_trigger_distance"] == 40).all() and (rows["train_steps"] == 3).all()
     assert sorted(rows["trigger_distance"].fillna(-1).astype(int)) == [-1, -1, 63, 63, 100]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_composes_for_its_architectures(variant):
     for arch in ALL_ARCHS:
         overrides = ["experiment=length_generalisation", f"lengen={variant}", f"arch={arch}"]
-        cfg = extrapolate._as_schema(_compose(overrides))
+        cfg = extrapolate._as_schema(compose("extrapolate", *overrides))
         task = get_task(**to_container(cfg.task))
         if arch in ARCH_SPECIFIC.get(variant, ALL_ARCHS):
             built = build(cfg.arch, cfg.model, task.vocab_size, validate_only=True)
@@ -72,10 +70,11 @@ def test_every_variant_composes_for_its_architectures(variant):
                 build(cfg.arch, cfg.model, task.vocab_size, validate_only=True)
 
 
+@pytest.mark.slow
 def test_variants_change_one_factor_from_the_baseline():
     def settings(variant):
-        cfg = extrapolate._as_schema(_compose(["experiment=length_generalisation", f"lengen={variant}",
-                                               "arch=induction/mamba"]))
+        cfg = extrapolate._as_schema(compose("extrapolate", "experiment=length_generalisation",
+                                             f"lengen={variant}", "arch=induction/mamba"))
         arch = {k: v for k, v in cfg.arch.items() if k != "label"}
         return {**to_container(cfg.task), **{f"train.{k}": v for k, v in vars(cfg.train).items()},
                 **{f"arch.{k}": v for k, v in arch.items()}}
@@ -99,12 +98,14 @@ def test_variants_change_one_factor_from_the_baseline():
         {"trigger_distance", "train.steps"}
 
 
+@pytest.mark.slow
 def test_a_state_passing_variant_runs(tmp_path):
-    rows = extrapolate.run(_compose([
-        "experiment=length_generalisation", "lengen=state_passing", "arch=induction/lstm", "train.steps=3",
-        "train.seq_len=32", "train.warmup_steps=1", "eval.seq_lens=[32,64]", "eval.trigger_distances=[31]",
-        "eval.n_sequences=4", "model.d_model=16", "progress=false", f"results_dir={tmp_path / 'res'}",
-        "checkpoint_dir=null"]))
+    rows = extrapolate.run(compose("extrapolate", "experiment=length_generalisation", "lengen=state_passing",
+                                   "arch=induction/lstm", "train.steps=3", "train.seq_len=32",
+                                   "train.warmup_steps=1", "eval.seq_lens=[32,64]",
+                                   "eval.trigger_distances=[31]", "eval.n_sequences=4", "model.d_model=16",
+                                   "progress=false", f"results_dir={tmp_path / 'res'}",
+                                   "checkpoint_dir=null"))
     assert (rows["status"] == "ok").all() and (rows["train_initial_state"] == "passed").all()
     assert set(rows["label"]) == {"lstm+state_passing"} and len(rows) == 4
 

@@ -17,7 +17,7 @@ import pytest
 from harness.report import collect as collect_mod
 from harness import cost
 from harness.results import ResultStore, load_rows, load_rows_where, make_row, point_files, read_point_file
-from tests.apps import SMOKE, compose
+from tests.apps import COST_SMOKE, compose
 from tests.paths import ROOT
 
 
@@ -75,13 +75,14 @@ def test_a_full_disk_while_writing_a_point_says_so_and_leaves_no_part(full_disk)
 
 # --- one file per point: force and re-measured points leave no duplicate ------------------
 
+@pytest.mark.slow
 def test_force_leaves_no_duplicate_of_a_point_in_a_job_subfolder(tmp_path):
-    args = [*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
-    cost.run(compose(args))
+    args = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
+    cost.run(compose("cost", *args))
     (first,) = point_files(tmp_path)
     (tmp_path / "0").mkdir()
     first.rename(tmp_path / "0" / first.name)  # as an earlier Hydra job wrote it, in its subfolder
-    df = cost.run(compose([*args, "force=true"]))
+    df = cost.run(compose("cost", *args, "force=true"))
     assert len(df) == 1 and len(load_rows(tmp_path)) == 1
     assert (tmp_path / "0" / f"{first.name}.replaced").exists()  # kept, out of the table
 
@@ -95,10 +96,11 @@ def test_a_point_with_files_in_two_folders_is_named_when_loaded(tmp_path):
 
 # --- labels that sanitise alike keep their own keys -----------------------------------------
 
+@pytest.mark.slow
 def test_labels_that_sanitise_alike_keep_separate_points(tmp_path):
-    args = [*SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
+    args = [*COST_SMOKE, f"results_dir={tmp_path}", "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
     for label in ("mämba", "mömba"):
-        cost.run(compose([*args, f"+arch.label='{label}'"]))
+        cost.run(compose("cost", *args, f"+arch.label='{label}'"))
     df = load_rows(tmp_path)
     assert sorted(df["label"]) == ["mämba", "mömba"] and df["point_key"].is_unique
     assert len(load_rows_where(tmp_path, label="mömba")) == 1
@@ -150,6 +152,7 @@ _COLLECTOR = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_collects_at_once_leave_tables_that_agree(tmp_path):
     res = tmp_path / "res"
     store = ResultStore(res)

@@ -90,6 +90,7 @@ def test_run_with_timeout_returns_result_and_nests_tighter_budget():
 # ---------------------------------------------------------------- peak memory
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_sees_a_known_allocation():
     def fn():
         a = torch.ones(64 * MiB // 4)  # 64 MiB of float32
@@ -100,12 +101,14 @@ def test_cpu_peak_memory_sees_a_known_allocation():
     assert peak.as_row()["peak_mem_bytes"] == peak.peak_bytes
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_of_nothing_is_zero_and_excludes_prior_tensors():
     held = torch.ones(16 * MiB // 4)  # allocated before the call: not the call's memory
     assert peak_memory(lambda: None).peak_bytes == 0
     assert peak_memory(lambda: held.mul_(2)).peak_bytes < 4096
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_is_a_peak_not_a_sum():
     def fn():
         a = torch.ones(32 * MiB // 4)
@@ -116,6 +119,7 @@ def test_cpu_peak_memory_is_a_peak_not_a_sum():
     assert 32 * MiB <= peak_memory(fn).peak_bytes < 33 * MiB
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_counts_backward():
     w = torch.randn(256, 256, requires_grad=True)
     x = torch.randn(4096, 256)
@@ -128,6 +132,7 @@ def test_cpu_peak_memory_counts_backward():
     assert peak_memory(step).peak_bytes >= 8 * MiB
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_drops_kineto_markers_and_keeps_other_stderr(capfd, monkeypatch):
     # Kineto prints "USDT: ... profiler_start / profiler_stop" to fd 2 on every profile
     # session; they must not reach the terminal, while anything else written there does.
@@ -227,6 +232,7 @@ def test_classify_exception_statuses_and_reasons():
     assert status == "error" and reason == "ValueError: bad shape"
 
 
+@pytest.mark.slow
 def test_free_memory_releases_tensors_held_by_the_traceback():
     def failing_step():
         activations = torch.ones(1024)  # noqa: F841  (held by this frame)

@@ -17,6 +17,7 @@ def _eval(model, task, seq_len, chunk_len=None, n=16):
                     generator=torch.Generator().manual_seed(123), chunk_len=chunk_len)
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_a_trivial_task_in_seconds():
     # copying a short string is trivial for attention: high accuracy within ~150 steps
     task = get_task("copy", alphabet=4)
@@ -29,6 +30,7 @@ def test_tiny_run_learns_a_trivial_task_in_seconds():
     assert _eval(model, task, 18)["accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_early_stop_at_target_accuracy():
     task = get_task("copy", alphabet=4)
     model = create_arch("transformer", vocab_size=task.vocab_size, d_model=32, n_layers=2, n_heads=4)

@@ -26,11 +26,11 @@ def _plans(tmp_path):
         yield make.__name__, make(sys.executable, tmp_path / "res", tmp_path / "work", args)
 
 
+@pytest.mark.slow
 def test_every_planned_command_parses_here(tmp_path):
     """A typo in a GPU-only command would cost a GPU session: parse each one on the CPU."""
-    from hydra import compose, initialize_config_dir
-
     from benchmarks.kernels import parse_args as kernels_args
+    from tests.apps import compose
     for plan_name, plan in _plans(tmp_path):
         names = [s.name for s in plan]
         assert set(MEASURING) <= set(names) and "pytest_gpu" in names, plan_name
@@ -44,8 +44,7 @@ def test_every_planned_command_parses_here(tmp_path):
                 # one point of each sweep: compose validates every key against the schema
                 overrides = [o.split(",")[0] if "=" in o and "[" not in o and "{" not in o else o
                              for o in step.cmd[3:] if not o.startswith(("hydra.", "progress="))]
-                with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                    cfg = compose(app, overrides=overrides)
+                cfg = compose(app, *overrides)
                 assert cfg.results_dir.startswith(str(tmp_path / "res")), (plan_name, step.name)
 
 

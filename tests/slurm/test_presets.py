@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from tests.paths import CONF
+from tests.apps import compose
 
 
 @pytest.mark.parametrize("preset, gpus", [("slurm_cpu", None), ("slurm_gpu", 1)])
@@ -12,8 +11,7 @@ def test_slurm_presets_compose_with_overrides(preset, gpus):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     overrides = [f"hydra/launcher={preset}", "hydra.launcher.partition=p1", "hydra.launcher.account=acc",
                  "hydra.launcher.timeout_min=7", "hydra.launcher.array_parallelism=3"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("cost", overrides=overrides, return_hydra_config=True)
+    cfg = compose("cost", *overrides, hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.account, launcher.timeout_min, launcher.array_parallelism) == (

@@ -9,10 +9,8 @@ themselves, as a user would press Ctrl-C before re-running.
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,12 +20,11 @@ import pytest
 
 from harness.report.collect import collect
 from harness.results import load_rows
-from tests.paths import ROOT
+from tests.apps import COST_SMOKE, EXTRAP_SMOKE, cli
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # real jobs: minutes, not seconds
 
-COST_SMOKE = ["bench=smoke", "progress=false", "model.target_params=20000", "bench.modes=[forward]"]
-EXTRAP_SMOKE = ["train=smoke", "eval=smoke", "progress=false", "model.d_model=16"]
+COST_FORWARD = [*COST_SMOKE, "bench.modes=[forward]"]
 
 
 def _launcher(name: str, sweep_dir: Path, timeout_min: int = 5) -> list[str]:
@@ -35,12 +32,6 @@ def _launcher(name: str, sweep_dir: Path, timeout_min: int = 5) -> list[str]:
     return ["-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.name={name}",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
             f"hydra.launcher.timeout_min={timeout_min}", f"hydra.sweep.dir={sweep_dir}"]
-
-
-def _start(app: str, args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
-    return subprocess.Popen([sys.executable, "-m", f"harness.{app}", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -88,9 +79,9 @@ def _point_files(results: Path) -> list[Path]:
 
 def test_cost_sweep_returns_every_point_exactly_once(tmp_path, job_name):
     results, sweep = tmp_path / "res", tmp_path / "mr"
-    args = [*_launcher(job_name, sweep), *COST_SMOKE, "arch=lstm,mamba", "bench.seq_lens=[32,64]",
+    args = [*_launcher(job_name, sweep), *COST_FORWARD, "arch=lstm,mamba", "bench.seq_lens=[32,64]",
             f"results_dir={results}"]
-    out = _finish(_start("cost", args, tmp_path), timeout=180)
+    out = _finish(cli("cost", args, tmp_path), timeout=180)
     df = load_rows(results)
     points = Counter(zip(df["arch"], df["mode"], df["seq_len"]))
     assert points == {(a, "forward", n): 1 for a in ("lstm", "mamba") for n in (32, 64)}, out[-3000:]
@@ -110,10 +101,10 @@ def test_job_over_its_time_limit_becomes_timeout_rows(tmp_path, job_name):
     # early, i.e. before the point starts), so the point is cut by SLURM's SIGTERM at the
     # limit (the local cluster's KillWait=5 s, OverTimeLimit=0) - and must be a timeout row.
     results, sweep = tmp_path / "res", tmp_path / "mr"
-    args = [*_launcher(job_name, sweep, timeout_min=1), "hydra.launcher.signal_delay_s=0", *COST_SMOKE,
+    args = [*_launcher(job_name, sweep, timeout_min=1), "hydra.launcher.signal_delay_s=0", *COST_FORWARD,
             "arch=lstm", "bench.seq_lens=[32]", "bench.min_run_time=300", "bench.time_budget_s=600",
             f"results_dir={results}"]
-    proc = _start("cost", args, tmp_path)
+    proc = cli("cost", args, tmp_path)
     _wait_until(lambda: _queued(job_name), 60, "the job to be queued")
     _wait_until(lambda: not _queued(job_name) or proc.poll() is not None, 180, "SLURM to end the job")
     out = _stop(proc)
@@ -127,9 +118,9 @@ def test_job_over_its_time_limit_becomes_timeout_rows(tmp_path, job_name):
 def test_scancel_mid_sweep_then_rerun_completes_without_duplicates(tmp_path, job_name):
     results, sweep = tmp_path / "res", tmp_path / "mr"
     lengths = [16, 24, 32, 40, 48, 56, 64, 72]
-    args = [*_launcher(job_name, sweep), *COST_SMOKE, "arch=lstm", f"bench.seq_lens=[{','.join(map(str, lengths))}]",
-            "bench.min_run_time=0.5", f"results_dir={results}"]
-    proc = _start("cost", args, tmp_path)
+    args = [*_launcher(job_name, sweep), *COST_FORWARD, "arch=lstm",
+            f"bench.seq_lens=[{','.join(map(str, lengths))}]", "bench.min_run_time=0.5", f"results_dir={results}"]
+    proc = cli("cost", args, tmp_path)
     _wait_until(lambda: len(_point_files(results)) >= 2 or proc.poll() is not None, 120, "two measured points")
     subprocess.run(["scancel", f"--name={job_name}"], check=True, timeout=30)
     _wait_until(lambda: not _queued(job_name), 60, "the cancelled job to leave the queue")
@@ -137,7 +128,7 @@ def test_scancel_mid_sweep_then_rerun_completes_without_duplicates(tmp_path, job
     done = len(load_rows(results).query("status == 'ok'"))
     assert 2 <= done < len(lengths), f"the cancel should land mid-sweep ({done} done):\n{out[-2000:]}"
 
-    out = _finish(_start("cost", args, tmp_path), timeout=180)  # the same command again
+    out = _finish(cli("cost", args, tmp_path), timeout=180)  # the same command again
     df = load_rows(results)
     assert sorted(df["seq_len"]) == lengths, out[-3000:]
     assert df["point_key"].is_unique and (df["status"] == "ok").all(), df[["seq_len", "status", "reason"]]
@@ -147,7 +138,7 @@ def test_extrapolation_sweep_trains_and_evaluates_through_slurm(tmp_path, job_na
     results, sweep = tmp_path / "res", tmp_path / "mr"
     args = [*_launcher(job_name, sweep), *EXTRAP_SMOKE, "arch=lstm", "train.seed=0,1",
             f"results_dir={results}", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    out = _finish(_start("extrapolate", args, tmp_path), timeout=240)
+    out = _finish(cli("extrapolate", args, tmp_path), timeout=240)
     df = load_rows(results)
     assert Counter(zip(df["seed"], df["eval_seq_len"])) == {
         (s, n): 1 for s in (0, 1) for n in (32, 64)}, out[-3000:]
@@ -161,9 +152,9 @@ def test_two_array_tasks_never_measure_the_same_point(tmp_path, job_name):
     # once on the two cores; claims must give each point to exactly one of them.
     results, sweep = tmp_path / "res", tmp_path / "mr"
     lengths = [16, 24, 32, 40]
-    args = [*_launcher(job_name, sweep), *COST_SMOKE, "arch=lstm", "progress=false,true",
+    args = [*_launcher(job_name, sweep), *COST_FORWARD, "arch=lstm", "progress=false,true",
             f"bench.seq_lens=[{','.join(map(str, lengths))}]", "bench.min_run_time=1", f"results_dir={results}"]
-    out = _finish(_start("cost", args, tmp_path), timeout=180)
+    out = _finish(cli("cost", args, tmp_path), timeout=180)
     df = load_rows(results)
     assert sorted(df["seq_len"]) == lengths and df["point_key"].is_unique, out[-3000:]
     # Every job logs each point it measured ("... forward L=32: ok"): across both, once per point.
@@ -181,8 +172,8 @@ def test_a_job_that_can_never_start_stops_the_sweep_with_the_fix(tmp_path, job_n
     if cpus >= 4:
         pytest.skip(f"the node has {cpus} CPUs: slurm_cpu's 4 CPUs fit")
     args = ["-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.name={job_name}", f"hydra.sweep.dir={tmp_path / 'mr'}",
-            *COST_SMOKE, "arch=lstm,mamba", "bench.seq_lens=[32]", f"results_dir={tmp_path / 'res'}"]
-    out = _finish(_start("cost", args, tmp_path), timeout=120)
+            *COST_FORWARD, "arch=lstm,mamba", "bench.seq_lens=[32]", f"results_dir={tmp_path / 'res'}"]
+    out = _finish(cli("cost", args, tmp_path), timeout=120)
     for part in ("Reason=PartitionConfig", "asks 4 CPUs", f"at most {cpus} CPUs",
                  f"hydra.launcher.cpus_per_task={cpus}", "was cancelled"):
         assert part in out, (part, out[-3000:])

@@ -13,6 +13,7 @@ import pytest
 from tests.paths import ROOT
 
 
+@pytest.mark.slow
 def test_paper_shell_matches_mamba_ssm_1_0_1(tmp_path):
     script = ROOT / "scripts" / "check_paper_shell.py"
     sys.path.insert(0, str(ROOT / "scripts"))

@@ -102,6 +102,7 @@ def test_a_counted_model_passes_the_conformance_checks(check):
     print(SHORT_CHECKS[check](_trained()))
 
 
+@pytest.mark.slow
 def test_a_counted_model_decodes_at_length():
     print(LONG_CHECKS["long_decode"](_trained(), lengths=(1024,)))
 

@@ -123,6 +123,7 @@ def test_blocked_form_never_builds_length_squared_scores():
 
 # --- decoding -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "ref"])
 def test_decode_cache_stays_bounded_and_matches_parallel_over_200_steps(backend):
     window, n_sink, steps = 6, 2, 200

@@ -30,6 +30,8 @@ from harness.tasks import (
     score_logits,
 )
 
+from tests.tiny import gen
+
 
 @pytest.fixture(scope="session")
 def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -53,16 +55,13 @@ def make_task(text_file: Path):
     return make
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 ALL = list_tasks()
 
 
 # ------------------------------------------------------------------ every task, same contract
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_batch_other_seed_differs(make_task, name):
     task = make_task(name)

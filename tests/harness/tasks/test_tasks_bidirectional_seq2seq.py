@@ -8,9 +8,7 @@ import torch
 from archs import create_arch
 from harness.tasks import IGNORE_INDEX, MaskedRecall, Scores, Seq2Seq, bert_corrupt, get_task
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.tiny import gen
 
 
 # --- BERT's corruption ------------------------------------------------------------------------

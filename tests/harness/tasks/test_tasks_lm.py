@@ -14,9 +14,7 @@ from harness.tasks import Scores, TextLM, get_task, nats_to_bpb
 from harness.tasks import corpus as corpus_mod
 from harness.tasks.lm import _encode_bpe, _split_bytes
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.tiny import gen
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Training from a noise state or a passed state (train.initial_state), and the other
-training options of issue 11: plain Adam, threads, keys that ignore unset options."""
+"""harness.train: training from a noise state or a passed state (train.initial_state), and
+the other training options of issue 11: plain Adam, threads, keys that ignore unset options.
+(The training loop and evaluation together: test_train_eval.py; resume: test_resume.py.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,17 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archs import arch_info, create_arch, list_archs
+from archs import list_archs
 from harness.tasks import get_task
 from harness.config import TrainConfig
 from harness.train import InitialStates, check_initial_state_support, identity_settings, make_optimizer, map_state, set_threads, train
 
+from tests.tiny import tiny_model
+
 VOCAB = 11
 
 
-def _tiny(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return create_arch(name, vocab_size=VOCAB, **arch_info(name).tiny)
+def _tiny(name: str):
+    return tiny_model(name, VOCAB)
 
 
 def _accepts(model) -> bool:
@@ -185,24 +187,21 @@ def test_identity_ignores_new_options_at_their_defaults():
                                                            "initial_state_scale": 0.5})
 
 
+@pytest.mark.slow
 def test_committed_results_keep_their_training_keys(tmp_path):
     # The new TrainConfig fields and task knob stay out of the key at their defaults, so
     # the committed checkpoints and rows are still found by a re-run.
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
     from harness import extrapolate
     from harness.results import load_rows
+    from tests.apps import compose
+    from tests.paths import ROOT
 
-    root = Path(__file__).resolve().parents[2]
-    committed = root / "results" / "cpu" / "extrapolation" / "induction"
+    committed = ROOT / "results" / "cpu" / "extrapolation" / "induction"
     if not committed.is_dir():
         pytest.skip("no committed induction results in this checkout")
     rows = load_rows(committed)
-    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
-        cfg = compose("extrapolate", overrides=["experiment=induction_extrapolation", "arch=induction/mamba",
-                                                "train.seed=0", f"results_dir={tmp_path}"])
+    cfg = compose("extrapolate", "experiment=induction_extrapolation", "arch=induction/mamba", "train.seed=0",
+                  f"results_dir={tmp_path}")
     experiment = extrapolate.Experiment(extrapolate._as_schema(cfg))
     mine = rows[(rows["label"] == "mamba") & (rows["seed"] == 0)]
     # The key now also hashes the model's and task's source code (issue 10): leave that part
