@@ -34,7 +34,7 @@ YAML = "name: toyfam\nexpand: 1\n"
 # Tests that read tables or folders: run whole. Tests parametrised by the registry: run for the toy.
 WHOLE = ("tests/archs/test_registry.py", "tests/archs/test_layout.py", "tests/conf/test_arch_configs.py")
 PER_ARCH = ("tests/harness/test_conformance.py", "tests/archs/test_numerics.py",
-            "tests/harness/test_initial_state.py")
+            "tests/harness/test_train.py")
 
 
 def _copy_project(dest: Path) -> None:
@@ -71,7 +71,8 @@ def test_a_folder_and_a_yaml_make_a_family(tmp_path):
     (project / "conf" / "arch" / "toyfam.yaml").write_text(YAML)
 
     collected = _pytest(project, "--collect-only", "-k", "toyfam", *PER_ARCH)
-    assert len(re.findall(r"toyfam", collected.stdout)) >= 10, collected.stdout[-3000:]
+    assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-2000:]
+    assert len(re.findall(r"toyfam", collected.stdout)) >= 10, collected.stdout[-3000:] + collected.stderr[-2000:]
     for args in (WHOLE, ("-k", "toyfam", *PER_ARCH)):
         proc = _pytest(project, *args)
         assert proc.returncode == 0, f"pytest {' '.join(args)} in the copy with archs/toyfam:\n{proc.stdout[-4000:]}"
