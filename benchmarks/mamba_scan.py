@@ -1,9 +1,11 @@
-"""Forward+backward throughput of ONE Mamba-1 layer on CPU: our CPU kernel (backend
-"fused", archs/_scan_cpu.c) and chunked scan vs the sequential reference vs the PyPI
-package mambapy (parallel scan), equal weights.
+"""Forward+backward throughput of ONE Mamba-1 layer on CPU (``--levels layer``), of the bare
+scan (``scan``) or of the whole LM (``lm``: embedding, blocks, norm, head, next-token loss):
+our CPU kernel (backend "fused", archs/_scan_cpu.c) and chunked scan vs the sequential
+reference vs the PyPI package mambapy (parallel scan), equal weights.
 
     python benchmarks/mamba_scan.py                      # L = 1024 4096 16384, all impls
     python benchmarks/mamba_scan.py --skip ref:16384     # skip a slow combination
+    python benchmarks/mamba_scan.py --levels lm --seq-lens 4096 --skip ref:4096
 
 Every implementation runs the same MambaMixer weights (copied into mambapy's
 MambaBlock, whose parameter names match), the same input and the same loss; its output
@@ -44,11 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
-    p.add_argument("--levels", nargs="+", choices=("layer", "scan"), default=["layer"],
+    p.add_argument("--levels", nargs="+", choices=("layer", "scan", "lm"), default=["layer"],
                    help="layer: the whole MambaMixer; scan: the bare selective scan")
     p.add_argument("--skip", action="append", default=[], metavar="IMPL:LEN",
                    help="skip one (impl, seq_len) combination; recorded as status=skipped")
     p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-layers", type=int, default=2, help="lm level: Mamba blocks in the LM")
+    p.add_argument("--vocab", type=int, default=256, help="lm level: vocabulary (untied head in mambapy)")
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--expand", type=int, default=2)
     p.add_argument("--batch", type=int, default=1)
@@ -91,6 +95,37 @@ def build_layers(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
     return layers  # chunked is always built: it owns the weights the others copy
 
 
+def build_lms(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
+    """The whole LM (embedding, n_layers pre-norm Mamba blocks, final RMSNorm, head) per
+    impl, sharing one set of weights: mambapy's ``LM`` gets our embedding as its (untied)
+    head, so the two compute the same function (checked by the logits' error column)."""
+    from archs import create_arch
+
+    torch.manual_seed(args.seed)
+    kw = dict(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers,
+              d_state=args.d_state, expand=args.expand)
+    lms = {impl: create_arch("mamba", backend=impl, **kw) for impl in ("chunked", "fused", "ref")
+           if impl in args.impls or impl == "chunked"}
+    for impl in lms:
+        lms[impl].load_state_dict(lms["chunked"].state_dict())
+    if "mambapy" in args.impls:
+        from mambapy.lm import LM
+        from mambapy.mamba import MambaConfig
+
+        theirs = LM(MambaConfig(d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
+                                expand_factor=args.expand, pscan=True), args.vocab)
+        ours = lms["chunked"].state_dict()
+        mapped = {"embedding.weight": ours["embed.weight"], "lm_head.weight": ours["embed.weight"],
+                  "norm_f.weight": ours["norm.weight"]}
+        for key, value in ours.items():
+            if key.startswith("blocks."):
+                _, i, rest = key.split(".", 2)
+                mapped[f"mamba.layers.{i}." + ("norm.weight" if rest == "mixer_norm.weight" else rest)] = value
+        theirs.load_state_dict(mapped, strict=True)  # every parameter named and shaped alike
+        lms["mambapy"] = theirs
+    return lms
+
+
 Workload = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -103,6 +138,23 @@ def layer_workloads(layers: dict, x: torch.Tensor, w: torch.Tensor) -> dict[str,
             return y.detach(), grads[0]
         return step
     return {name: make(layer) for name, layer in layers.items()}
+
+
+def lm_workloads(lms: dict, tokens: torch.Tensor) -> dict[str, Workload]:
+    """One training step of the whole LM: logits, next-token loss, every parameter's grad
+    (returned: the logits and the first block's in_proj grad, compared across impls; not the
+    embedding's, which also carries the head's gradient in our tied LM and not in mambapy's)."""
+    def make(lm: torch.nn.Module) -> Workload:
+        names, params = zip(*lm.named_parameters())
+        first_in_proj = next(i for i, n in enumerate(names) if n.endswith("mixer.in_proj.weight"))
+
+        def step() -> tuple[torch.Tensor, torch.Tensor]:
+            logits = lm(tokens[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+            grads = torch.autograd.grad(loss, params)
+            return logits.detach(), grads[first_in_proj]
+        return step
+    return {name: make(lm) for name, lm in lms.items()}
 
 
 def scan_workloads(layers: dict, x: torch.Tensor, w: torch.Tensor) -> dict[str, Workload]:
@@ -178,7 +230,8 @@ def machine_info() -> dict[str, object]:
 def store_row(store: ResultStore, row: dict) -> dict:
     """One measured case as a result row in the store (the project's atomic writer)."""
     return store_case_row(store, row, identity=("level", "impl", "seq_len", "batch", "d_model", "d_state",
-                                                "expand", "dtype", "cpu_model", "threads"),
+                                                "expand", "n_layers", "vocab", "dtype", "cpu_model",
+                                                "threads"),
                           name=("level", "impl", "seq_len"), experiment="bench_mamba_scan",
                           arch=row["impl"], backend=row["impl"], mode=f"{row['level']}_fwd_bwd",
                           time_ms=row.get("median_ms"), device=row.get("cpu_model"))
@@ -188,6 +241,7 @@ def run(args: argparse.Namespace, store: ResultStore | None = None) -> pd.DataFr
     if args.threads:
         torch.set_num_threads(args.threads)
     layers = build_layers(args)
+    lms = build_lms(args) if "lm" in args.levels else {}
     info = {**machine_info(), "command": getattr(args, "command", ""), "platform": platform.platform(),
             "python": platform.python_version()}
     params = sum(p.numel() for p in layers["chunked"].parameters())
@@ -197,15 +251,19 @@ def run(args: argparse.Namespace, store: ResultStore | None = None) -> pd.DataFr
         gen = torch.Generator().manual_seed(args.seed + seq_len)
         x = torch.randn(args.batch, seq_len, args.d_model, generator=gen).requires_grad_()
         w = torch.randn(args.batch, seq_len, args.d_model, generator=gen)
-        make = layer_workloads if level == "layer" else scan_workloads
-        work = make(layers, x, w)
+        if level == "lm":  # seq_len tokens in, seq_len - 1 predicted
+            work = lm_workloads(lms, torch.randint(args.vocab, (args.batch, seq_len + 1), generator=gen))
+        else:
+            work = (layer_workloads if level == "layer" else scan_workloads)(layers, x, w)
         work = {k: v for k, v in work.items()
                 if k in args.impls and (k, str(seq_len)) not in skips}
         errs = errors_vs_ref(work) if "ref" in work else {}
         for name in args.impls:
             row = dict(level=level, impl=name, seq_len=seq_len, batch=args.batch,
                        d_model=args.d_model, d_state=args.d_state, expand=args.expand,
-                       dtype="float32", params=params,
+                       n_layers=args.n_layers if level == "lm" else 1,
+                       vocab=args.vocab if level == "lm" else None, dtype="float32",
+                       params=sum(p.numel() for p in lms["chunked"].parameters()) if level == "lm" else params,
                        max_abs_err_vs_ref=errs.get(name, float("nan")), **info)
             if name not in work:
                 rows.append(dict(row, status="skipped", reason="--skip"))

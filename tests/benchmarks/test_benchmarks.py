@@ -1,4 +1,6 @@
 """The benchmark scripts run end to end (CPU-sized) and write rows, figures and a report."""
+import importlib.util
+
 import pytest
 
 from benchmarks import kernels
@@ -50,6 +52,20 @@ def test_csv_benchmarks_write_rows_to_the_result_store(tmp_path):
     assert set(ms["status"]) == {"ok"} and ms["max_abs_err_vs_ref"].lt(1e-4).all()
     with pytest.raises(SystemExit, match="results folder"):
         mamba_scan.main(["--out", str(tmp_path / "x.csv")])
+
+
+def test_mamba_scan_lm_level_runs_one_function_in_every_impl(tmp_path):
+    """The whole-LM level: our LM per backend and mambapy's LM with the same weights agree on
+    the logits and the embedding's gradient (the error column, against the ref backend)."""
+    from benchmarks import mamba_scan
+    from harness.results import load_rows
+
+    impls = ["ref", "chunked", "fused"] + (["mambapy"] if importlib.util.find_spec("mambapy") else [])
+    mamba_scan.main(["--seq-lens", "24", "--impls", *impls, "--min-run-time", "0.01", "--min-runs", "1",
+                     "--d-model", "16", "--vocab", "32", "--levels", "lm", "--out", str(tmp_path / "lm")])
+    rows = load_rows(tmp_path / "lm")
+    assert sorted(rows["arch"]) == sorted(impls) and set(rows["status"]) == {"ok"}
+    assert rows["max_abs_err_vs_ref"].lt(1e-4).all() and rows["n_layers"].eq(2).all()
 
 
 @pytest.mark.slow
