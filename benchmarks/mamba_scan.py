@@ -244,7 +244,10 @@ def run(args: argparse.Namespace, store: ResultStore | None = None) -> pd.DataFr
     lms = build_lms(args) if "lm" in args.levels else {}
     info = {**machine_info(), "command": getattr(args, "command", ""), "platform": platform.platform(),
             "python": platform.python_version()}
-    params = sum(p.numel() for p in layers["chunked"].parameters())
+    params = {"layer": sum(p.numel() for p in layers["chunked"].parameters())}
+    params["scan"] = params["layer"]
+    if lms:
+        params["lm"] = sum(p.numel() for p in lms["chunked"].parameters())
     skips = {tuple(s.split(":")) for s in args.skip}
     rows = []
     for level, seq_len in itertools.product(args.levels, args.seq_lens):
@@ -263,7 +266,7 @@ def run(args: argparse.Namespace, store: ResultStore | None = None) -> pd.DataFr
                        d_model=args.d_model, d_state=args.d_state, expand=args.expand,
                        n_layers=args.n_layers if level == "lm" else 1,
                        vocab=args.vocab if level == "lm" else None, dtype="float32",
-                       params=sum(p.numel() for p in lms["chunked"].parameters()) if level == "lm" else params,
+                       params=params[level],
                        max_abs_err_vs_ref=errs.get(name, float("nan")), **info)
             if name not in work:
                 rows.append(dict(row, status="skipped", reason="--skip"))
