@@ -65,6 +65,9 @@ def compose(code_root: Path, preset: str, arch: str, threads: int):
     from hydra import compose as hydra_compose, initialize_config_dir
 
     experiment, overrides = PRESETS[preset]
+    import harness.config as config  # the apps register their schemas in main(), not on import
+    if hasattr(config, "register_configs"):  # (older checkouts measured by --code-root: on import)
+        config.register_configs()
     with initialize_config_dir(config_dir=str(code_root / "conf"), version_base="1.3"):
         return hydra_compose("extrapolate", overrides=[
             f"experiment={experiment}", f"arch={ARCHS[arch]}", *overrides, "progress=false",

@@ -70,11 +70,20 @@ def test_mamba_scan_lm_level_runs_one_function_in_every_impl(tmp_path):
 
 @pytest.mark.slow
 def test_train_throughput_writes_rows_with_the_machines_peak(tmp_path):
-    from benchmarks import train_throughput
+    """Run as its users run it, in a fresh interpreter: the apps register their config
+    schemas in main(), so a script composing configs must register them itself (this
+    failed only outside the test process, where nothing had registered them before)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     from harness.results import load_rows
 
-    train_throughput.main(["--presets", "demo", "--archs", "mamba", "lstm", "--min-time", "0.05",
-                           "--repeats", "1", "--out", str(tmp_path / "tt"), "--label", "x"])
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "benchmarks/train_throughput.py", "--presets", "demo", "--archs",
+                    "mamba", "lstm", "--min-time", "0.05", "--repeats", "1",
+                    "--out", str(tmp_path / "tt"), "--label", "x"], cwd=root, check=True,
+                   capture_output=True)
     rows = load_rows(tmp_path / "tt")
     assert sorted(rows["arch"]) == ["lstm", "mamba"] and set(rows["status"]) == {"ok"}
     assert rows["steps_per_s"].gt(0).all() and rows["peak_gflops"].gt(0).all()
