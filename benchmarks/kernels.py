@@ -10,7 +10,11 @@
   backward = 2.5x forward), so TFLOP/s read directly against its published H100 figures.
   Implementations: every SDPA kernel torch has on this device (flash, efficient, cudnn,
   math) forced one at a time, the flash-attn package if installed, and our explicit
-  ``attention_math`` reference. A kernel that cannot run a case is a row with its error.
+  ``attention_math`` reference; on a CPU also archbench's small-head C kernel
+  (``cpu_small_heads``, archs/attention/fused_cpu.py) beside SDPA's CPU flash kernel, e.g.
+  ``--device cpu --hidden 64 --head-dims 4 8 16 32 --tokens 2048``, which is how the
+  kernel's routing threshold was chosen. A kernel that cannot run a case is a row with its
+  error.
 * ``scan_vs_attention`` times, at batch 1 and growing length, Mamba's selective scan
   (mamba_ssm's fused kernel when importable, else our chunked PyTorch scan - the row says
   which) against causal attention (SDPA) of the same width, forward+backward, and
@@ -32,6 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from archs.attention import fused_cpu as attention_fused_cpu  # noqa: E402
 from archs.attention.fused import attention_flash, attention_sdpa, flash_attn_available  # noqa: E402
 from archs.attention.ref import attention_math  # noqa: E402
 from harness.config import DTYPES  # noqa: E402
@@ -54,8 +59,10 @@ def attention_flops(batch: int, seq_len: int, heads: int, head_dim: int, backwar
 
 def attention_impls(device: torch.device) -> dict[str, Callable]:
     impls = {f"sdpa_{k}": (lambda q, k_, v, kernel=k: attention_sdpa(q, k_, v, kernel=kernel))
-             for k in SDPA_KERNELS if device.type == "cuda" or k == "math"}
-    impls["sdpa_auto"] = lambda q, k, v: attention_sdpa(q, k, v)
+             for k in SDPA_KERNELS if device.type == "cuda" or k in ("math", "flash")}
+    impls["sdpa_auto"] = lambda q, k, v: attention_sdpa(q, k, v)  # on a CPU: small heads -> cpu_small_heads
+    if device.type == "cpu" and attention_fused_cpu.kernel_available():
+        impls["cpu_small_heads"] = lambda q, k, v: attention_fused_cpu.causal_attention_cpu(q, k, v)
     if device.type == "cuda" and flash_attn_available():
         impls["flash_attn"] = lambda q, k, v: attention_flash(q, k, v)
     impls["attention_math"] = lambda q, k, v: attention_math(q, k, v)

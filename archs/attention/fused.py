@@ -1,5 +1,7 @@
 """Fused attention (backend "fused"): torch's scaled_dot_product_attention (FlashAttention / memory-efficient
-/ cuDNN kernels on a GPU, a fused C++ kernel on the CPU), same signature as the reference.
+/ cuDNN kernels on a GPU, a fused C++ kernel on the CPU), same signature as the reference. On a
+CPU, causal self-attention with small heads runs archbench's own C kernel instead
+(``fused_cpu``: SDPA's CPU kernel is slow for heads of a few channels).
 
 ``sdpa_backend`` forces one SDPA kernel ("flash", "efficient", "cudnn", "math") so users
 can compare them; if the forced kernel cannot run the case, torch raises - we never let
@@ -12,6 +14,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from archs.attention import fused_cpu
 from archs.attention.ref import causal_mask
 from archs.backends import BackendUnavailableError, available, require
 
@@ -49,6 +52,9 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         return out.to(q.dtype)
     lq, lk = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
+    if (kernel is None and bias is None and mask is None and causal and lq == lk
+            and fused_cpu.applies(q, k)):
+        return fused_cpu.causal_attention_cpu(q, k, v, scale)  # small heads on a CPU
     with sdpa_context(kernel):
         if bias is None and mask is None and (lq == lk or not causal):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)

@@ -1,0 +1,256 @@
+/* Causal self-attention with small heads, forward and backward, as one CPU kernel.
+ *
+ *     s_ij = scale * q_i . k_j  (j <= i),   p_ij = softmax_j(s_ij),   o_i = sum_j p_ij v_j
+ *
+ * Why a kernel: the small models of the studies have heads of 8-16 channels (d_model 64,
+ * 8 heads in the Mamba paper's induction protocol). torch's CPU flash-attention kernel
+ * blocks the work as small matrix products over the head dimension, which at 8 channels
+ * are mostly overhead: 35 ms for one layer's forward + backward at (B 8, H 8, L 256),
+ * three times as long as the same work in 4 heads of 16. Here one task owns one (sequence,
+ * head) and keeps K and V transposed, (head_dim, L), so that a query row's scores, its
+ * softmax and its readout are vector operations over 16 keys at a time, whatever the head
+ * width; nothing of size L x L is ever stored.
+ *
+ * The backward pass recomputes each row's probabilities from the saved log-sum-exp (as
+ * FlashAttention does) and accumulates dK and dV transposed, in a buffer owned by the
+ * task. With grouped-query attention (kv_heads < heads) a task owns a K/V head and walks
+ * the query heads that share it, so no two tasks write the same dK/dV.
+ *
+ * Compiled twice by archs/_native.py (REAL = float, and double with libm's exp for the
+ * float64 checks). Layouts, all contiguous: q, o, gout, dq (batch, heads, L, head_dim);
+ * k, v, dk, dv (batch, kv_heads, L, head_dim); lse (batch, heads, L).
+ */
+#include "_native.h"
+
+typedef struct {
+    int64_t batch, heads, kv_heads, seqlen, head_dim, nthreads;
+    double scale;
+} attn_dims;
+
+#define NEG_BIG ((real)-1e30)
+
+/* lane-wise max through a comparison mask (a lane loop with ?: is not vectorised) */
+#if REAL_IS_DOUBLE
+typedef int64_t mask_vec __attribute__((vector_size(VBYTES)));
+#else
+typedef int32_t mask_vec __attribute__((vector_size(VBYTES)));
+#endif
+static inline vec vmax(vec a, vec b) {
+    const mask_vec m = a > b;
+    return (vec)((m & (mask_vec)a) | (~m & (mask_vec)b));
+}
+
+/* the largest lane, as a tree like hsum's */
+static inline real hmax(vec v) {
+    vec_half a, b;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&b, (const char*)&v + sizeof a, sizeof b);
+    for (int64_t l = 0; l < VL / 2; l++) a[l] = a[l] > b[l] ? a[l] : b[l];
+    real m = a[0];
+    for (int64_t l = 1; l < VL / 2; l++) m = a[l] > m ? a[l] : m;
+    return m;
+}
+
+/* rows (L, hd) -> columns (hd, Lp), zero-padded to Lp = a whole number of vectors */
+static void transpose_in(const real* x, int64_t L, int64_t hd, int64_t Lp, real* xT) {
+    for (int64_t c = 0; c < hd; c++) {
+        for (int64_t j = 0; j < L; j++) xT[c * Lp + j] = x[j * hd + c];
+        for (int64_t j = L; j < Lp; j++) xT[c * Lp + j] = 0;
+    }
+}
+
+static void transpose_out(const real* xT, int64_t L, int64_t hd, int64_t Lp, real* x) {
+    for (int64_t j = 0; j < L; j++)
+        for (int64_t c = 0; c < hd; c++) x[j * hd + c] = xT[c * Lp + j];
+}
+
+/* scores of row i against the keys of block jb: scale * q_i . k_j for 16 keys at once */
+static inline vec block_scores(const real* qs, const real* kT, int64_t hd, int64_t Lp, int64_t jb) {
+    vec s = splat(0);
+    for (int64_t c = 0; c < hd; c++) s += qs[c] * *(const vec*)(kT + c * Lp + jb * VL);
+    return s;
+}
+
+/* lanes of the last block that lie after the query (j > i) are masked */
+static inline void mask_future(vec* v, int64_t i, int64_t jb, real fill) {
+    for (int64_t l = i - jb * VL + 1; l < VL; l++) (*v)[l] = fill;
+}
+
+/* Query rows handled together: each key block's K and V columns are loaded once per ROWS
+ * rows (from L2 at long lengths), and the backward pass adds each block's dK and dV partial
+ * sums to the task's buffers once per ROWS rows, not once per row. */
+#define ROWS 16
+
+/* first row of a ROWS-row block starting at i0 that sees key block jb (j <= i) */
+static inline int64_t first_row(int64_t jb, int64_t i0) { return jb * VL > i0 ? jb * VL - i0 : 0; }
+
+/* One (sequence, head) of the forward pass. HD is a compile-time 8, 16 or 32 in the common
+ * cases (the callers dispatch), so the loops over the head's channels unroll. Per block of
+ * ROWS query rows: the scores and each row's maximum, then the probabilities and the
+ * readout. */
+static inline __attribute__((always_inline)) void fwd_task(
+        const attn_dims* p, const int64_t HD, int64_t task, const real* q, const real* k,
+        const real* v, real* o, real* lse, real* kT, vec* S, vec* acc) {
+    const int64_t L = p->seqlen, H = p->heads, G = p->heads / p->kv_heads;
+    const int64_t Lp = (L + VL - 1) / VL * VL, NB = Lp / VL;
+    const real scale = (real)p->scale;
+    const int64_t b = task / H, h = task % H, kvh = b * p->kv_heads + h / G;
+    real* vT = kT + HD * Lp;
+    transpose_in(k + kvh * L * HD, L, HD, Lp, kT);
+    transpose_in(v + kvh * L * HD, L, HD, Lp, vT);
+    const real* qb = q + task * L * HD;
+    real* ob = o + task * L * HD;
+    real qs[ROWS][HD], m[ROWS];
+    vec mx[ROWS], total[ROWS];
+    for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
+        const int64_t rows = L - i0 < ROWS ? L - i0 : ROWS, nb = (i0 + rows - 1) / VL + 1;
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t c = 0; c < HD; c++) {
+                qs[r][c] = qb[(i0 + r) * HD + c] * scale;
+                acc[r * HD + c] = splat(0);
+            }
+            mx[r] = splat(NEG_BIG);
+            total[r] = splat(0);
+        }
+        for (int64_t jb = 0; jb < nb; jb++) {
+            vec kc[HD];
+            for (int64_t c = 0; c < HD; c++) kc[c] = *(const vec*)(kT + c * Lp + jb * VL);
+            for (int64_t r = first_row(jb, i0); r < rows; r++) {
+                vec s = splat(0);
+                for (int64_t c = 0; c < HD; c++) s += qs[r][c] * kc[c];
+                if (jb == (i0 + r) / VL) mask_future(&s, i0 + r, jb, NEG_BIG);
+                S[r * NB + jb] = s;
+                mx[r] = vmax(mx[r], s);
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) m[r] = hmax(mx[r]);
+        for (int64_t jb = 0; jb < nb; jb++) {
+            vec vc[HD];
+            for (int64_t c = 0; c < HD; c++) vc[c] = *(const vec*)(vT + c * Lp + jb * VL);
+            for (int64_t r = first_row(jb, i0); r < rows; r++) {
+                vec pj = vexp(S[r * NB + jb] - m[r]);
+                if (jb == (i0 + r) / VL) mask_future(&pj, i0 + r, jb, 0);
+                total[r] += pj;
+                for (int64_t c = 0; c < HD; c++) acc[r * HD + c] += pj * vc[c];
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            const real l = hsum(total[r]);
+            for (int64_t c = 0; c < HD; c++) ob[(i0 + r) * HD + c] = hsum(acc[r * HD + c]) / l;
+            lse[task * L + i0 + r] = m[r] + log(l);
+        }
+    }
+}
+
+void attn_fwd(const attn_dims* p, const real* q, const real* k, const real* v, real* o, real* lse) {
+    const int64_t hd = p->head_dim, Lp = (p->seqlen + VL - 1) / VL * VL;
+#pragma omp parallel num_threads(p->nthreads)
+    {
+        real* kT = aligned_alloc(VBYTES, sizeof(real) * 2 * hd * Lp);
+        vec* S = aligned_alloc(VBYTES, sizeof(real) * ROWS * Lp);
+        vec* acc = aligned_alloc(VBYTES, sizeof(vec) * ROWS * hd);
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < p->batch * p->heads; task++) {
+#define FWD(HD) fwd_task(p, HD, task, q, k, v, o, lse, kT, S, acc)
+            if (hd == 8) FWD(8);
+            else if (hd == 16) FWD(16);
+            else if (hd == 32) FWD(32);
+            else FWD(hd);
+#undef FWD
+        }
+        free(kT);
+        free(S);
+        free(acc);
+    }
+}
+
+/* One K/V head of the backward pass (the query heads sharing it, one after the other).
+ * gout = dL/do. delta_i = gout_i . o_i; ds_ij = p_ij (gout_i . v_j - delta_i);
+ * dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i, dv_j = sum_i p_ij gout_i */
+static inline __attribute__((always_inline)) void bwd_task(
+        const attn_dims* p, const int64_t HD, int64_t task, const real* q, const real* k,
+        const real* v, const real* o, const real* lse, const real* gout, real* dq, real* dk,
+        real* dv, real* kT, vec* acc) {
+    const int64_t L = p->seqlen, H = p->heads, G = p->heads / p->kv_heads;
+    const int64_t Lp = (L + VL - 1) / VL * VL;
+    const real scale = (real)p->scale;
+    real *vT = kT + HD * Lp, *dkT = vT + HD * Lp, *dvT = dkT + HD * Lp;
+    transpose_in(k + task * L * HD, L, HD, Lp, kT);
+    transpose_in(v + task * L * HD, L, HD, Lp, vT);
+    memset(dkT, 0, sizeof(real) * 2 * HD * Lp);
+    const int64_t b = task / p->kv_heads, h0 = (task % p->kv_heads) * G;
+    real qs[ROWS][HD], gs[ROWS][HD], delta[ROWS], li[ROWS];
+    for (int64_t h = h0; h < h0 + G; h++) {
+        const int64_t row0 = (b * H + h) * L;
+        const real *qb = q + row0 * HD, *ob = o + row0 * HD, *gb = gout + row0 * HD;
+        real* dqb = dq + row0 * HD;
+        for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
+            const int64_t rows = L - i0 < ROWS ? L - i0 : ROWS;
+            for (int64_t r = 0; r < rows; r++) {
+                const int64_t i = i0 + r;
+                delta[r] = 0;
+                for (int64_t c = 0; c < HD; c++) {
+                    qs[r][c] = qb[i * HD + c] * scale;
+                    gs[r][c] = gb[i * HD + c];
+                    delta[r] += gs[r][c] * ob[i * HD + c];
+                    acc[r * HD + c] = splat(0);
+                }
+                li[r] = lse[row0 + i];
+            }
+            const int64_t nb = (i0 + rows - 1) / VL + 1; /* key blocks the last row sees */
+            for (int64_t jb = 0; jb < nb; jb++) {
+                vec kc[HD], vc[HD], dkc[HD], dvc[HD];
+                for (int64_t c = 0; c < HD; c++) {
+                    kc[c] = *(const vec*)(kT + c * Lp + jb * VL);
+                    vc[c] = *(const vec*)(vT + c * Lp + jb * VL);
+                    dkc[c] = dvc[c] = splat(0);
+                }
+                for (int64_t r = first_row(jb, i0); r < rows; r++) {
+                    const int64_t i = i0 + r;
+                    vec s = splat(0), dp = splat(0);
+                    for (int64_t c = 0; c < HD; c++) {
+                        s += qs[r][c] * kc[c];
+                        dp += gs[r][c] * vc[c];
+                    }
+                    vec pj = vexp(s - li[r]);
+                    if (jb == i / VL) mask_future(&pj, i, jb, 0);
+                    const vec ds = pj * (dp - delta[r]);
+                    for (int64_t c = 0; c < HD; c++) {
+                        acc[r * HD + c] += ds * kc[c];
+                        dkc[c] += ds * qs[r][c];
+                        dvc[c] += pj * gs[r][c];
+                    }
+                }
+                for (int64_t c = 0; c < HD; c++) {
+                    *(vec*)(dkT + c * Lp + jb * VL) += dkc[c];
+                    *(vec*)(dvT + c * Lp + jb * VL) += dvc[c];
+                }
+            }
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < HD; c++) dqb[(i0 + r) * HD + c] = scale * hsum(acc[r * HD + c]);
+        }
+    }
+    transpose_out(dkT, L, HD, Lp, dk + task * L * HD);
+    transpose_out(dvT, L, HD, Lp, dv + task * L * HD);
+}
+
+void attn_bwd(const attn_dims* p, const real* q, const real* k, const real* v, const real* o,
+              const real* lse, const real* gout, real* dq, real* dk, real* dv) {
+    const int64_t hd = p->head_dim, Lp = (p->seqlen + VL - 1) / VL * VL;
+#pragma omp parallel num_threads(p->nthreads)
+    {
+        real* kT = aligned_alloc(VBYTES, sizeof(real) * 4 * hd * Lp);
+        vec* acc = aligned_alloc(VBYTES, sizeof(vec) * ROWS * hd);
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < p->batch * p->kv_heads; task++) {
+#define BWD(HD) bwd_task(p, HD, task, q, k, v, o, lse, gout, dq, dk, dv, kT, acc)
+            if (hd == 8) BWD(8);
+            else if (hd == 16) BWD(16);
+            else if (hd == 32) BWD(32);
+            else BWD(hd);
+#undef BWD
+        }
+        free(kT);
+        free(acc);
+    }
+}
