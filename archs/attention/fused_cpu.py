@@ -4,7 +4,7 @@ The ``fused`` attention backend on a CPU runs this kernel instead of torch's SDP
 applies - plain causal self-attention (Lq == Lk, no bias, no custom mask, no forced SDPA
 kernel), float32 or float64, heads of at most ``ROUTE_MAX_HEAD_DIM`` channels - because SDPA's
 CPU flash kernel is built for wide heads: at the induction protocol's 8-channel heads it
-spends most of a training step in per-block overhead (``benchmarks/attention_cpu.py``
+spends most of a training step in per-block overhead (``benchmarks/kernels.py attention``
 measures the two side by side and records where the kernel stops paying).
 Everywhere else, and where the kernel cannot be built (no C compiler:
 ``archs._native``), SDPA runs - the same fused-kernel class, so the backend word stays
@@ -24,7 +24,7 @@ from archs import _native
 
 SOURCE = Path(__file__).resolve().parents[1] / "_attention_cpu.c"
 # Where the kernel pays, measured against SDPA's CPU flash kernel (one thread, fwd + bwd;
-# results/cpu/benchmarks/attention_cpu): heads of 4 and 8 channels run 2-3x faster at
+# results/cpu/kernels/attention_small_heads): heads of 4 and 8 channels run 2-4x faster at
 # L = 64 ... 4096; at 16 channels the two tie, and SDPA's blocked products win for wider heads.
 ROUTE_MAX_HEAD_DIM = 8
 MAX_HEAD_DIM = 128  # the kernel's own limit (its per-row buffers live on the stack)
