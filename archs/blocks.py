@@ -30,6 +30,38 @@ def sample_dt_bias(n: int, dt_min: float, dt_max: float, floor: float) -> torch.
     return inverse_softplus(dt.clamp(min=floor))
 
 
+class _LowRankLinear(torch.autograd.Function):
+    """x @ W^T for a W with a tiny inner dimension (Mamba's dt projection: rank 4 -> 128
+    channels), with both gradients computed as products whose *output* is the small side.
+    On a CPU the BLAS computes dW = g^T x ([128, M] x [M, 4]) and dx = g W ([M, 128] x
+    [128, 4]) 4-7x slower than the same numbers as (x^T g)^T and (W^T g^T)^T (one thread,
+    M = 2048: 468 -> 65 us and 336 -> 79 us), ~5% of a small Mamba's training step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = (weight.t() @ g2.t()).t().reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            gw = (x.reshape(-1, x.shape[-1]).t() @ g2).t().contiguous()
+        return gx, gw
+
+
+def low_rank_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)`` (no bias) for a weight (out, r) with r much smaller than out;
+    on a CPU through ``_LowRankLinear``'s better-shaped gradient products."""
+    if x.device.type != "cpu" or not torch.is_grad_enabled():
+        return F.linear(x, weight)
+    return _LowRankLinear.apply(x, weight)
+
+
 def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
     if kind == "rmsnorm":
         return nn.RMSNorm(dim, eps=eps)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
 from archs.backends import VOCABULARY, BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
-from archs.blocks import sample_dt_bias
+from archs.blocks import low_rank_linear, sample_dt_bias
 from archs.mamba import fused, fused_cpu
 from archs.mamba.chunked import default_block_len, selective_scan_chunked_bld
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
@@ -159,7 +159,7 @@ class MambaMixer(Mixer):
         cfg = self.config
         dt_low, B, C = torch.split(self.x_proj(u), [cfg.dt_rank, cfg.d_state, cfg.d_state],
                                    dim=-1)
-        return F.linear(dt_low, self.dt_proj.weight), B, C
+        return low_rank_linear(dt_low, self.dt_proj.weight), B, C
 
     def _scan(self, backend: str, u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor,
               h0: Tensor | None, want_last: bool) -> tuple[Tensor, Tensor | None]:

@@ -243,3 +243,19 @@ def test_fused_wiring_matches_chunked_with_stand_in_kernels(fake_mamba_ssm):
     x = torch.randn(2, 13, 16, generator=torch.Generator().manual_seed(1))
     # the second prefill runs the kernel from zero and adds the carried state in PyTorch
     assert_same_paths(tiny_mixer("fused"), tiny_mixer("chunked"), x, split=10, keys=("ssm",))
+
+
+def test_low_rank_linear_matches_linear_and_passes_gradcheck():
+    """The dt projection's reshaped gradient products (archs.blocks.low_rank_linear) give
+    F.linear's gradients: float64 gradcheck on a strided slice (as torch.split gives it),
+    and plain F.linear when no gradient is recorded."""
+    from archs.blocks import low_rank_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 12, dtype=torch.float64, generator=g)[..., :4].requires_grad_()
+    w = torch.randn(9, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(low_rank_linear, (x, w))
+    out = low_rank_linear(x, w)
+    assert out.grad_fn is not None and "LowRank" in type(out.grad_fn).__name__
+    with torch.no_grad():
+        torch.testing.assert_close(low_rank_linear(x, w), torch.nn.functional.linear(x, w))
