@@ -76,18 +76,56 @@ static inline void mask_future(vec* v, int64_t i, int64_t jb, real fill) {
     for (int64_t l = i - jb * VL + 1; l < VL; l++) (*v)[l] = fill;
 }
 
-/* Query rows handled together: each key block's K and V columns are loaded once per ROWS
- * rows (from L2 at long lengths), and the backward pass adds each block's dK and dV partial
- * sums to the task's buffers once per ROWS rows, not once per row. */
-#define ROWS 16
+/* Query rows handled together, one vector's worth (ROWS = VL): each key block's K and V
+ * columns are loaded once per ROWS rows (from L2 at long lengths), the backward pass adds
+ * each block's dK and dV partial sums to the task's buffers once per ROWS rows, and every
+ * row of a row block sees the same key blocks: all whole but the last, the diagonal one,
+ * which is the only one with masked lanes. The whole blocks' loops over rows are
+ * branch-free and unrolled, so the compiler interleaves independent rows' dependency
+ * chains (a dot product, then an exp, ~100 cycles of latency per row). */
+#define ROWS VL
 
-/* first row of a ROWS-row block starting at i0 that sees key block jb (j <= i) */
-static inline int64_t first_row(int64_t jb, int64_t i0) { return jb * VL > i0 ? jb * VL - i0 : 0; }
+/* q_row . cols[c] over the head's channels, as two interleaved chains (half the latency) */
+static inline vec dot_cols(const real* x, const vec* cols, const int64_t HD) {
+    vec s0 = splat(0), s1 = splat(0);
+    int64_t c = 0;
+    for (; c + 1 < HD; c += 2) {
+        s0 += x[c] * cols[c];
+        s1 += x[c + 1] * cols[c + 1];
+    }
+    if (c < HD) s0 += x[c] * cols[c];
+    return s0 + s1;
+}
+
+/* Forward, one key block jb for the rows of a row block: scores and running maxima
+ * (pass 1), then probabilities, their sums and the readout (pass 2). DIAG: the diagonal
+ * block, whose lanes after each row's own position are masked. */
+static inline __attribute__((always_inline)) void fwd_scores(
+        const int64_t HD, const int DIAG, int64_t rows, int64_t jb, int64_t NB, const vec* kc,
+        real qs[][HD], vec* S, vec* mx) {
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < rows; r++) {
+        vec s = dot_cols(qs[r], kc, HD);
+        if (DIAG) mask_future(&s, r, 0, NEG_BIG);
+        S[r * NB + jb] = s;
+        mx[r] = vmax(mx[r], s);
+    }
+}
+
+static inline __attribute__((always_inline)) void fwd_readout(
+        const int64_t HD, const int DIAG, int64_t rows, int64_t jb, int64_t NB, const vec* vc,
+        const real* m, const vec* S, vec* total, vec* acc) {
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < rows; r++) {
+        vec pj = vexp(S[r * NB + jb] - m[r]);
+        if (DIAG) mask_future(&pj, r, 0, 0);
+        total[r] += pj;
+        for (int64_t c = 0; c < HD; c++) acc[r * HD + c] += pj * vc[c];
+    }
+}
 
 /* One (sequence, head) of the forward pass. HD is a compile-time 8, 16 or 32 in the common
- * cases (the callers dispatch), so the loops over the head's channels unroll. Per block of
- * ROWS query rows: the scores and each row's maximum, then the probabilities and the
- * readout. */
+ * cases (the callers dispatch), so the loops over the head's channels unroll. */
 static inline __attribute__((always_inline)) void fwd_task(
         const attn_dims* p, const int64_t HD, int64_t task, const real* q, const real* k,
         const real* v, real* o, real* lse, real* kT, vec* S, vec* acc) {
@@ -103,7 +141,7 @@ static inline __attribute__((always_inline)) void fwd_task(
     real qs[ROWS][HD], m[ROWS];
     vec mx[ROWS], total[ROWS];
     for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
-        const int64_t rows = L - i0 < ROWS ? L - i0 : ROWS, nb = (i0 + rows - 1) / VL + 1;
+        const int64_t rows = L - i0 < ROWS ? L - i0 : ROWS, jd = i0 / VL; /* jd: diagonal block */
         for (int64_t r = 0; r < rows; r++) {
             for (int64_t c = 0; c < HD; c++) {
                 qs[r][c] = qb[(i0 + r) * HD + c] * scale;
@@ -112,27 +150,18 @@ static inline __attribute__((always_inline)) void fwd_task(
             mx[r] = splat(NEG_BIG);
             total[r] = splat(0);
         }
-        for (int64_t jb = 0; jb < nb; jb++) {
+        for (int64_t jb = 0; jb <= jd; jb++) {
             vec kc[HD];
             for (int64_t c = 0; c < HD; c++) kc[c] = *(const vec*)(kT + c * Lp + jb * VL);
-            for (int64_t r = first_row(jb, i0); r < rows; r++) {
-                vec s = splat(0);
-                for (int64_t c = 0; c < HD; c++) s += qs[r][c] * kc[c];
-                if (jb == (i0 + r) / VL) mask_future(&s, i0 + r, jb, NEG_BIG);
-                S[r * NB + jb] = s;
-                mx[r] = vmax(mx[r], s);
-            }
+            if (jb < jd) fwd_scores(HD, 0, rows, jb, NB, kc, qs, S, mx);
+            else fwd_scores(HD, 1, rows, jb, NB, kc, qs, S, mx);
         }
         for (int64_t r = 0; r < rows; r++) m[r] = hmax(mx[r]);
-        for (int64_t jb = 0; jb < nb; jb++) {
+        for (int64_t jb = 0; jb <= jd; jb++) {
             vec vc[HD];
             for (int64_t c = 0; c < HD; c++) vc[c] = *(const vec*)(vT + c * Lp + jb * VL);
-            for (int64_t r = first_row(jb, i0); r < rows; r++) {
-                vec pj = vexp(S[r * NB + jb] - m[r]);
-                if (jb == (i0 + r) / VL) mask_future(&pj, i0 + r, jb, 0);
-                total[r] += pj;
-                for (int64_t c = 0; c < HD; c++) acc[r * HD + c] += pj * vc[c];
-            }
+            if (jb < jd) fwd_readout(HD, 0, rows, jb, NB, vc, m, S, total, acc);
+            else fwd_readout(HD, 1, rows, jb, NB, vc, m, S, total, acc);
         }
         for (int64_t r = 0; r < rows; r++) {
             const real l = hsum(total[r]);
@@ -161,6 +190,26 @@ void attn_fwd(const attn_dims* p, const real* q, const real* k, const real* v, r
         free(kT);
         free(S);
         free(acc);
+    }
+}
+
+/* Backward, one key block for the rows of a row block: recompute the probabilities from
+ * the log-sum-exp, then ds = p (dp - delta) into dq's accumulators (acc) and the block's
+ * dK and dV partial sums (dkc, dvc). DIAG as in the forward pass. */
+static inline __attribute__((always_inline)) void bwd_block(
+        const int64_t HD, const int DIAG, int64_t rows, const vec* kc, const vec* vc,
+        real qs[][HD], real gs[][HD], const real* li, const real* delta, vec* acc, vec* dkc,
+        vec* dvc) {
+#pragma GCC unroll 2
+    for (int64_t r = 0; r < rows; r++) {
+        vec pj = vexp(dot_cols(qs[r], kc, HD) - li[r]);
+        if (DIAG) mask_future(&pj, r, 0, 0);
+        const vec ds = pj * (dot_cols(gs[r], vc, HD) - delta[r]);
+        for (int64_t c = 0; c < HD; c++) {
+            acc[r * HD + c] += ds * kc[c];
+            dkc[c] += ds * qs[r][c];
+            dvc[c] += pj * gs[r][c];
+        }
     }
 }
 
@@ -197,30 +246,16 @@ static inline __attribute__((always_inline)) void bwd_task(
                 }
                 li[r] = lse[row0 + i];
             }
-            const int64_t nb = (i0 + rows - 1) / VL + 1; /* key blocks the last row sees */
-            for (int64_t jb = 0; jb < nb; jb++) {
+            const int64_t jd = i0 / VL; /* the diagonal key block */
+            for (int64_t jb = 0; jb <= jd; jb++) {
                 vec kc[HD], vc[HD], dkc[HD], dvc[HD];
                 for (int64_t c = 0; c < HD; c++) {
                     kc[c] = *(const vec*)(kT + c * Lp + jb * VL);
                     vc[c] = *(const vec*)(vT + c * Lp + jb * VL);
                     dkc[c] = dvc[c] = splat(0);
                 }
-                for (int64_t r = first_row(jb, i0); r < rows; r++) {
-                    const int64_t i = i0 + r;
-                    vec s = splat(0), dp = splat(0);
-                    for (int64_t c = 0; c < HD; c++) {
-                        s += qs[r][c] * kc[c];
-                        dp += gs[r][c] * vc[c];
-                    }
-                    vec pj = vexp(s - li[r]);
-                    if (jb == i / VL) mask_future(&pj, i, jb, 0);
-                    const vec ds = pj * (dp - delta[r]);
-                    for (int64_t c = 0; c < HD; c++) {
-                        acc[r * HD + c] += ds * kc[c];
-                        dkc[c] += ds * qs[r][c];
-                        dvc[c] += pj * gs[r][c];
-                    }
-                }
+                if (jb < jd) bwd_block(HD, 0, rows, kc, vc, qs, gs, li, delta, acc, dkc, dvc);
+                else bwd_block(HD, 1, rows, kc, vc, qs, gs, li, delta, acc, dkc, dvc);
                 for (int64_t c = 0; c < HD; c++) {
                     *(vec*)(dkT + c * Lp + jb * VL) += dkc[c];
                     *(vec*)(dvT + c * Lp + jb * VL) += dvc[c];

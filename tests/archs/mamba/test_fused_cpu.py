@@ -17,8 +17,9 @@ from archs.mamba import fused_cpu
 from archs.mamba.fused_cpu import selective_scan_cpu, selective_state_update_cpu
 from archs.mamba.ref import selective_state_update_ref
 
-pytestmark = pytest.mark.skipif(not fused_cpu.cpu_kernel_available(),
-                                reason="the CPU kernels cannot be built here (no C compiler)")
+# Skip only where no C compiler exists: a kernel that fails to *build* here must fail the
+# tests, not skip them.
+pytestmark = pytest.mark.skipif(_native.compiler() is None, reason="no C compiler for the CPU kernels")
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-4), torch.float64: dict(atol=1e-11, rtol=1e-10)}
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
