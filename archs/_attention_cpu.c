@@ -11,6 +11,10 @@
  * softmax and its readout are vector operations over 16 keys at a time, whatever the head
  * width; nothing of size L x L is ever stored.
  *
+ * With RoPE tables (cos, sin of each position's angles) q and k are rotated here, row by
+ * row as they are read, and their gradients rotated back as they are written: the layer
+ * makes no rotated copies and runs no rotation ops (archs/attention/layer.py).
+ *
  * The backward pass recomputes each row's probabilities from the saved log-sum-exp (as
  * FlashAttention does) and accumulates dK and dV transposed, in a buffer owned by the
  * task. With grouped-query attention (kv_heads < heads) a task owns a K/V head and walks
@@ -18,7 +22,8 @@
  *
  * Compiled twice by archs/_native.py (REAL = float, and double with libm's exp for the
  * float64 checks). Layouts, all contiguous: q, o, gout, dq (batch, heads, L, head_dim);
- * k, v, dk, dv (batch, kv_heads, L, head_dim); lse (batch, heads, L).
+ * k, v, dk, dv (batch, kv_heads, L, head_dim); lse (batch, heads, L); cs, sn (L, head_dim / 2)
+ * or NULL (no rotation).
  */
 #include "_native.h"
 
@@ -51,17 +56,53 @@ static inline real hmax(vec v) {
     return m;
 }
 
-/* rows (L, hd) -> columns (hd, Lp), zero-padded to Lp = a whole number of vectors */
-static void transpose_in(const real* x, int64_t L, int64_t hd, int64_t Lp, real* xT) {
-    for (int64_t c = 0; c < hd; c++) {
-        for (int64_t j = 0; j < L; j++) xT[c * Lp + j] = x[j * hd + c];
-        for (int64_t j = L; j < Lp; j++) xT[c * Lp + j] = 0;
+/* RoPE in the half-split layout (archs.positional.RotaryEmbedding): channel c < hd/2 and
+ * c + hd/2 rotated by position t's angle, cs = cos, sn = sin of the row's hd/2 angles;
+ * unrotate applies the transpose (the inverse), which takes a gradient back. */
+static inline void rotate(const real* x, const real* cs, const real* sn, int64_t hd, real* out) {
+    const int64_t h = hd / 2;
+    for (int64_t c = 0; c < h; c++) {
+        const real x1 = x[c], x2 = x[c + h];
+        out[c] = x1 * cs[c] - x2 * sn[c];
+        out[c + h] = x1 * sn[c] + x2 * cs[c];
     }
 }
 
-static void transpose_out(const real* xT, int64_t L, int64_t hd, int64_t Lp, real* x) {
-    for (int64_t j = 0; j < L; j++)
-        for (int64_t c = 0; c < hd; c++) x[j * hd + c] = xT[c * Lp + j];
+static inline void unrotate(const real* x, const real* cs, const real* sn, int64_t hd, real* out) {
+    const int64_t h = hd / 2;
+    for (int64_t c = 0; c < h; c++) {
+        const real x1 = x[c], x2 = x[c + h];
+        out[c] = x1 * cs[c] + x2 * sn[c];
+        out[c + h] = x2 * cs[c] - x1 * sn[c];
+    }
+}
+
+/* rows (L, hd) -> columns (hd, Lp), zero-padded to Lp = a whole number of vectors; each
+ * row rotated first when rope tables (cs, sn: (L, hd/2)) are given */
+static void transpose_in(const real* x, int64_t L, int64_t hd, int64_t Lp, const real* cs,
+                         const real* sn, real* xT) {
+    real row[hd];
+    for (int64_t j = 0; j < L; j++) {
+        const real* src = x + j * hd;
+        if (cs) {
+            rotate(src, cs + j * (hd / 2), sn + j * (hd / 2), hd, row);
+            src = row;
+        }
+        for (int64_t c = 0; c < hd; c++) xT[c * Lp + j] = src[c];
+    }
+    for (int64_t c = 0; c < hd; c++)
+        for (int64_t j = L; j < Lp; j++) xT[c * Lp + j] = 0;
+}
+
+/* columns (hd, Lp) -> rows (L, hd), each row unrotated when rope tables are given */
+static void transpose_out(const real* xT, int64_t L, int64_t hd, int64_t Lp, const real* cs,
+                          const real* sn, real* x) {
+    real row[hd];
+    for (int64_t j = 0; j < L; j++) {
+        for (int64_t c = 0; c < hd; c++) row[c] = xT[c * Lp + j];
+        if (cs) unrotate(row, cs + j * (hd / 2), sn + j * (hd / 2), hd, x + j * hd);
+        else memcpy(x + j * hd, row, sizeof(real) * hd);
+    }
 }
 
 /* scores of row i against the keys of block jb: scale * q_i . k_j for 16 keys at once */
@@ -74,6 +115,14 @@ static inline vec block_scores(const real* qs, const real* kT, int64_t hd, int64
 /* lanes of the last block that lie after the query (j > i) are masked */
 static inline void mask_future(vec* v, int64_t i, int64_t jb, real fill) {
     for (int64_t l = i - jb * VL + 1; l < VL; l++) (*v)[l] = fill;
+}
+
+/* query row i, rotated when rope tables are given, times the softmax scale */
+static inline void query_row(const real* qb, int64_t i, int64_t hd, const real* cs, const real* sn,
+                             real scale, real* out) {
+    if (cs) rotate(qb + i * hd, cs + i * (hd / 2), sn + i * (hd / 2), hd, out);
+    else memcpy(out, qb + i * hd, sizeof(real) * hd);
+    for (int64_t c = 0; c < hd; c++) out[c] *= scale;
 }
 
 /* Query rows handled together, one vector's worth (ROWS = VL): each key block's K and V
@@ -128,14 +177,15 @@ static inline __attribute__((always_inline)) void fwd_readout(
  * cases (the callers dispatch), so the loops over the head's channels unroll. */
 static inline __attribute__((always_inline)) void fwd_task(
         const attn_dims* p, const int64_t HD, int64_t task, const real* q, const real* k,
-        const real* v, real* o, real* lse, real* kT, vec* S, vec* acc) {
+        const real* v, const real* cs, const real* sn, real* o, real* lse, real* kT, vec* S,
+        vec* acc) {
     const int64_t L = p->seqlen, H = p->heads, G = p->heads / p->kv_heads;
     const int64_t Lp = (L + VL - 1) / VL * VL, NB = Lp / VL;
     const real scale = (real)p->scale;
     const int64_t b = task / H, h = task % H, kvh = b * p->kv_heads + h / G;
     real* vT = kT + HD * Lp;
-    transpose_in(k + kvh * L * HD, L, HD, Lp, kT);
-    transpose_in(v + kvh * L * HD, L, HD, Lp, vT);
+    transpose_in(k + kvh * L * HD, L, HD, Lp, cs, sn, kT);
+    transpose_in(v + kvh * L * HD, L, HD, Lp, NULL, NULL, vT);
     const real* qb = q + task * L * HD;
     real* ob = o + task * L * HD;
     real qs[ROWS][HD], m[ROWS];
@@ -143,10 +193,8 @@ static inline __attribute__((always_inline)) void fwd_task(
     for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
         const int64_t rows = L - i0 < ROWS ? L - i0 : ROWS, jd = i0 / VL; /* jd: diagonal block */
         for (int64_t r = 0; r < rows; r++) {
-            for (int64_t c = 0; c < HD; c++) {
-                qs[r][c] = qb[(i0 + r) * HD + c] * scale;
-                acc[r * HD + c] = splat(0);
-            }
+            query_row(qb, i0 + r, HD, cs, sn, scale, qs[r]);
+            for (int64_t c = 0; c < HD; c++) acc[r * HD + c] = splat(0);
             mx[r] = splat(NEG_BIG);
             total[r] = splat(0);
         }
@@ -171,7 +219,8 @@ static inline __attribute__((always_inline)) void fwd_task(
     }
 }
 
-void attn_fwd(const attn_dims* p, const real* q, const real* k, const real* v, real* o, real* lse) {
+void attn_fwd(const attn_dims* p, const real* q, const real* k, const real* v, const real* cs,
+              const real* sn, real* o, real* lse) {
     const int64_t hd = p->head_dim, Lp = (p->seqlen + VL - 1) / VL * VL;
 #pragma omp parallel num_threads(p->nthreads)
     {
@@ -180,7 +229,7 @@ void attn_fwd(const attn_dims* p, const real* q, const real* k, const real* v, r
         vec* acc = aligned_alloc(VBYTES, sizeof(vec) * ROWS * hd);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < p->batch * p->heads; task++) {
-#define FWD(HD) fwd_task(p, HD, task, q, k, v, o, lse, kT, S, acc)
+#define FWD(HD) fwd_task(p, HD, task, q, k, v, cs, sn, o, lse, kT, S, acc)
             if (hd == 8) FWD(8);
             else if (hd == 16) FWD(16);
             else if (hd == 32) FWD(32);
@@ -218,14 +267,14 @@ static inline __attribute__((always_inline)) void bwd_block(
  * dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i, dv_j = sum_i p_ij gout_i */
 static inline __attribute__((always_inline)) void bwd_task(
         const attn_dims* p, const int64_t HD, int64_t task, const real* q, const real* k,
-        const real* v, const real* o, const real* lse, const real* gout, real* dq, real* dk,
-        real* dv, real* kT, vec* acc) {
+        const real* v, const real* cs, const real* sn, const real* o, const real* lse,
+        const real* gout, real* dq, real* dk, real* dv, real* kT, vec* acc) {
     const int64_t L = p->seqlen, H = p->heads, G = p->heads / p->kv_heads;
     const int64_t Lp = (L + VL - 1) / VL * VL;
     const real scale = (real)p->scale;
     real *vT = kT + HD * Lp, *dkT = vT + HD * Lp, *dvT = dkT + HD * Lp;
-    transpose_in(k + task * L * HD, L, HD, Lp, kT);
-    transpose_in(v + task * L * HD, L, HD, Lp, vT);
+    transpose_in(k + task * L * HD, L, HD, Lp, cs, sn, kT);
+    transpose_in(v + task * L * HD, L, HD, Lp, NULL, NULL, vT);
     memset(dkT, 0, sizeof(real) * 2 * HD * Lp);
     const int64_t b = task / p->kv_heads, h0 = (task % p->kv_heads) * G;
     real qs[ROWS][HD], gs[ROWS][HD], delta[ROWS], li[ROWS];
@@ -238,8 +287,8 @@ static inline __attribute__((always_inline)) void bwd_task(
             for (int64_t r = 0; r < rows; r++) {
                 const int64_t i = i0 + r;
                 delta[r] = 0;
+                query_row(qb, i, HD, cs, sn, scale, qs[r]);
                 for (int64_t c = 0; c < HD; c++) {
-                    qs[r][c] = qb[i * HD + c] * scale;
                     gs[r][c] = gb[i * HD + c];
                     delta[r] += gs[r][c] * ob[i * HD + c];
                     acc[r * HD + c] = splat(0);
@@ -261,16 +310,21 @@ static inline __attribute__((always_inline)) void bwd_task(
                     *(vec*)(dvT + c * Lp + jb * VL) += dvc[c];
                 }
             }
-            for (int64_t r = 0; r < rows; r++)
-                for (int64_t c = 0; c < HD; c++) dqb[(i0 + r) * HD + c] = scale * hsum(acc[r * HD + c]);
+            for (int64_t r = 0; r < rows; r++) { /* dL/d(rotated q), then back through the rotation */
+                real g[HD];
+                for (int64_t c = 0; c < HD; c++) g[c] = scale * hsum(acc[r * HD + c]);
+                if (cs) unrotate(g, cs + (i0 + r) * (HD / 2), sn + (i0 + r) * (HD / 2), HD, dqb + (i0 + r) * HD);
+                else memcpy(dqb + (i0 + r) * HD, g, sizeof(real) * HD);
+            }
         }
     }
-    transpose_out(dkT, L, HD, Lp, dk + task * L * HD);
-    transpose_out(dvT, L, HD, Lp, dv + task * L * HD);
+    transpose_out(dkT, L, HD, Lp, cs, sn, dk + task * L * HD);
+    transpose_out(dvT, L, HD, Lp, NULL, NULL, dv + task * L * HD);
 }
 
-void attn_bwd(const attn_dims* p, const real* q, const real* k, const real* v, const real* o,
-              const real* lse, const real* gout, real* dq, real* dk, real* dv) {
+void attn_bwd(const attn_dims* p, const real* q, const real* k, const real* v, const real* cs,
+              const real* sn, const real* o, const real* lse, const real* gout, real* dq, real* dk,
+              real* dv) {
     const int64_t hd = p->head_dim, Lp = (p->seqlen + VL - 1) / VL * VL;
 #pragma omp parallel num_threads(p->nthreads)
     {
@@ -278,7 +332,7 @@ void attn_bwd(const attn_dims* p, const real* q, const real* k, const real* v, c
         vec* acc = aligned_alloc(VBYTES, sizeof(vec) * ROWS * hd);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < p->batch * p->kv_heads; task++) {
-#define BWD(HD) bwd_task(p, HD, task, q, k, v, o, lse, gout, dq, dk, dv, kT, acc)
+#define BWD(HD) bwd_task(p, HD, task, q, k, v, cs, sn, o, lse, gout, dq, dk, dv, kT, acc)
             if (hd == 8) BWD(8);
             else if (hd == 16) BWD(16);
             else if (hd == 32) BWD(32);

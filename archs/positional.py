@@ -115,12 +115,17 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = self._inv_freq(dtype).to(self.inv_freq.device)
         return self
 
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the angles (L, Dh/2) at ``positions`` (L,), in ``dtype``: what
+        forward() rotates by (and the CPU attention kernel, which rotates inside)."""
+        angles = positions.to(dtype)[:, None] * self.inv_freq.to(dtype)[None, :]
+        return angles.cos(), angles.sin()
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: (B, H, L, Dh), positions: (L,) -> rotated x, same shape and dtype; computed in
         float32 (float64 for float64 x)."""
         acc = torch.promote_types(x.dtype, torch.float32)
-        angles = positions.to(acc)[:, None] * self.inv_freq.to(acc)[None, :]  # (L, Dh/2)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = self.tables(positions, acc)
         # (x1 cos - x2 sin, x1 sin + x2 cos) as x * [cos, cos] + [x2, x1] * [-sin, sin]: the same
         # numbers (negation is exact) in four whole-tensor ops instead of seven
         xa = x.to(acc)

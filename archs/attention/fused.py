@@ -33,6 +33,15 @@ def sdpa_context(kernel: str | None):
     return sdpa_kernel([table[kernel]])
 
 
+def cpu_kernel_takes(q: torch.Tensor, k: torch.Tensor, *, bias=None, mask=None, kernel=None,
+                     causal: bool = True) -> bool:
+    """Whether ``attention_sdpa`` hands this call to the small-head CPU kernel: plain causal
+    self-attention (no bias, no mask, Lq == Lk, no forced SDPA kernel) that
+    ``fused_cpu.applies`` takes."""
+    return (kernel is None and bias is None and mask is None and causal
+            and q.shape[-2] == k.shape[-2] and fused_cpu.applies(q, k))
+
+
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                    bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                    scale: float | None = None, kernel: str | None = None,
@@ -52,8 +61,7 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         return out.to(q.dtype)
     lq, lk = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
-    if (kernel is None and bias is None and mask is None and causal and lq == lk
-            and fused_cpu.applies(q, k)):
+    if cpu_kernel_takes(q, k, bias=bias, mask=mask, kernel=kernel, causal=causal):
         return fused_cpu.causal_attention_cpu(q, k, v, scale)  # small heads on a CPU
     with sdpa_context(kernel):
         if bias is None and mask is None and (lq == lk or not causal):

@@ -37,7 +37,7 @@ class AttnDims(ctypes.Structure):
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
-    return _native.load(SOURCE, dtype, {"attn_fwd": (AttnDims, 5), "attn_bwd": (AttnDims, 9)})
+    return _native.load(SOURCE, dtype, {"attn_fwd": (AttnDims, 7), "attn_bwd": (AttnDims, 11)})
 
 
 def kernel_available() -> bool:
@@ -46,27 +46,28 @@ def kernel_available() -> bool:
 
 class _CpuCausalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, cos: Tensor | None,
+                sin: Tensor | None) -> Tensor:
         batch, heads, seqlen, head_dim = q.shape
         dims = AttnDims(batch, heads, k.shape[1], seqlen, head_dim, torch.get_num_threads(), scale)
         out = torch.empty_like(q)
         lse = q.new_empty(batch, heads, seqlen)
         p = _native.pointer
-        _library(q.dtype).attn_fwd(ctypes.byref(dims), p(q), p(k), p(v), p(out), p(lse))
-        ctx.save_for_backward(q, k, v, out, lse)
+        _library(q.dtype).attn_fwd(ctypes.byref(dims), p(q), p(k), p(v), p(cos), p(sin), p(out), p(lse))
+        ctx.save_for_backward(q, k, v, cos, sin, out, lse)
         ctx.dims = dims
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, cos, sin, out, lse = ctx.saved_tensors
         g = g.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         p = _native.pointer
-        _library(q.dtype).attn_bwd(ctypes.byref(ctx.dims), p(q), p(k), p(v), p(out), p(lse), p(g),
-                                   p(dq), p(dk), p(dv))
-        return dq, dk, dv, None
+        _library(q.dtype).attn_bwd(ctypes.byref(ctx.dims), p(q), p(k), p(v), p(cos), p(sin), p(out),
+                                   p(lse), p(g), p(dq), p(dk), p(dv))
+        return dq, dk, dv, None, None, None
 
 
 def applies(q: Tensor, k: Tensor) -> bool:
@@ -81,16 +82,27 @@ def applies(q: Tensor, k: Tensor) -> bool:
             and kernel_available())
 
 
-def causal_attention_cpu(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+def causal_attention_cpu(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
+                         rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Causal self-attention, q (B, H, L, Dh), k and v (B, Hkv, L, Dh) with H a multiple of
-    Hkv; ``scale`` defaults to Dh ** -0.5. Raises ``NativeKernelUnavailable`` where the
-    kernel cannot be built."""
+    Hkv; ``scale`` defaults to Dh ** -0.5. ``rope``: (cos, sin) tables (L, Dh/2) of
+    positions 0..L-1 (``RotaryEmbedding.tables``): q and k are then rotated inside the
+    kernel, as ``RotaryEmbedding`` would rotate them, and their gradients taken back through
+    the rotation - no rotated copies of q and k are made. Raises ``NativeKernelUnavailable``
+    where the kernel cannot be built."""
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"the CPU attention kernel takes heads of at most {MAX_HEAD_DIM} "
                          f"channels, got {q.shape[-1]}; use attention_sdpa (faster for wide heads anyway)")
     if q.shape[-2] != k.shape[-2] or q.shape[1] % k.shape[1]:
         raise ValueError(f"causal self-attention wants Lq == Lk and heads a multiple of kv heads; "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    cos = sin = None
+    if rope is not None:
+        want = (q.shape[-2], q.shape[-1] // 2)
+        cos, sin = (t.to(q.dtype).contiguous() for t in rope)
+        if q.shape[-1] % 2 or tuple(cos.shape) != want or tuple(sin.shape) != want:
+            raise ValueError(f"rope tables must be (L, Dh/2) = {want} for an even Dh; got "
+                             f"{tuple(cos.shape)}, {tuple(sin.shape)} for q {tuple(q.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v = (t.contiguous() for t in (q, k, v))
-    return _CpuCausalAttention.apply(q, k, v, scale)
+    return _CpuCausalAttention.apply(q, k, v, scale, cos, sin)

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from archs.attention.cache import KVCache
-from archs.attention.fused import SDPA_KERNELS, attention_flash, attention_sdpa, flash_attn_available
+from archs.attention import fused_cpu
+from archs.attention.fused import (SDPA_KERNELS, attention_flash, attention_sdpa, cpu_kernel_takes,
+                                     flash_attn_available)
 from archs.attention.ref import attention_math
 from archs.backends import check_backend, is_cuda, resolve_backend
 from archs.bidirectional import DECODE_HINT, BidirectionalDecodeError
@@ -84,12 +86,13 @@ class Attention(Mixer):
         # KVCache allocates 16 slots, then doubles: every 16·2^k tokens a decode step copies.
         return {"kv_cache_capacity": 16}
 
-    def _project(self, x: torch.Tensor, first_pos: int):
-        """(B, L, D) -> q (B, H, L, Dh), k and v (B, Hkv, L, Dh), positions applied."""
+    def _project(self, x: torch.Tensor, first_pos: int, rotate: bool = True):
+        """(B, L, D) -> q (B, H, L, Dh), k and v (B, Hkv, L, Dh), positions applied (RoPE
+        only when ``rotate``)."""
         k, v = self.kv_proj(x).chunk(2, dim=-1)
         q, k, v = heads_split(self.q_proj(x), self.cfg.n_heads), \
             heads_split(k, self.cfg.n_kv_heads), heads_split(v, self.cfg.n_kv_heads)
-        if self.rope is not None:
+        if self.rope is not None and rotate:
             pos = torch.arange(first_pos, first_pos + x.shape[1], device=x.device)
             q, k = self.rope(q, pos), self.rope(k, pos)
         return q, k, v
@@ -109,7 +112,15 @@ class Attention(Mixer):
         return attention_sdpa(q, k, v, bias=bias, kernel=self.cfg.sdpa_backend, causal=self.causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._project(x, 0)
+        q, k, v = self._project(x, 0, rotate=False)
+        if self.rope is not None:
+            pos = torch.arange(x.shape[1], device=x.device)
+            if (self.backend == "fused" and self.alibi is None
+                    and cpu_kernel_takes(q, k, kernel=self.cfg.sdpa_backend, causal=self.causal)):
+                # the CPU kernel rotates q and k itself: no rotated copies, no rotation ops
+                out = fused_cpu.causal_attention_cpu(q, k, v, rope=self.rope.tables(pos, q.dtype))
+                return self.o_proj(heads_merge(out))
+            q, k = self.rope(q, pos), self.rope(k, pos)
         return self.o_proj(heads_merge(self._attend(q, k, v)))
 
     def init_state(self, batch_size, device=None, dtype=None) -> KVCache:

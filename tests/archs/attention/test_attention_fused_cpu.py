@@ -54,6 +54,28 @@ def test_matches_the_softmax_reference(dtype, batch, heads, kv_heads, seqlen, he
         torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("heads, kv_heads, seqlen, head_dim", [(4, 4, 37, 8), (4, 2, 21, 16), (2, 1, 18, 6)])
+def test_rope_inside_the_kernel_matches_rotating_first(dtype, heads, kv_heads, seqlen, head_dim):
+    """q and k rotated inside the kernel (and their gradients taken back through the
+    rotation) = RotaryEmbedding applied first, then the softmax reference."""
+    from archs.positional import RotaryEmbedding
+
+    rope = RotaryEmbedding(head_dim, base=100.0)  # a small base: large angles by the last token
+    pos = torch.arange(seqlen)
+    q, k, v = qkv(2, heads, kv_heads, seqlen, head_dim, dtype, seed=3)
+    got = out_and_grads(lambda *a: fused_cpu.causal_attention_cpu(*a, rope=rope.tables(pos, dtype)), q, k, v)
+    want = out_and_grads(lambda q_, k_, v_: reference(rope(q_, pos), rope(k_, pos), v_), q, k, v)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+
+def test_rope_tables_of_the_wrong_shape_are_refused():
+    q, k, v = qkv(1, 2, 2, 10, 8, torch.float32)
+    with pytest.raises(ValueError, match=r"rope tables must be \(L, Dh/2\) = \(10, 4\)"):
+        fused_cpu.causal_attention_cpu(q, k, v, rope=(torch.ones(9, 4), torch.ones(9, 4)))
+
+
 def test_scale_is_applied_and_large_scores_stay_finite():
     q, k, v = qkv(1, 2, 2, 40, 8, torch.float32)
     with torch.no_grad():
@@ -108,7 +130,12 @@ def test_flop_counting_sees_the_attention_it_counts():
     assert counted.flops == 2 * 2 * 1 * 2 * 32 * 32 * 8  # QK^T and PV, full L x L (torch's formula)
 
 
-def test_a_layer_with_small_heads_agrees_across_backends():
+def test_a_layer_with_small_heads_agrees_across_backends(monkeypatch):
+    """A RoPE layer's fused backend hands q and k unrotated to the kernel, with the tables."""
+    seen = []
+    real = fused_cpu.causal_attention_cpu
+    monkeypatch.setattr(fused_cpu, "causal_attention_cpu",
+                        lambda *a, **kw: seen.append(kw.get("rope") is not None) or real(*a, **kw))
     torch.manual_seed(0)
     cfg = AttentionConfig(d_model=32, n_heads=4, pos_encoding="rope", backend="ref")
     ref = Attention(cfg)
@@ -119,6 +146,7 @@ def test_a_layer_with_small_heads_agrees_across_backends():
     grads = [torch.autograd.grad(o.square().sum(), x)[0] for o in outs]
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+    assert seen == [True]
 
 
 def test_without_a_compiler_sdpa_runs(monkeypatch, tmp_path):
