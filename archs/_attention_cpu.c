@@ -21,16 +21,23 @@
  * the query heads that share it, so no two tasks write the same dK/dV.
  *
  * Compiled twice by archs/_native.py (REAL = float, and double with libm's exp for the
- * float64 checks). Layouts, all contiguous: q, o, gout, dq (batch, heads, L, head_dim);
- * k, v, dk, dv (batch, kv_heads, L, head_dim); lse (batch, heads, L); cs, sn (L, head_dim / 2)
- * or NULL (no rotation).
+ * float64 checks). Layouts: q, o, gout, dq (batch, heads, L, head_dim) and k, v, dk, dv
+ * (batch, kv_heads, L, head_dim), each with its own (batch, head, time) strides and the
+ * head_dim axis packed - so the layer's (batch, L, heads, head_dim) projections are read and
+ * written in place, no transposed copies; lse (batch, heads, L) packed; cs, sn
+ * (L, head_dim / 2) packed, or NULL (no rotation).
  */
 #include "_native.h"
 
 typedef struct {
     int64_t batch, heads, kv_heads, seqlen, head_dim, nthreads;
     double scale;
+    /* element strides of (batch, head, time) per tensor; the head_dim axis is packed */
+    int64_t s_q[3], s_k[3], s_v[3], s_o[3], s_g[3], s_dq[3], s_dk[3], s_dv[3];
 } attn_dims;
+
+/* the (batch b, head h) rows of tensor x with strides s: row t at HEAD(...) + t * s[2] */
+#define HEAD(x, s, b, h) ((x) + (b) * (s)[0] + (h) * (s)[1])
 
 #define NEG_BIG ((real)-1e30)
 
@@ -77,13 +84,13 @@ static inline void unrotate(const real* x, const real* cs, const real* sn, int64
     }
 }
 
-/* rows (L, hd) -> columns (hd, Lp), zero-padded to Lp = a whole number of vectors; each
+/* rows (L, hd), row j at x + j * ld -> columns (hd, Lp), zero-padded to Lp = a whole number of vectors; each
  * row rotated first when rope tables (cs, sn: (L, hd/2)) are given */
-static void transpose_in(const real* x, int64_t L, int64_t hd, int64_t Lp, const real* cs,
-                         const real* sn, real* xT) {
+static void transpose_in(const real* x, int64_t ld, int64_t L, int64_t hd, int64_t Lp,
+                         const real* cs, const real* sn, real* xT) {
     real row[hd];
     for (int64_t j = 0; j < L; j++) {
-        const real* src = x + j * hd;
+        const real* src = x + j * ld;
         if (cs) {
             rotate(src, cs + j * (hd / 2), sn + j * (hd / 2), hd, row);
             src = row;
@@ -96,12 +103,12 @@ static void transpose_in(const real* x, int64_t L, int64_t hd, int64_t Lp, const
 
 /* columns (hd, Lp) -> rows (L, hd), each row unrotated when rope tables are given */
 static void transpose_out(const real* xT, int64_t L, int64_t hd, int64_t Lp, const real* cs,
-                          const real* sn, real* x) {
+                          const real* sn, real* x, int64_t ld) {
     real row[hd];
     for (int64_t j = 0; j < L; j++) {
         for (int64_t c = 0; c < hd; c++) row[c] = xT[c * Lp + j];
-        if (cs) unrotate(row, cs + j * (hd / 2), sn + j * (hd / 2), hd, x + j * hd);
-        else memcpy(x + j * hd, row, sizeof(real) * hd);
+        if (cs) unrotate(row, cs + j * (hd / 2), sn + j * (hd / 2), hd, x + j * ld);
+        else memcpy(x + j * ld, row, sizeof(real) * hd);
     }
 }
 
@@ -117,11 +124,11 @@ static inline void mask_future(vec* v, int64_t i, int64_t jb, real fill) {
     for (int64_t l = i - jb * VL + 1; l < VL; l++) (*v)[l] = fill;
 }
 
-/* query row i, rotated when rope tables are given, times the softmax scale */
-static inline void query_row(const real* qb, int64_t i, int64_t hd, const real* cs, const real* sn,
+/* query row i (at qi), rotated when rope tables are given, times the softmax scale */
+static inline void query_row(const real* qi, int64_t i, int64_t hd, const real* cs, const real* sn,
                              real scale, real* out) {
-    if (cs) rotate(qb + i * hd, cs + i * (hd / 2), sn + i * (hd / 2), hd, out);
-    else memcpy(out, qb + i * hd, sizeof(real) * hd);
+    if (cs) rotate(qi, cs + i * (hd / 2), sn + i * (hd / 2), hd, out);
+    else memcpy(out, qi, sizeof(real) * hd);
     for (int64_t c = 0; c < hd; c++) out[c] *= scale;
 }
 
@@ -182,18 +189,18 @@ static inline __attribute__((always_inline)) void fwd_task(
     const int64_t L = p->seqlen, H = p->heads, G = p->heads / p->kv_heads;
     const int64_t Lp = (L + VL - 1) / VL * VL, NB = Lp / VL;
     const real scale = (real)p->scale;
-    const int64_t b = task / H, h = task % H, kvh = b * p->kv_heads + h / G;
+    const int64_t b = task / H, h = task % H;
     real* vT = kT + HD * Lp;
-    transpose_in(k + kvh * L * HD, L, HD, Lp, cs, sn, kT);
-    transpose_in(v + kvh * L * HD, L, HD, Lp, NULL, NULL, vT);
-    const real* qb = q + task * L * HD;
-    real* ob = o + task * L * HD;
+    transpose_in(HEAD(k, p->s_k, b, h / G), p->s_k[2], L, HD, Lp, cs, sn, kT);
+    transpose_in(HEAD(v, p->s_v, b, h / G), p->s_v[2], L, HD, Lp, NULL, NULL, vT);
+    const real* qb = HEAD(q, p->s_q, b, h);
+    real* ob = HEAD(o, p->s_o, b, h);
     real qs[ROWS][HD], m[ROWS];
     vec mx[ROWS], total[ROWS];
     for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
         const int64_t rows = L - i0 < ROWS ? L - i0 : ROWS, jd = i0 / VL; /* jd: diagonal block */
         for (int64_t r = 0; r < rows; r++) {
-            query_row(qb, i0 + r, HD, cs, sn, scale, qs[r]);
+            query_row(qb + (i0 + r) * p->s_q[2], i0 + r, HD, cs, sn, scale, qs[r]);
             for (int64_t c = 0; c < HD; c++) acc[r * HD + c] = splat(0);
             mx[r] = splat(NEG_BIG);
             total[r] = splat(0);
@@ -213,7 +220,7 @@ static inline __attribute__((always_inline)) void fwd_task(
         }
         for (int64_t r = 0; r < rows; r++) {
             const real l = hsum(total[r]);
-            for (int64_t c = 0; c < HD; c++) ob[(i0 + r) * HD + c] = hsum(acc[r * HD + c]) / l;
+            for (int64_t c = 0; c < HD; c++) ob[(i0 + r) * p->s_o[2] + c] = hsum(acc[r * HD + c]) / l;
             lse[task * L + i0 + r] = m[r] + log(l);
         }
     }
@@ -273,24 +280,25 @@ static inline __attribute__((always_inline)) void bwd_task(
     const int64_t Lp = (L + VL - 1) / VL * VL;
     const real scale = (real)p->scale;
     real *vT = kT + HD * Lp, *dkT = vT + HD * Lp, *dvT = dkT + HD * Lp;
-    transpose_in(k + task * L * HD, L, HD, Lp, cs, sn, kT);
-    transpose_in(v + task * L * HD, L, HD, Lp, NULL, NULL, vT);
+    const int64_t b = task / p->kv_heads, hk = task % p->kv_heads, h0 = hk * G;
+    transpose_in(HEAD(k, p->s_k, b, hk), p->s_k[2], L, HD, Lp, cs, sn, kT);
+    transpose_in(HEAD(v, p->s_v, b, hk), p->s_v[2], L, HD, Lp, NULL, NULL, vT);
     memset(dkT, 0, sizeof(real) * 2 * HD * Lp);
-    const int64_t b = task / p->kv_heads, h0 = (task % p->kv_heads) * G;
     real qs[ROWS][HD], gs[ROWS][HD], delta[ROWS], li[ROWS];
     for (int64_t h = h0; h < h0 + G; h++) {
-        const int64_t row0 = (b * H + h) * L;
-        const real *qb = q + row0 * HD, *ob = o + row0 * HD, *gb = gout + row0 * HD;
-        real* dqb = dq + row0 * HD;
+        const int64_t row0 = (b * H + h) * L; /* lse is (batch, heads, L), packed */
+        const real *qb = HEAD(q, p->s_q, b, h), *ob = HEAD(o, p->s_o, b, h);
+        const real* gb = HEAD(gout, p->s_g, b, h);
+        real* dqb = HEAD(dq, p->s_dq, b, h);
         for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
             const int64_t rows = L - i0 < ROWS ? L - i0 : ROWS;
             for (int64_t r = 0; r < rows; r++) {
                 const int64_t i = i0 + r;
                 delta[r] = 0;
-                query_row(qb, i, HD, cs, sn, scale, qs[r]);
+                query_row(qb + i * p->s_q[2], i, HD, cs, sn, scale, qs[r]);
                 for (int64_t c = 0; c < HD; c++) {
-                    gs[r][c] = gb[i * HD + c];
-                    delta[r] += gs[r][c] * ob[i * HD + c];
+                    gs[r][c] = gb[i * p->s_g[2] + c];
+                    delta[r] += gs[r][c] * ob[i * p->s_o[2] + c];
                     acc[r * HD + c] = splat(0);
                 }
                 li[r] = lse[row0 + i];
@@ -313,13 +321,14 @@ static inline __attribute__((always_inline)) void bwd_task(
             for (int64_t r = 0; r < rows; r++) { /* dL/d(rotated q), then back through the rotation */
                 real g[HD];
                 for (int64_t c = 0; c < HD; c++) g[c] = scale * hsum(acc[r * HD + c]);
-                if (cs) unrotate(g, cs + (i0 + r) * (HD / 2), sn + (i0 + r) * (HD / 2), HD, dqb + (i0 + r) * HD);
-                else memcpy(dqb + (i0 + r) * HD, g, sizeof(real) * HD);
+                real* dqi = dqb + (i0 + r) * p->s_dq[2];
+                if (cs) unrotate(g, cs + (i0 + r) * (HD / 2), sn + (i0 + r) * (HD / 2), HD, dqi);
+                else memcpy(dqi, g, sizeof(real) * HD);
             }
         }
     }
-    transpose_out(dkT, L, HD, Lp, cs, sn, dk + task * L * HD);
-    transpose_out(dvT, L, HD, Lp, NULL, NULL, dv + task * L * HD);
+    transpose_out(dkT, L, HD, Lp, cs, sn, HEAD(dk, p->s_dk, b, hk), p->s_dk[2]);
+    transpose_out(dvT, L, HD, Lp, NULL, NULL, HEAD(dv, p->s_dv, b, hk), p->s_dv[2]);
 }
 
 void attn_bwd(const attn_dims* p, const real* q, const real* k, const real* v, const real* cs,

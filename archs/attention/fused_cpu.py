@@ -33,7 +33,18 @@ MAX_HEAD_DIM = 128  # the kernel's own limit (its per-row buffers live on the st
 class AttnDims(ctypes.Structure):
     """Mirror of ``attn_dims`` in _attention_cpu.c."""
     _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "heads", "kv_heads", "seqlen", "head_dim",
-                                               "nthreads")] + [("scale", ctypes.c_double)])
+                                               "nthreads")] + [("scale", ctypes.c_double)]
+                + [(n, ctypes.c_int64 * 3) for n in ("s_q", "s_k", "s_v", "s_o", "s_g", "s_dq", "s_dk", "s_dv")])
+
+
+def _strides(t: Tensor | None) -> tuple[int, int, int]:
+    """(batch, head, time) element strides of a (B, H, L, Dh) tensor (zeros for None)."""
+    return (0, 0, 0) if t is None else tuple(t.stride()[:3])
+
+
+def _packed_last(t: Tensor) -> Tensor:
+    """t itself when its last (head_dim) axis is packed, else a copy that is."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
@@ -45,13 +56,18 @@ def kernel_available() -> bool:
 
 
 class _CpuCausalAttention(torch.autograd.Function):
+    """q, k, v in any layout with a packed head_dim axis (the layer's (B, L, H, Dh)
+    projections seen as (B, H, L, Dh)); the output and the gradients are made in the
+    same layouts, so no transposed copies are made either way."""
+
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, cos: Tensor | None,
                 sin: Tensor | None) -> Tensor:
         batch, heads, seqlen, head_dim = q.shape
-        dims = AttnDims(batch, heads, k.shape[1], seqlen, head_dim, torch.get_num_threads(), scale)
-        out = torch.empty_like(q)
+        out = torch.empty_like(q)  # q's strides (empty_like keeps a dense layout)
         lse = q.new_empty(batch, heads, seqlen)
+        dims = AttnDims(batch, heads, k.shape[1], seqlen, head_dim, torch.get_num_threads(), scale,
+                        _strides(q), _strides(k), _strides(v), _strides(out))
         p = _native.pointer
         _library(q.dtype).attn_fwd(ctypes.byref(dims), p(q), p(k), p(v), p(cos), p(sin), p(out), p(lse))
         ctx.save_for_backward(q, k, v, cos, sin, out, lse)
@@ -62,10 +78,12 @@ class _CpuCausalAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor):
         q, k, v, cos, sin, out, lse = ctx.saved_tensors
-        g = g.contiguous()
+        g = _packed_last(g)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dims = ctx.dims
+        dims.s_g[:], dims.s_dq[:], dims.s_dk[:], dims.s_dv[:] = (_strides(t) for t in (g, dq, dk, dv))
         p = _native.pointer
-        _library(q.dtype).attn_bwd(ctypes.byref(ctx.dims), p(q), p(k), p(v), p(cos), p(sin), p(out),
+        _library(q.dtype).attn_bwd(ctypes.byref(dims), p(q), p(k), p(v), p(cos), p(sin), p(out),
                                    p(lse), p(g), p(dq), p(dk), p(dv))
         return dq, dk, dv, None, None, None
 
@@ -104,5 +122,5 @@ def causal_attention_cpu(q: Tensor, k: Tensor, v: Tensor, scale: float | None = 
             raise ValueError(f"rope tables must be (L, Dh/2) = {want} for an even Dh; got "
                              f"{tuple(cos.shape)}, {tuple(sin.shape)} for q {tuple(q.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v = (t.contiguous() for t in (q, k, v))
+    q, k, v = (_packed_last(t) for t in (q, k, v))
     return _CpuCausalAttention.apply(q, k, v, scale, cos, sin)

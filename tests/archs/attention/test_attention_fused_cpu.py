@@ -70,6 +70,29 @@ def test_rope_inside_the_kernel_matches_rotating_first(dtype, heads, kv_heads, s
         torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
 
 
+def test_strided_layouts_are_read_and_written_in_place():
+    """The layer's layouts: q a (B, L, H, Dh) projection seen as (B, H, L, Dh), k and v halves
+    of one (B, L, 2 Hkv Dh) projection. The output keeps q's layout (heads_merge is then a
+    view) and every gradient matches the reference's."""
+    g = torch.Generator().manual_seed(5)
+    B, L, H, Hkv, D = 2, 23, 4, 2, 8
+    qp = torch.randn(B, L, H * D, generator=g, dtype=torch.float64, requires_grad=True)
+    kvp = torch.randn(B, L, 2 * Hkv * D, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def split(qp, kvp):
+        k, v = kvp.chunk(2, dim=-1)
+        return [t.view(B, L, n, D).transpose(1, 2) for t, n in ((qp, H), (k, Hkv), (v, Hkv))]
+
+    out = fused_cpu.causal_attention_cpu(*split(qp, kvp))
+    assert not out.is_contiguous() and out.transpose(1, 2).is_contiguous()
+    gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = [out, *torch.autograd.grad(out, (qp, kvp), gout)]
+    ref = reference(*split(qp, kvp))
+    want = [ref, *torch.autograd.grad(ref, (qp, kvp), gout)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
 def test_rope_tables_of_the_wrong_shape_are_refused():
     q, k, v = qkv(1, 2, 2, 10, 8, torch.float32)
     with pytest.raises(ValueError, match=r"rope tables must be \(L, Dh/2\) = \(10, 4\)"):
