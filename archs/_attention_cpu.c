@@ -41,6 +41,12 @@ typedef struct {
 
 #define NEG_BIG ((real)-1e30)
 
+/* CALL(HD) with HD a compile-time 8, 16 or 32 where hd is one of them (the loops over a
+ * head's channels then unroll), else with hd itself */
+#define DISPATCH_HD(hd, CALL) do { \
+        if ((hd) == 8) CALL(8); else if ((hd) == 16) CALL(16); else if ((hd) == 32) CALL(32); \
+        else CALL(hd); } while (0)
+
 /* lane-wise max through a comparison mask (a lane loop with ?: is not vectorised) */
 #if REAL_IS_DOUBLE
 typedef int64_t mask_vec __attribute__((vector_size(VBYTES)));
@@ -237,10 +243,7 @@ void attn_fwd(const attn_dims* p, const real* q, const real* k, const real* v, c
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < p->batch * p->heads; task++) {
 #define FWD(HD) fwd_task(p, HD, task, q, k, v, cs, sn, o, lse, kT, S, acc)
-            if (hd == 8) FWD(8);
-            else if (hd == 16) FWD(16);
-            else if (hd == 32) FWD(32);
-            else FWD(hd);
+            DISPATCH_HD(hd, FWD);
 #undef FWD
         }
         free(kT);
@@ -342,10 +345,7 @@ void attn_bwd(const attn_dims* p, const real* q, const real* k, const real* v, c
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < p->batch * p->kv_heads; task++) {
 #define BWD(HD) bwd_task(p, HD, task, q, k, v, cs, sn, o, lse, gout, dq, dk, dv, kT, acc)
-            if (hd == 8) BWD(8);
-            else if (hd == 16) BWD(16);
-            else if (hd == 32) BWD(32);
-            else BWD(hd);
+            DISPATCH_HD(hd, BWD);
 #undef BWD
         }
         free(kT);
