@@ -90,8 +90,8 @@ static inline void unrotate(const real* x, const real* cs, const real* sn, int64
     }
 }
 
-/* rows (L, hd), row j at x + j * ld -> columns (hd, Lp), zero-padded to Lp = a whole number of vectors; each
- * row rotated first when rope tables (cs, sn: (L, hd/2)) are given */
+/* rows (L, hd), row j at x + j * ld -> columns (hd, Lp), zero-padded to Lp = a whole
+ * number of vectors; each row rotated first when rope tables (cs, sn: (L, hd/2)) are given */
 static void transpose_in(const real* x, int64_t ld, int64_t L, int64_t hd, int64_t Lp,
                          const real* cs, const real* sn, real* xT) {
     real row[hd];
@@ -118,16 +118,10 @@ static void transpose_out(const real* xT, int64_t L, int64_t hd, int64_t Lp, con
     }
 }
 
-/* scores of row i against the keys of block jb: scale * q_i . k_j for 16 keys at once */
-static inline vec block_scores(const real* qs, const real* kT, int64_t hd, int64_t Lp, int64_t jb) {
-    vec s = splat(0);
-    for (int64_t c = 0; c < hd; c++) s += qs[c] * *(const vec*)(kT + c * Lp + jb * VL);
-    return s;
-}
-
-/* lanes of the last block that lie after the query (j > i) are masked */
-static inline void mask_future(vec* v, int64_t i, int64_t jb, real fill) {
-    for (int64_t l = i - jb * VL + 1; l < VL; l++) (*v)[l] = fill;
+/* In the diagonal key block, row r of a row block sees lanes 0..r (ROWS = VL below): the
+ * lanes after r (keys after the query) are set to `fill` */
+static inline void mask_after(vec* v, int64_t r, real fill) {
+    for (int64_t l = r + 1; l < VL; l++) (*v)[l] = fill;
 }
 
 /* query row i (at qi), rotated when rope tables are given, times the softmax scale */
@@ -159,16 +153,16 @@ static inline vec dot_cols(const real* x, const vec* cols, const int64_t HD) {
     return s0 + s1;
 }
 
-/* Forward, one key block jb for the rows of a row block: scores and running maxima
- * (pass 1), then probabilities, their sums and the readout (pass 2). DIAG: the diagonal
- * block, whose lanes after each row's own position are masked. */
+/* Forward, one key block jb for the rows of a row block. Pass 1 (fwd_scores): scores and
+ * running maxima; pass 2 (fwd_readout): probabilities, their sums and the readout. DIAG:
+ * the diagonal block, whose lanes after each row's own position are masked. */
 static inline __attribute__((always_inline)) void fwd_scores(
         const int64_t HD, const int DIAG, int64_t rows, int64_t jb, int64_t NB, const vec* kc,
         real qs[][HD], vec* S, vec* mx) {
 #pragma GCC unroll 4
     for (int64_t r = 0; r < rows; r++) {
         vec s = dot_cols(qs[r], kc, HD);
-        if (DIAG) mask_future(&s, r, 0, NEG_BIG);
+        if (DIAG) mask_after(&s, r, NEG_BIG);
         S[r * NB + jb] = s;
         mx[r] = vmax(mx[r], s);
     }
@@ -180,7 +174,7 @@ static inline __attribute__((always_inline)) void fwd_readout(
 #pragma GCC unroll 4
     for (int64_t r = 0; r < rows; r++) {
         vec pj = vexp(S[r * NB + jb] - m[r]);
-        if (DIAG) mask_future(&pj, r, 0, 0);
+        if (DIAG) mask_after(&pj, r, 0);
         total[r] += pj;
         for (int64_t c = 0; c < HD; c++) acc[r * HD + c] += pj * vc[c];
     }
@@ -262,7 +256,7 @@ static inline __attribute__((always_inline)) void bwd_block(
 #pragma GCC unroll 2
     for (int64_t r = 0; r < rows; r++) {
         vec pj = vexp(dot_cols(qs[r], kc, HD) - li[r]);
-        if (DIAG) mask_future(&pj, r, 0, 0);
+        if (DIAG) mask_after(&pj, r, 0);
         const vec ds = pj * (dot_cols(gs[r], vc, HD) - delta[r]);
         for (int64_t c = 0; c < HD; c++) {
             acc[r * HD + c] += ds * kc[c];

@@ -115,8 +115,8 @@ class Attention(Mixer):
         q, k, v = self._project(x, 0, rotate=False)
         if self.rope is not None:
             pos = torch.arange(x.shape[1], device=x.device)
-            if (self.backend == "fused" and self.alibi is None
-                    and cpu_kernel_takes(q, k, kernel=self.cfg.sdpa_backend, causal=self.causal)):
+            if self.backend == "fused" and cpu_kernel_takes(q, k, kernel=self.cfg.sdpa_backend,
+                                                            causal=self.causal):  # RoPE: no ALiBi bias
                 # the CPU kernel rotates q and k itself: no rotated copies, no rotation ops
                 out = fused_cpu.causal_attention_cpu(q, k, v, rope=self.rope.tables(pos, q.dtype))
                 return self.o_proj(heads_merge(out))

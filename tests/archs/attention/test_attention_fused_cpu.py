@@ -45,6 +45,7 @@ def out_and_grads(fn, q, k, v):
     (1, 3, 1, 17, 6),      # a general width, multi-query (one K/V head)
     (2, 2, 2, 1, 8),       # one token
     (1, 1, 1, 64, 4),      # whole blocks, exactly 4 row blocks
+    (1, 2, 1, 300, 8),     # 19 key blocks: a fault that only appears a few hundred tokens in
 ])
 def test_matches_the_softmax_reference(dtype, batch, heads, kv_heads, seqlen, head_dim):
     q, k, v = qkv(batch, heads, kv_heads, seqlen, head_dim, dtype)
