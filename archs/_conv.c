@@ -7,8 +7,9 @@
  * Why: in PyTorch this is K multiply-adds forward, 2K backward, a SiLU and its derivative
  * over (B, L, E) tensors, about a sixth of a small Mamba model's training step in per-op
  * overhead and memory passes. Here a task owns one vector of channels of one sequence and
- * walks it: the K taps stay in registers, and the backward pass keeps the last K input
- * gradients in a rolling window, so every element is read and written once.
+ * walks it: the K taps and the K inputs a step needs stay in registers, and the backward
+ * pass keeps the last K pre-activation gradients there too, so every element is read and
+ * written once.
  *
  * Layouts: x (batch, L, dim) with (batch, time) strides s_x, its last dimension packed;
  * prefix, g_prefix (batch, K-1, dim) = the K-1 inputs before x (the conv state, transposed);
@@ -31,69 +32,95 @@ static inline const real* input_row(const conv_dims* p, const real* x, const rea
                   : x + b * p->s_x[0] + (s - K1) * p->s_x[1] + e0;
 }
 
-void conv_fwd(const conv_dims* p, const real* x, const real* prefix, const real* wT,
-              const real* bias, real* out) {
-    const int64_t E = p->dim, K = p->taps, L = p->seqlen;
-    const int64_t per_batch = (E + VL - 1) / VL;
-#pragma omp parallel for num_threads(p->nthreads) schedule(static)
-    for (int64_t task = 0; task < p->batch * per_batch; task++) {
-        const int64_t b = task / per_batch, e0 = (task % per_batch) * VL;
-        const int64_t w = E - e0 < VL ? E - e0 : VL;
-        vec wk[KMAX];
-        for (int64_t k = 0; k < K; k++) wk[k] = vload(wT + k * E + e0, w);
-        const vec bv = bias ? vload(bias + e0, w) : splat(0);
-        real* o = out + b * L * E + e0;
-        for (int64_t t = 0; t < L; t++) {
-            vec pre = bv;
-            for (int64_t k = 0; k < K; k++) pre += wk[k] * vload(input_row(p, x, prefix, b, t + k, e0), w);
-            vstore(o + t * E, act(pre, p->silu), w);
-        }
+/* Both passes keep the K inputs a step needs in a register window that shifts by one row
+ * per step (one new load, not K), and the backward keeps the last K pre-activation
+ * gradients the same way. K is a compile-time 4 (Mamba's d_conv) after dispatch, so the
+ * shifts unroll into register moves; other widths take the same code with a runtime K. */
+static inline __attribute__((always_inline)) void fwd_task(
+        const conv_dims* p, const int64_t K, int64_t b, int64_t e0, const real* x,
+        const real* prefix, const real* wT, const real* bias, real* out) {
+    const int64_t E = p->dim, L = p->seqlen;
+    const int64_t w = E - e0 < VL ? E - e0 : VL;
+    vec wk[KMAX], in[KMAX]; /* in[k] = input t + k for the output t */
+    for (int64_t k = 0; k < K; k++) wk[k] = vload(wT + k * E + e0, w);
+    for (int64_t k = 0; k + 1 < K; k++) in[k + 1] = vload(input_row(p, x, prefix, b, k, e0), w);
+    const vec bv = bias ? vload(bias + e0, w) : splat(0);
+    real* o = out + b * L * E + e0;
+    for (int64_t t = 0; t < L; t++) {
+        for (int64_t k = 0; k + 1 < K; k++) in[k] = in[k + 1];
+        in[K - 1] = vload(x + b * p->s_x[0] + t * p->s_x[1] + e0, w); /* input t + K - 1 */
+        vec pre = bv;
+        for (int64_t k = 0; k < K; k++) pre += wk[k] * in[k];
+        vstore(o + t * E, act(pre, p->silu), w);
     }
 }
 
-/* The gradient of input s is sum_k w[k] * gpre[s - k] over the valid t = s - k in [0, L):
- * the gradients of the last K outputs wait in a rolling window `win` (win[t % K] = gpre_t).
- * Inputs s < K-1 are the prefix's (g_prefix), the rest x's (g_x). */
-void conv_bwd(const conv_dims* p, const real* x, const real* prefix, const real* wT,
-              const real* bias, const real* g, real* g_x, real* g_prefix, real* dw_part,
-              real* db_part) {
-    const int64_t E = p->dim, K = p->taps, L = p->seqlen, T = L + K - 1, K1 = K - 1;
-    const int64_t per_batch = (E + VL - 1) / VL;
+void conv_fwd(const conv_dims* p, const real* x, const real* prefix, const real* wT,
+              const real* bias, real* out) {
+    const int64_t per_batch = (p->dim + VL - 1) / VL;
 #pragma omp parallel for num_threads(p->nthreads) schedule(static)
     for (int64_t task = 0; task < p->batch * per_batch; task++) {
         const int64_t b = task / per_batch, e0 = (task % per_batch) * VL;
-        const int64_t w = E - e0 < VL ? E - e0 : VL;
-        vec wk[KMAX], dw[KMAX], win[KMAX];
-        for (int64_t k = 0; k < K; k++) {
-            wk[k] = vload(wT + k * E + e0, w);
-            dw[k] = win[k] = splat(0);
-        }
-        const vec bv = bias ? vload(bias + e0, w) : splat(0);
-        vec db = splat(0);
-        const real* gb = g + b * L * E + e0;
-        for (int64_t s = 0; s < T; s++) {
-            if (s < L) { /* the output at t = s: its pre-activation gradient joins the window */
-                vec pre = bv, in[KMAX];
-                for (int64_t k = 0; k < K; k++) {
-                    in[k] = vload(input_row(p, x, prefix, b, s + k, e0), w);
-                    pre += wk[k] * in[k];
-                }
-                vec gp = vload(gb + s * E, w);
-                if (p->silu) {
-                    const vec sg = vsigmoid(pre);
-                    gp *= sg * (1 + pre * (1 - sg));
-                }
-                db += gp;
-                for (int64_t k = 0; k < K; k++) dw[k] += gp * in[k];
-                win[s % K] = gp;
-            } else {
-                win[s % K] = splat(0);
+        if (p->taps == 4)
+            fwd_task(p, 4, b, e0, x, prefix, wT, bias, out);
+        else
+            fwd_task(p, p->taps, b, e0, x, prefix, wT, bias, out);
+    }
+}
+
+/* The gradient of input s is sum_k w[k] * gpre[s - k] over the outputs t = s - k in [0, L):
+ * gq[k] holds gpre at t = s - k (zero outside [0, L)). Inputs s < K-1 are the prefix's
+ * (g_prefix), the rest x's (g_x). */
+static inline __attribute__((always_inline)) void bwd_task(
+        const conv_dims* p, const int64_t K, int64_t b, int64_t e0, const real* x,
+        const real* prefix, const real* wT, const real* bias, const real* g, real* g_x,
+        real* g_prefix, real* dw_part, real* db_part) {
+    const int64_t E = p->dim, L = p->seqlen, T = L + K - 1, K1 = K - 1;
+    const int64_t w = E - e0 < VL ? E - e0 : VL;
+    vec wk[KMAX], dw[KMAX], gq[KMAX], in[KMAX];
+    for (int64_t k = 0; k < K; k++) {
+        wk[k] = vload(wT + k * E + e0, w);
+        dw[k] = gq[k] = splat(0);
+    }
+    for (int64_t k = 0; k + 1 < K; k++) in[k + 1] = vload(input_row(p, x, prefix, b, k, e0), w);
+    const vec bv = bias ? vload(bias + e0, w) : splat(0);
+    vec db = splat(0);
+    const real* gb = g + b * L * E + e0;
+    for (int64_t s = 0; s < T; s++) {
+        for (int64_t k = K - 1; k > 0; k--) gq[k] = gq[k - 1];
+        gq[0] = splat(0);
+        if (s < L) { /* the output at t = s: its pre-activation gradient joins the window */
+            for (int64_t k = 0; k + 1 < K; k++) in[k] = in[k + 1];
+            in[K - 1] = vload(x + b * p->s_x[0] + s * p->s_x[1] + e0, w);
+            vec pre = bv;
+            for (int64_t k = 0; k < K; k++) pre += wk[k] * in[k];
+            vec gp = vload(gb + s * E, w);
+            if (p->silu) {
+                const vec sg = vsigmoid(pre);
+                gp *= sg * (1 + pre * (1 - sg));
             }
-            vec acc = splat(0); /* input s fed outputs t = s - k, k = 0..K-1 */
-            for (int64_t k = 0; k < K && k <= s; k++) acc += wk[k] * win[(s - k) % K];
-            vstore(s < K1 ? g_prefix + (b * K1 + s) * E + e0 : g_x + (b * L + s - K1) * E + e0, acc, w);
+            db += gp;
+            for (int64_t k = 0; k < K; k++) dw[k] += gp * in[k];
+            gq[0] = gp;
         }
-        for (int64_t k = 0; k < K; k++) vstore(dw_part + (b * K + k) * E + e0, dw[k], w);
-        vstore(db_part + b * E + e0, db, w);
+        vec acc = splat(0); /* input s fed outputs t = s - k, k = 0..K-1 */
+        for (int64_t k = 0; k < K; k++) acc += wk[k] * gq[k];
+        vstore(s < K1 ? g_prefix + (b * K1 + s) * E + e0 : g_x + (b * L + s - K1) * E + e0, acc, w);
+    }
+    for (int64_t k = 0; k < K; k++) vstore(dw_part + (b * K + k) * E + e0, dw[k], w);
+    vstore(db_part + b * E + e0, db, w);
+}
+
+void conv_bwd(const conv_dims* p, const real* x, const real* prefix, const real* wT,
+              const real* bias, const real* g, real* g_x, real* g_prefix, real* dw_part,
+              real* db_part) {
+    const int64_t per_batch = (p->dim + VL - 1) / VL;
+#pragma omp parallel for num_threads(p->nthreads) schedule(static)
+    for (int64_t task = 0; task < p->batch * per_batch; task++) {
+        const int64_t b = task / per_batch, e0 = (task % per_batch) * VL;
+        if (p->taps == 4)
+            bwd_task(p, 4, b, e0, x, prefix, wT, bias, g, g_x, g_prefix, dw_part, db_part);
+        else
+            bwd_task(p, p->taps, b, e0, x, prefix, wT, bias, g, g_x, g_prefix, dw_part, db_part);
     }
 }

@@ -99,7 +99,8 @@ def test_non_finite_inputs_stay_non_finite():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("batch, seqlen, dim, taps, prefix, silu", [
     (2, 37, 40, 4, True, True), (1, 3, 17, 4, False, False), (3, 20, 64, 2, True, True),
-    (1, 1, 20, 4, True, True), (1, 5, 9, 1, False, True)])
+    (1, 1, 20, 4, True, True), (1, 5, 9, 1, False, True),
+    (2, 2, 33, 3, True, True)])  # a runtime width (3), fewer steps than the prefix
 def test_conv_kernel_matches_pytorch(dtype, batch, seqlen, dim, taps, prefix, silu):
     g = torch.Generator().manual_seed(seqlen)
     x = torch.randn(batch, seqlen, dim, generator=g, dtype=dtype, requires_grad=True)
