@@ -25,11 +25,13 @@ Tensor = torch.Tensor
 
 
 def ssd_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-            initial_state: Tensor | None = None, return_final_state: bool = False
-            ) -> tuple[Tensor, Tensor | None]:
+            initial_state: Tensor | None = None, return_final_state: bool = False,
+            z: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """``ref.ssd_recurrent``'s contract: x (b, l, h, p), dt (b, l, h) post-softplus, A (h,),
     B and C (b, l, g, n), D (h,), initial_state (b, h, p, n) -> y (b, l, h, p) in x's
-    dtype and the final state (b, h, p, n) (float32, float64 for float64 inputs)."""
+    dtype and the final state (b, h, p, n) (float32, float64 for float64 inputs).
+    ``z`` (b, l, h * p): y * silu(z) instead of y, the gate Mamba-2 applies before its
+    norm, computed inside the kernel (forward and backward) rather than as separate ops."""
     _check_shapes(x, dt, A, B, C)
     _, _, heads, headdim = x.shape
     u = rearrange(x, "b l h p -> b l (h p)")
@@ -37,7 +39,7 @@ def ssd_cpu(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | 
     A_1d = repeat(A, "h -> 1 (h p)", p=headdim)  # one decay per channel, shared over n
     D_d = None if D is None else repeat(D, "h -> (h p)", p=headdim)
     h0 = None if initial_state is None else rearrange(initial_state, "b h p n -> b (h p) n")
-    out = scan_channels_last(u, delta, A_1d, B, C, D_d, None, None, False, h0,
+    out = scan_channels_last(u, delta, A_1d, B, C, D_d, z, None, False, h0,
                              return_final_state, None)
     y, last = out if return_final_state else (out, None)
     y = rearrange(y, "b l (h p) -> b l h p", h=heads)

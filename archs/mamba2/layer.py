@@ -195,11 +195,15 @@ class Mamba2Mixer(Mixer):
         x, B, C = self._ssm_inputs(xBC)
         kw = dict(D=self.D, initial_state=None if state is None else state["ssm"],
                   return_final_state=want_state)
+        gate = z
         if ssd == "ref":
             y, new_ssm = ref.ssd_recurrent(x, dt, self._A(), B, C, **kw)
+        elif ssd == "cpu":  # the C kernel applies the gate y * silu(z) itself (its z input)
+            y, new_ssm = fused_cpu.ssd_cpu(x, dt, self._A(), B, C, z=z, **kw)
+            gate = None
         else:
             y, new_ssm = SCANS[ssd](x, dt, self._A(), B, C, chunk_size=c.chunk_size, **kw)
-        y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
+        y = self.norm(rearrange(y, "b l h p -> b l (h p)"), gate)
         new_state = {"conv": new_conv, "ssm": new_ssm} if want_state else None
         return self.out_proj(y), new_state
 

@@ -45,6 +45,23 @@ def test_ssd_on_the_cpu_kernel_matches_the_recurrence(dtype, b, l, h, p, g, n):
         torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m, k=name: f"{k}: {m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_gate_inside_the_kernel_is_y_times_silu_z(dtype):
+    """The layer hands z to the kernel (y * silu(z) before the norm): the same values and
+    gradients, z's included, as the gate applied to the ungated output."""
+    inputs = _inputs(2, 19, 4, 8, 1, 64, dtype, seed=3)
+    z = torch.randn(2, 19, 4 * 8, generator=torch.Generator().manual_seed(4), dtype=dtype).requires_grad_()
+    gated, _ = ssd_cpu(**inputs, z=z)
+    y, _ = ssd_recurrent(**inputs)
+    want = y * torch.nn.functional.silu(z).view_as(y)
+    torch.testing.assert_close(gated, want, **TOL[dtype])
+    gy = torch.randn(want.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    wrt = [z, *inputs.values()]
+    for name, got, exp in zip(("z", *inputs), torch.autograd.grad((gated * gy).sum(), wrt),
+                              torch.autograd.grad((want * gy).sum(), wrt)):
+        torch.testing.assert_close(got, exp, **TOL[dtype], msg=lambda m, k=name: f"{k}: {m}")
+
+
 def test_step_matches_the_reference_step():
     inputs = {k: v.detach() for k, v in _inputs(3, 1, 4, 8, 2, 16, torch.float32).items()}
     args = (inputs["x"][:, 0], inputs["dt"][:, 0], inputs["A"], inputs["B"][:, 0], inputs["C"][:, 0],
