@@ -15,7 +15,8 @@ forward + backward, the usual 6·N·T convention plus each mixer's own sequence 
 the achieved GFLOP/s with its fraction of that peak, the backend that ran, the CPU, torch,
 the threads and the commit of the code measured (``--code-root`` measures another
 checkout with this script, e.g. the code before a change, so before and after come from one
-run on one machine). ``--profile`` writes the top of a torch.profiler table for each case.
+run on one machine). ``--profile`` writes, for each case, the time the step spends in each C
+kernel (direct timers around the calls) and the top of a torch.profiler table.
 
 Rows go to the result store (``--out``, one file per case; ``python -m harness.report.collect``).
 Compare ratios within one run: absolute numbers move with the CPU model and the load.
@@ -56,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--code-root", type=Path, default=ROOT,
                    help="the checkout whose archs/ and harness/ are measured (default: this one)")
     p.add_argument("--label", default="", help="a name for the code measured (e.g. before, after)")
-    p.add_argument("--profile", action="store_true", help="also write a profile table per case")
+    p.add_argument("--profile", action="store_true",
+                   help="also write the C kernels' times and a torch.profiler table per case")
     p.add_argument("--out", type=Path, default=ROOT / "results/cpu/benchmarks/train_throughput")
     return p.parse_args(argv)
 
@@ -106,17 +108,84 @@ def time_training(exp, steps_hint: int, args) -> tuple[list[float], int]:
     return [steps / run(steps) for _ in range(args.repeats)], steps
 
 
-def profile_case(exp, out: Path) -> None:
+class KernelTimers:
+    """Wall-clock time of every C-kernel call (archs._native's loaded libraries), by a
+    perf_counter around each ctypes call while it is active, restored on exit.
+
+    Why not only torch.profiler: on the 2-vCPU VMs this project runs on, its self-CPU time of
+    the ctypes kernels came out ~3x their wall time measured around the call in the same
+    training loop (Mamba-2's scan backward: 31-37 ms per call under the profiler, 9-11 ms
+    without), so a profile alone overstates the kernels' share of the step. Functions are
+    wrapped once the warm-up has loaded and called them (ctypes keeps each looked-up
+    function in the library object's __dict__); an older checkout without archs._native
+    (``--code-root``) has nothing to time."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = {}
+        self._patched: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> "KernelTimers":
+        import ctypes
+
+        native = sys.modules.get("archs._native")
+        for (source, dtype), lib in getattr(native, "_LOADED", {}).items():
+            if not isinstance(lib, ctypes.CDLL):
+                continue
+            for name, fn in list(vars(lib).items()):
+                if isinstance(fn, ctypes._CFuncPtr):
+                    key = f"{Path(source).stem}.{name} ({str(dtype).removeprefix('torch.')})"
+                    setattr(lib, name, self._timed(fn, self.calls.setdefault(key, [])))
+                    self._patched.append((lib, name, fn))
+        return self
+
+    @staticmethod
+    def _timed(fn, spent: list[float]):
+        def call(*args):
+            start = time.perf_counter()
+            fn(*args)
+            spent.append(time.perf_counter() - start)
+        return call
+
+    def __exit__(self, *exc) -> None:
+        for lib, name, fn in self._patched:
+            setattr(lib, name, fn)
+
+    def table(self, steps: int, step_s: float) -> str:
+        lines = [f"{'C kernel':40s} {'calls/step':>10s} {'ms/call':>8s} {'ms/step':>8s} {'% of step':>9s}"]
+        for key, spent in sorted(self.calls.items(), key=lambda kv: -sum(kv[1])):
+            if spent:
+                per_step = sum(spent) / steps
+                lines.append(f"{key:40s} {len(spent) / steps:10.1f} {1e3 * statistics.median(spent):8.2f} "
+                             f"{1e3 * per_step:8.2f} {100 * per_step / step_s:8.1f}%")
+        return "\n".join(lines)
+
+
+def profile_case(exp, out: Path, steps: int = 20) -> None:
+    """Two views of ``steps`` training steps: direct timers around the C kernels (no
+    profiler running), then the top of a torch.profiler table (a second run)."""
     import dataclasses
 
     from torch.profiler import profile
 
     from harness.train import train
 
-    cfg = dataclasses.replace(exp.cfg.train, steps=20, warmup_steps=0)
-    with profile() as prof:
+    cfg = dataclasses.replace(exp.cfg.train, steps=steps, warmup_steps=0)
+    with KernelTimers() as timers:
+        start = time.perf_counter()
         train(exp.model, exp.task, cfg, exp.device, progress=False)
-    out.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        step_s = (time.perf_counter() - start) / steps
+    with profile() as prof:
+        start = time.perf_counter()
+        train(exp.model, exp.task, cfg, exp.device, progress=False)
+        profiled_s = (time.perf_counter() - start) / steps
+    out.write_text(
+        f"{steps} training steps: {1e3 * step_s:.1f} ms/step with only the kernel timers, "
+        f"{1e3 * profiled_s:.1f} ms/step under torch.profiler.\n\n"
+        f"Direct timers (perf_counter around each C-kernel call; what the step spends in them):\n"
+        f"{timers.table(steps, step_s)}\n\n"
+        f"torch.profiler, self CPU (the profiler's own run; its times of ctypes kernels can be "
+        f"inflated several-fold on a VM - compare with the timers above):\n"
+        + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 def run(args: argparse.Namespace) -> list[dict]:

@@ -83,10 +83,18 @@ def test_train_throughput_writes_rows_with_the_machines_peak(tmp_path):
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "benchmarks/train_throughput.py", "--presets", "demo", "--archs",
                     "mamba", "lstm", "--min-time", "0.05", "--repeats", "1",
-                    "--out", str(tmp_path / "tt"), "--label", "x"], cwd=root, check=True,
+                    "--out", str(tmp_path / "tt"), "--label", "x", "--profile"], cwd=root, check=True,
                    capture_output=True)
     rows = load_rows(tmp_path / "tt")
     assert sorted(rows["arch"]) == ["lstm", "mamba"] and set(rows["status"]) == {"ok"}
     assert rows["steps_per_s"].gt(0).all() and rows["peak_gflops"].gt(0).all()
     assert (rows["gflops"] / rows["peak_gflops"] - rows["fraction_of_peak"]).abs().max() < 1e-9
     assert set(rows["backend_used"]) <= {"fused", "chunked"}
+    # --profile: direct timers around the C kernels first, then the torch.profiler table
+    if "fused" in set(rows.loc[rows["arch"] == "mamba", "backend_used"]):
+        text = (tmp_path / "tt" / "profile_demo_mamba_x.txt").read_text()
+        step_ms = float(text.split(" ms/step with only the kernel timers")[0].split()[-1])
+        timed = {line.split()[0]: float(line.split()[-2]) for line in text.splitlines()
+                 if line.startswith(("_scan_cpu.", "_conv."))}
+        assert {"_scan_cpu.scan_fwd", "_scan_cpu.scan_bwd", "_conv.conv_fwd", "_conv.conv_bwd"} <= set(timed)
+        assert 0 < sum(timed.values()) < step_ms and "torch.profiler" in text
