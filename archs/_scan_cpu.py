@@ -105,7 +105,11 @@ def _scan_fwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tens
     return out, last, ckpt
 
 
-_scan_fwd_op = torch.library.custom_op("archbench::cpu_scan_fwd", _scan_fwd, mutates_args=())
+# Explicit schemas: no reliance on how a torch version infers them from the annotations.
+_scan_fwd_op = torch.library.custom_op(
+    "archbench::cpu_scan_fwd", _scan_fwd, mutates_args=(),
+    schema="(Tensor u, Tensor dt, Tensor At, Tensor Bm, Tensor Cm, Tensor? D, Tensor? z, "
+           "Tensor? h0, Tensor? bias, bool softplus, int chunk, bool save) -> (Tensor, Tensor, Tensor)")
 
 
 @_scan_fwd_op.register_fake
@@ -145,7 +149,11 @@ def _scan_bwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tens
             given(None if dbias is None else dbias.sum(0))]
 
 
-_scan_bwd_op = torch.library.custom_op("archbench::cpu_scan_bwd", _scan_bwd, mutates_args=())
+_scan_bwd_op = torch.library.custom_op(
+    "archbench::cpu_scan_bwd", _scan_bwd, mutates_args=(),
+    schema="(Tensor u, Tensor dt, Tensor At, Tensor Bm, Tensor Cm, Tensor? D, Tensor? z, "
+           "Tensor? bias, Tensor ckpt, Tensor g_out, Tensor? g_last, bool softplus, int chunk) "
+           "-> Tensor[]")
 
 
 @_scan_bwd_op.register_fake
