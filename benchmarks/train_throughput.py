@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py                         # every preset x arch
     python benchmarks/train_throughput.py --presets induction_paper --archs mamba --profile
     python benchmarks/train_throughput.py --code-root /path/to/old/checkout --label before
+    python benchmarks/train_throughput.py --archs mamba --baseline-root /path/to/old --pairs 3
 
 Each case composes the extrapolation app's config exactly as a study does (``experiment=``,
 ``arch=`` and the preset's overrides), builds the model and task through
@@ -15,7 +16,8 @@ forward + backward, the usual 6·N·T convention plus each mixer's own sequence 
 the achieved GFLOP/s with its fraction of that peak, the backend that ran, the CPU, torch,
 the threads and the commit of the code measured (``--code-root`` measures another
 checkout with this script, e.g. the code before a change, so before and after come from one
-run on one machine). ``--profile`` writes, for each case, the time the step spends in each C
+run on one machine; ``--baseline-root OLD --pairs 3`` runs OLD's case and this one's back to
+back, three times over, and prints each pair's ratio). ``--profile`` writes, for each case, the time the step spends in each C
 kernel (direct timers around the calls) and the top of a torch.profiler table.
 
 Rows go to the result store (``--out``, one file per case; ``python -m harness.report.collect``).
@@ -60,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also write the C kernels' times and a torch.profiler table per case")
     p.add_argument("--out", type=Path, default=ROOT / "results/cpu/benchmarks/train_throughput")
+    p.add_argument("--baseline-root", type=Path, default=None,
+                   help="compare with this checkout: per pair and case, its run then --code-root's, "
+                        "back to back in fresh processes (labels before<k>/after<k>), then the "
+                        "ratio of each pair")
+    p.add_argument("--pairs", type=int, default=3, help="before/after pairs with --baseline-root")
     return p.parse_args(argv)
 
 
@@ -232,10 +239,45 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def compare(args: argparse.Namespace) -> dict[tuple[str, str], list[float]]:
+    """Before/after pairs on a noisy machine: for each pair and case, the baseline checkout's
+    run and then the measured one's, each a fresh process of this script (two checkouts of
+    the same packages cannot share one), so a burst of load hits both sides of a pair rather
+    than one side of the comparison. Returns {(preset, arch): [after/before per pair]}."""
+    import re
+    import subprocess
+
+    common = ["--threads", str(args.threads), "--min-time", str(args.min_time),
+              "--repeats", str(args.repeats), "--out", str(args.out)]
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for pair in range(1, args.pairs + 1):
+        for preset in args.presets:
+            for arch in args.archs:
+                rate = {}
+                for side, root in (("before", args.baseline_root), ("after", args.code_root)):
+                    label = f"{args.label}{side}{pair}"
+                    done = subprocess.run([sys.executable, __file__, "--presets", preset, "--archs", arch,
+                                           "--code-root", str(root), "--label", label, *common],
+                                          check=True, capture_output=True, text=True)
+                    print(f"[{label}] " + done.stdout.strip().replace("\n", f"\n[{label}] "), flush=True)
+                    # the case's line: "<preset> <arch> <backend> <steps/s> steps/s ..."
+                    found = re.search(rf"^{preset}\s+{arch}\s+\S+\s+([0-9.]+) steps/s", done.stdout, re.M)
+                    rate[side] = float(found.group(1))
+                ratios.setdefault((preset, arch), []).append(rate["after"] / rate["before"])
+    print(f"\n{'preset':16s} {'arch':17s} after/before per pair (median)")
+    for (preset, arch), r in ratios.items():
+        print(f"{preset:16s} {arch:17s} {', '.join(f'{x:.2f}x' for x in r)} "
+              f"({statistics.median(r):.2f}x)")
+    return ratios
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    run(args)
+    if args.baseline_root is not None:
+        compare(args)
+    else:
+        run(args)
     print(f"wrote {args.out}")
 
 

@@ -98,3 +98,24 @@ def test_train_throughput_writes_rows_with_the_machines_peak(tmp_path):
                  if line.startswith(("_scan_cpu.", "_conv."))}
         assert {"_scan_cpu.scan_fwd", "_scan_cpu.scan_bwd", "_conv.conv_fwd", "_conv.conv_bwd"} <= set(timed)
         assert 0 < sum(timed.values()) < step_ms and "torch.profiler" in text
+
+
+@pytest.mark.slow
+def test_train_throughput_pairs_a_baseline_checkout_back_to_back(tmp_path, capsys):
+    """--baseline-root: each pair runs the baseline's case, then this checkout's, in fresh
+    processes; the printed ratio is the pair's after/before from the rows written."""
+    from benchmarks import train_throughput
+
+    root = train_throughput.ROOT
+    args = train_throughput.parse_args(["--presets", "demo", "--archs", "lstm", "--min-time", "0.05",
+                                        "--repeats", "1", "--out", str(tmp_path / "tt"),
+                                        "--baseline-root", str(root), "--pairs", "1"])
+    ratios = train_throughput.compare(args)
+    rows = load_rows(tmp_path / "tt").set_index("label")
+    assert sorted(rows.index) == ["after1", "before1"]
+    want = rows.loc["after1", "steps_per_s"] / rows.loc["before1", "steps_per_s"]
+    assert list(ratios) == [("demo", "lstm")] and abs(ratios[("demo", "lstm")][0] - want) < 0.01 * want
+    import re
+
+    printed = re.search(r"^demo\s+lstm\s+([0-9.]+)x", capsys.readouterr().out, re.M)
+    assert printed and abs(float(printed.group(1)) - want) < 0.02 * want + 0.005
