@@ -36,6 +36,26 @@ static inline const real* input_row(const conv_dims* p, const real* x, const rea
  * per step (one new load, not K), and the backward keeps the last K pre-activation
  * gradients the same way. K is a compile-time 4 (Mamba's d_conv) after dispatch, so the
  * shifts unroll into register moves; other widths take the same code with a runtime K. */
+
+/* in[1..K-1] = the K-1 prefix rows: the window before output 0 */
+static inline __attribute__((always_inline)) void window_start(
+        const conv_dims* p, const int64_t K, vec* in, const real* x, const real* prefix,
+        int64_t b, int64_t e0, int64_t w) {
+    for (int64_t k = 0; k + 1 < K; k++) in[k + 1] = vload(input_row(p, x, prefix, b, k, e0), w);
+}
+
+/* shift the window to output t (in[k] = input t + k, the newest x's row t) and return
+ * output t's pre-activation */
+static inline __attribute__((always_inline)) vec window_step(
+        const conv_dims* p, const int64_t K, vec* in, const vec* wk, vec bv, const real* x,
+        int64_t b, int64_t t, int64_t e0, int64_t w) {
+    for (int64_t k = 0; k + 1 < K; k++) in[k] = in[k + 1];
+    in[K - 1] = vload(x + b * p->s_x[0] + t * p->s_x[1] + e0, w);
+    vec pre = bv;
+    for (int64_t k = 0; k < K; k++) pre += wk[k] * in[k];
+    return pre;
+}
+
 static inline __attribute__((always_inline)) void fwd_task(
         const conv_dims* p, const int64_t K, int64_t b, int64_t e0, const real* x,
         const real* prefix, const real* wT, const real* bias, real* out) {
@@ -43,16 +63,11 @@ static inline __attribute__((always_inline)) void fwd_task(
     const int64_t w = E - e0 < VL ? E - e0 : VL;
     vec wk[KMAX], in[KMAX]; /* in[k] = input t + k for the output t */
     for (int64_t k = 0; k < K; k++) wk[k] = vload(wT + k * E + e0, w);
-    for (int64_t k = 0; k + 1 < K; k++) in[k + 1] = vload(input_row(p, x, prefix, b, k, e0), w);
+    window_start(p, K, in, x, prefix, b, e0, w);
     const vec bv = bias ? vload(bias + e0, w) : splat(0);
     real* o = out + b * L * E + e0;
-    for (int64_t t = 0; t < L; t++) {
-        for (int64_t k = 0; k + 1 < K; k++) in[k] = in[k + 1];
-        in[K - 1] = vload(x + b * p->s_x[0] + t * p->s_x[1] + e0, w); /* input t + K - 1 */
-        vec pre = bv;
-        for (int64_t k = 0; k < K; k++) pre += wk[k] * in[k];
-        vstore(o + t * E, act(pre, p->silu), w);
-    }
+    for (int64_t t = 0; t < L; t++)
+        vstore(o + t * E, act(window_step(p, K, in, wk, bv, x, b, t, e0, w), p->silu), w);
 }
 
 void conv_fwd(const conv_dims* p, const real* x, const real* prefix, const real* wT,
@@ -82,7 +97,7 @@ static inline __attribute__((always_inline)) void bwd_task(
         wk[k] = vload(wT + k * E + e0, w);
         dw[k] = gq[k] = splat(0);
     }
-    for (int64_t k = 0; k + 1 < K; k++) in[k + 1] = vload(input_row(p, x, prefix, b, k, e0), w);
+    window_start(p, K, in, x, prefix, b, e0, w);
     const vec bv = bias ? vload(bias + e0, w) : splat(0);
     vec db = splat(0);
     const real* gb = g + b * L * E + e0;
@@ -90,10 +105,7 @@ static inline __attribute__((always_inline)) void bwd_task(
         for (int64_t k = K - 1; k > 0; k--) gq[k] = gq[k - 1];
         gq[0] = splat(0);
         if (s < L) { /* the output at t = s: its pre-activation gradient joins the window */
-            for (int64_t k = 0; k + 1 < K; k++) in[k] = in[k + 1];
-            in[K - 1] = vload(x + b * p->s_x[0] + s * p->s_x[1] + e0, w);
-            vec pre = bv;
-            for (int64_t k = 0; k < K; k++) pre += wk[k] * in[k];
+            const vec pre = window_step(p, K, in, wk, bv, x, b, s, e0, w);
             vec gp = vload(gb + s * E, w);
             if (p->silu) {
                 const vec sg = vsigmoid(pre);

@@ -361,9 +361,6 @@ static inline __attribute__((always_inline)) void bwd_task(
     if (dbias_part) vstore(dbias_part + t.b * E + t.d0, gbias, w);
 }
 
-/* Gradients. du, ddt (of delta), dz: (batch, seqlen, dim) contiguous. Partial sums the caller
- * reduces: dAt_part (batch, dstate, dim), dD_part and dbias_part (batch, dim) over sequences;
- * dB_part and dC_part (tiles_per_group, batch, seqlen, groups, dstate) over a group's tiles. */
 /* -- backward with one decay per step (Mamba-2's SSD): state blocks of 8 ------------------ */
 /* With a scalar decay an entry's adjoint is a handful of multiply-adds, and memory bound it:
  * at N = 64 (generic path above) each entry's carry and its two B/C products were stored and
@@ -478,6 +475,9 @@ static void bwd_scalar_blocks(
     if (dbias_part) vstore(dbias_part + t.b * E + t.d0, gbias, w);
 }
 
+/* Gradients. du, ddt (of delta), dz: (batch, seqlen, dim) contiguous. Partial sums the caller
+ * reduces: dAt_part (batch, dstate, dim), dD_part and dbias_part (batch, dim) over sequences;
+ * dB_part and dC_part (tiles_per_group, batch, seqlen, groups, dstate) over a group's tiles. */
 void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
               const real* Bm, const real* Cm, const real* D, const real* z, const real* ckpt,
               const real* gout, const real* glast, const real* dbias, real* du, real* ddt,
@@ -505,22 +505,17 @@ void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
     }
 #pragma omp parallel num_threads(p->nthreads)
     {
-        bwd_buffers buf; /* per thread: the chunk's states, decays, readouts; accumulators */
-        buf.hs = aligned_alloc(VBYTES, sizeof(vec) * (K + 1) * N);
-        buf.as = aligned_alloc(VBYTES, sizeof(vec) * K * N);
-        buf.ys = aligned_alloc(VBYTES, sizeof(vec) * K);
-        buf.dts = aligned_alloc(VBYTES, sizeof(vec) * K);
-        buf.pres = aligned_alloc(VBYTES, sizeof(vec) * K);
-        buf.gA = aligned_alloc(VBYTES, sizeof(vec) * N);
-        buf.sB = aligned_alloc(VBYTES, sizeof(vec) * N);
-        buf.sC = aligned_alloc(VBYTES, sizeof(vec) * N);
+        bwd_buffers buf = { /* per thread: the chunk's states, decays, readouts; accumulators */
+            .hs = vec_alloc((K + 1) * N), .as = vec_alloc(K * N), .ys = vec_alloc(K),
+            .dts = vec_alloc(K), .pres = vec_alloc(K), .gA = vec_alloc(N), .sB = vec_alloc(N),
+            .sC = vec_alloc(N)};
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < n_tasks(p); task++) {
             tile t = tile_of(p, task);
 #define BWD(NS, SC) bwd_task(p, t, NS, SC, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, \
                                  dbias, du, ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0, dbias_part)
-            if (N == 16)
-                p->scalar_decay ? BWD(16, 1) : BWD(16, 0);
+            if (N == 16 && !p->scalar_decay) /* (a scalar decay with N = 16 took the blocks) */
+                BWD(16, 0);
             else
                 p->scalar_decay ? BWD(N, 1) : BWD(N, 0);
 #undef BWD

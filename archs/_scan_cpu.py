@@ -89,8 +89,8 @@ def _dims(u: Tensor, dt: Tensor, z: Tensor | None, Bm: Tensor, Cm: Tensor, out: 
 
 
 def _scan_fwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tensor | None,
-                 z: Tensor | None, h0: Tensor | None, bias: Tensor | None, softplus: bool,
-                 chunk: int, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+              z: Tensor | None, h0: Tensor | None, bias: Tensor | None, softplus: bool,
+              chunk: int, save: bool) -> tuple[Tensor, Tensor, Tensor]:
     """-> out (B, L, E), last state (B, E, N), the per-chunk checkpoints the backward needs
     (B, ceil(L / chunk), N, E) when ``save``, else empty."""
     batch, seqlen, dim = u.shape
@@ -121,8 +121,8 @@ def _(u, dt, At, Bm, Cm, D, z, h0, bias, softplus, chunk, save):
 
 
 def _scan_bwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tensor | None,
-                 z: Tensor | None, bias: Tensor | None, ckpt: Tensor, g_out: Tensor,
-                 g_last: Tensor | None, softplus: bool, chunk: int) -> list[Tensor]:
+              z: Tensor | None, bias: Tensor | None, ckpt: Tensor, g_out: Tensor,
+              g_last: Tensor | None, softplus: bool, chunk: int) -> list[Tensor]:
     """-> [du, ddelta, dz, dAt, dB, dC, dD, dh0, dbias]: the partial sums of the kernel
     reduced here; dz, dD and dbias empty where z, D and bias are None."""
     batch, seqlen, dim = u.shape
@@ -141,6 +141,7 @@ def _scan_bwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tens
     _library(u.dtype).scan_bwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D), p(z),
                                p(ckpt), p(g_out), p(g_last), p(bias), p(du), p(ddt), p(dz),
                                p(dAt), p(dD), p(dB), p(dC), p(dh0), p(dbias))
+
     def given(t: Tensor | None) -> Tensor:  # a distinct empty tensor each: returns may not alias
         return u.new_empty(0) if t is None else t
 

@@ -17,8 +17,9 @@ the achieved GFLOP/s with its fraction of that peak, the backend that ran, the C
 the threads and the commit of the code measured (``--code-root`` measures another
 checkout with this script, e.g. the code before a change, so before and after come from one
 run on one machine; ``--baseline-root OLD --pairs 3`` runs OLD's case and this one's back to
-back, three times over, and prints each pair's ratio). ``--profile`` writes, for each case, the time the step spends in each C
-kernel (direct timers around the calls) and the top of a torch.profiler table.
+back, three times over, and prints each pair's ratio). ``--profile`` writes, for each case,
+the time the step spends in each C kernel (direct timers around the calls) and the top of a
+torch.profiler table.
 
 Rows go to the result store (``--out``, one file per case; ``python -m harness.report.collect``).
 Compare ratios within one run: absolute numbers move with the CPU model and the load.

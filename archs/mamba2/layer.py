@@ -25,9 +25,9 @@ from archs.precision import up
 
 BACKENDS = VOCABULARY
 # What runs the SSD (Mamba2Mixer._routes): a whole sequence, and one decode step.
-# "cpu" is the project's C scan kernel (fused_cpu.py), what backend="fused" runs on a CPU.
-SCANS = {"chunked": chunked.ssd_chunked, "mamba_ssm": fused.ssd_fused, "fla": fused.ssd_fused_fla,
-         "cpu": lambda *a, chunk_size, **kw: fused_cpu.ssd_cpu(*a, **kw)}
+# "cpu" is the project's C scan kernel (fused_cpu.py), what backend="fused" runs on a CPU;
+# _mix calls it (and "ref") itself: the kernel also applies the gate before the norm.
+SCANS = {"chunked": chunked.ssd_chunked, "mamba_ssm": fused.ssd_fused, "fla": fused.ssd_fused_fla}
 STEPS = {"ref": ref.ssd_step, "chunked": ref.ssd_step, "mamba_ssm": fused.ssd_step_fused,
          "fla": fused.ssd_step_fused_fla, "cpu": fused_cpu.ssd_step_cpu}
 
