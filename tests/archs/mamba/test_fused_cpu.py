@@ -53,6 +53,7 @@ def run(fn, inputs, **kw):
     (1, 40, 16, 70, 2, 16),      # groups of 20 channels: a partial vector in each group
     (2, 24, 5, 19, None, 4),     # general N, a partial last chunk
     (1, 16, 32, 9, 2, 32),       # N = 32: two 16-wide lane reductions, one chunk
+    (1, 16, 16, 150, None, 24),  # past the forward's 64-step staging, chunks not dividing 64
     (3, 6, 4, 1, None, None),    # one step, a channel vector of 6
 ])
 @pytest.mark.parametrize("full", [True, False], ids=["z-D-bias-h0", "bare"])

@@ -33,6 +33,7 @@ def _inputs(b, l, h, p, g, n, dtype, seed=0):
     (2, 5, 2, 6, 1, 64),     # partial vectors, the Mamba-2 default N = 64
     (2, 40, 2, 16, 1, 64),   # N = 64 over 3 checkpoint chunks: 8 state blocks of 8 a chunk
     (1, 19, 2, 16, 1, 12),   # N not a multiple of 8: the generic backward
+    (1, 150, 2, 16, 1, 64),  # past the forward's 64-step staging, 10 checkpoint chunks
 ])
 def test_ssd_on_the_cpu_kernel_matches_the_recurrence(dtype, b, l, h, p, g, n):
     inputs = _inputs(b, l, h, p, g, n, dtype)
