@@ -233,6 +233,8 @@ def validate_bench(b: BenchConfig | DictConfig) -> None:
             _fail(f"bench.{key}", f"must be >= 0, got {getattr(b, key)}")
     if b.min_repeats < 1 or b.min_run_time <= 0 or b.time_budget_s <= 0:
         _fail("bench.min_repeats/min_run_time/time_budget_s", "must be positive")
+    if b.compile_allowance_s < 0:
+        _fail("bench.compile_allowance_s", f"must be >= 0 (0: the first call counts in full), got {b.compile_allowance_s}")
     if b.cpu_memory_limit_gb is not None and b.cpu_memory_limit_gb <= 0:
         _fail("bench.cpu_memory_limit_gb", f"must be positive or null, got {b.cpu_memory_limit_gb}")
     check_memory_cap(b.cpu_memory_limit_gb, "bench.cpu_memory_limit_gb")

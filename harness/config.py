@@ -154,6 +154,7 @@ class BenchConfig:
     count_flops: bool = True
     measure_memory: bool = True
     time_budget_s: float = 120.0               # per point; over it the point is a timeout
+    compile_allowance_s: float = 300.0         # first call's compile/autotune time not charged (warmup >= 2)
     skip_after_failure: bool = True            # after oom/timeout, skip longer lengths
     search: str = "grid"                       # grid | max_len
     max_len: MaxLenConfig = field(default_factory=MaxLenConfig)

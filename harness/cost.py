@@ -71,7 +71,9 @@ class Sweep:
                 "device": device_name(self.device), "search": b.search,
                 "timing": [b.warmup, b.min_run_time, b.min_repeats, b.decode_steps, b.flush_l2,
                            b.optimizer_step] + ([b.gen_tokens] if mode == "generate" else []),
-                "limits": {"time_budget_s": b.time_budget_s, "cpu_memory_limit_gb": b.cpu_memory_limit_gb}}
+                "limits": {"time_budget_s": b.time_budget_s, "cpu_memory_limit_gb": b.cpu_memory_limit_gb,
+                           # it can only change an outcome with two or more warm-up calls
+                           **({"compile_allowance_s": b.compile_allowance_s} if b.warmup >= 2 else {})}}
 
     def key(self, mode: str, seq_len: int) -> str:
         return point_key(self.settings(mode, seq_len), f"{self.built.label}-{mode}-{seq_len}")

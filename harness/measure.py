@@ -150,7 +150,8 @@ def measure(model, mode: str, seq_len: int, bench: BenchConfig, device: torch.de
     timing = time_callable(fn, device=device, warmup=bench.warmup,
                            **({"repeats": max(bench.decode_steps, bench.min_repeats)} if mode == "decode"
                               else {"min_run_time": bench.min_run_time}),
-                           min_repeats=bench.min_repeats, flush_l2=bench.flush_l2)
+                           min_repeats=bench.min_repeats, flush_l2=bench.flush_l2,
+                           compile_allowance_s=bench.compile_allowance_s)
     row.update(timing.as_row())
     tokens_per_call = bench.batch * {"decode": 1, "generate": bench.gen_tokens}.get(mode, seq_len)
     row["tokens_per_s"] = tokens_per_call / (timing.median_ms / 1e3)

@@ -100,7 +100,7 @@ COLUMN_TYPES: dict[str, tuple[str, float | None, float | None]] = {
     **{c: (_INT, 1, None) for c in ("batch", "eval_seq_len", "train_seq_len", "trigger_distance",
                                     "micro_batch", "d_model", "n_layers")},
     "seed": (_INT, None, None),
-    **{c: (_NUMBER, 0, None) for c in ("time_ms", "time_ms_p10", "time_ms_p90", "tokens_per_s", "wall_s",
+    **{c: (_NUMBER, 0, None) for c in ("time_ms", "time_ms_p10", "time_ms_p90", "tokens_per_s", "wall_s", "first_call_ms",
                                        "train_wall_s", "loss", "train_loss", "bpb")},
     "perplexity": (_NUMBER, 1, None),
     **{c: (_NUMBER, 0, 1) for c in ("accuracy", "seq_acc")},

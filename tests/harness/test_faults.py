@@ -74,6 +74,20 @@ def test_time_budget_is_in_the_key(tmp_path):
     assert sorted(df["status"]) == ["ok", "timeout"]  # the generous budget measured again
 
 
+@pytest.mark.slow
+def test_compile_allowance_is_in_the_key_where_it_can_matter(tmp_path):
+    """With two warm-up calls the allowance can turn a timeout into a row (GPU presets); with
+    one it cannot, and CPU keys stay as they were."""
+    base = [*COST_SMOKE, "arch=lstm", "bench.modes=[forward]", "bench.seq_lens=[16]"]
+    for warmup, points in ((2, 2), (1, 1)):
+        out = tmp_path / f"warmup{warmup}"
+        for allowance in (0, 300):
+            df = cost.run(compose("cost", *base, f"results_dir={out}", f"bench.warmup={warmup}",
+                                  f"bench.compile_allowance_s={allowance}"))
+        assert df["point_key"].nunique() == points, warmup
+        assert (df["first_call_ms"] > 0).all()
+
+
 # --- 2. corrupt / truncated point files ---------------------------------------------------
 
 @pytest.mark.slow

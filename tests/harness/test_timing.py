@@ -77,6 +77,46 @@ def test_budget_refuses_repetitions_that_cannot_fit():
     assert len(calls) == 1  # only the warm-up ran
 
 
+def _compiling(first_s: float, then_s: float):
+    """A call whose first run takes first_s (a JIT compile), every later one then_s."""
+    calls = []
+
+    def fn():
+        time.sleep(first_s if not calls else then_s)
+        calls.append(1)
+    return fn, calls
+
+
+def test_compile_allowance_does_not_charge_the_first_calls_excess():
+    # 0.3 s of "compiling" in a 0.2 s budget: without an allowance the point times out,
+    # with one it is measured, and the row reports what the first call took
+    fn, _ = _compiling(0.3, 0.002)
+    with pytest.raises(PointTimeout, match="after warm-up call 1/2"):
+        time_callable(fn, warmup=2, repeats=5, deadline=Deadline(0.2))
+    fn, calls = _compiling(0.3, 0.002)
+    t = time_callable(fn, warmup=2, repeats=5, deadline=Deadline(0.2), compile_allowance_s=1.0)
+    assert t.n == 5 and len(calls) >= 7  # (torch Timer adds calls of its own)
+    assert t.first_call_ms >= 300 and t.median_ms < 100
+    assert t.as_row()["first_call_ms"] == t.first_call_ms
+
+
+def test_compile_allowance_is_capped_and_slow_calls_still_time_out():
+    # a first call past budget + allowance stops right after it
+    fn, calls = _compiling(0.3, 0.002)
+    with pytest.raises(PointTimeout, match="compile allowance"):
+        time_callable(fn, warmup=3, repeats=5, deadline=Deadline(0.05), compile_allowance_s=0.1)
+    assert len(calls) == 1
+    # a call that is slow every time is no compile: nothing is credited, the budget holds
+    fn, calls = _compiling(0.15, 0.15)
+    with pytest.raises(PointTimeout, match="after warm-up call 2/3"):
+        time_callable(fn, warmup=3, repeats=5, deadline=Deadline(0.2), compile_allowance_s=10.0)
+    assert len(calls) == 2
+    # one warm-up call cannot tell compiling from running: the allowance does not apply
+    fn, _ = _compiling(0.3, 0.002)
+    with pytest.raises(PointTimeout, match="after warm-up call 1/1"):
+        time_callable(fn, warmup=1, repeats=5, deadline=Deadline(0.2), compile_allowance_s=10.0)
+
+
 def test_run_with_timeout_returns_result_and_nests_tighter_budget():
     assert run_with_timeout(lambda: 42, 10) == 42
     assert current_deadline() is None
