@@ -126,11 +126,24 @@ def environment() -> dict[str, Any]:
 
     Keys: cpu, gpu (None without CUDA), gpu_count, torch, cuda, cudnn, python,
     platform, hostname, threads (torch intra-op threads), cpu_count, git_commit,
-    git_dirty, and the versions (or None) of triton, mamba_ssm, causal_conv1d, fla,
-    flash_attn. ``threads`` is read at every call (a run may change it with
-    ``torch.set_num_threads``); everything else is computed once.
+    git_dirty, the versions (or None) of triton, mamba_ssm, causal_conv1d, fla,
+    flash_attn, and fp32_matmul / triton_fp32_dot (``fp32_precision``). ``threads`` and the
+    precisions are read at every call; everything else is computed once.
     """
     # A fresh dict each call so callers can't mutate the cache.
     env = dict(_environment())
     env["threads"] = torch.get_num_threads()
+    env.update(fp32_precision())
     return env
+
+
+def fp32_precision() -> dict[str, str | None]:
+    """What "float32" means for this process's matrix products, read at every call (a run
+    may change it): PyTorch's matmul precision ("highest" = fp32, "high" = TF32 allowed) and,
+    on a CUDA machine, the precision of Triton's fp32 ``tl.dot`` in kernels that name none
+    (fla's, mamba_ssm's): TF32 unless TRITON_F32_DEFAULT says otherwise. Measured on an
+    H200, TF32 there put fused linear attention up to 0.24 off its fp32 form (outputs up to
+    370), so a row says which one it ran."""
+    cuda = torch.cuda.is_available()
+    return {"fp32_matmul": torch.get_float32_matmul_precision(),
+            "triton_fp32_dot": (os.environ.get("TRITON_F32_DEFAULT") or "tf32 (default)") if cuda else None}

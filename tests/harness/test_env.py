@@ -47,3 +47,22 @@ def test_package_version():
 
 def test_device_name_cpu():
     assert isinstance(device_name("cpu"), str) and device_name("cpu")
+
+
+def test_rows_say_what_float32_means_for_matrix_products(monkeypatch):
+    from harness.env import environment
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert environment()["fp32_matmul"] == "high"  # read at each call, not cached
+        torch.set_float32_matmul_precision("highest")
+        assert environment()["fp32_matmul"] == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert environment()["triton_fp32_dot"] is None  # no NVIDIA GPU: no TF32 question
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_F32_DEFAULT", raising=False)
+    assert environment()["triton_fp32_dot"] == "tf32 (default)"
+    monkeypatch.setenv("TRITON_F32_DEFAULT", "ieee")
+    assert environment()["triton_fp32_dot"] == "ieee"
