@@ -21,6 +21,9 @@ back, three times over, and prints each pair's ratio). ``--profile`` writes, for
 the time the step spends in each C kernel (direct timers around the calls) and the top of a
 torch.profiler table.
 
+On a CUDA machine (``--device auto``, the default, as in the apps) the same cases train on
+the GPU, the peak is an 8192^3 fp32 matmul there, and ``--profile`` sorts by device time.
+
 Rows go to the result store (``--out``, one file per case; ``python -m harness.report.collect``).
 Compare ratios within one run: absolute numbers move with the CPU model and the load.
 """
@@ -55,13 +58,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
     p.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(ARCHS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (the studies pin 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto = cuda if available (as the apps), else cpu")
     p.add_argument("--min-time", type=float, default=3.0, help="seconds of training per repeat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--code-root", type=Path, default=ROOT,
                    help="the checkout whose archs/ and harness/ are measured (default: this one)")
     p.add_argument("--label", default="", help="a name for the code measured (e.g. before, after)")
-    p.add_argument("--profile", action="store_true",
-                   help="also write the C kernels' times and a torch.profiler table per case")
+    p.add_argument("--profile", nargs="*", default=None, metavar="ARCH",
+                   help="also write the C kernels' times and a torch.profiler table per case "
+                        "(of these archs only, if any are named)")
     p.add_argument("--out", type=Path, default=ROOT / "results/cpu/benchmarks/train_throughput")
     p.add_argument("--baseline-root", type=Path, default=None,
                    help="compare with this checkout: per pair and case, its run then --code-root's, "
@@ -71,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def compose(code_root: Path, preset: str, arch: str, threads: int):
+def compose(code_root: Path, preset: str, arch: str, threads: int, device: str = "auto"):
     from hydra import compose as hydra_compose, initialize_config_dir
 
     experiment, overrides = PRESETS[preset]
@@ -80,16 +86,23 @@ def compose(code_root: Path, preset: str, arch: str, threads: int):
         config.register_configs()
     with initialize_config_dir(config_dir=str(code_root / "conf"), version_base="1.3"):
         return hydra_compose("extrapolate", overrides=[
-            f"experiment={experiment}", f"arch={ARCHS[arch]}", *overrides, "progress=false",
+            f"experiment={experiment}", f"arch={ARCHS[arch]}", *overrides, "progress=false", f"device={device}",
             f"train.threads={threads}", "train.eval_every=0", "train.time_budget_s=null",
             "checkpoint_dir=null", f"results_dir={code_root / 'results/local/bench_unused'}"])
 
 
-def peak_gflops() -> float:
-    """A 2048^3 fp32 matmul on the current threads: what the BLAS reaches on this CPU."""
+def peak_gflops(device=None) -> float:
+    """A large fp32 matmul: on a CPU 2048^3 on the current threads (what the BLAS reaches);
+    on a GPU 8192^3 at torch's current float32 matmul precision (by default full fp32, not
+    TF32), timed with CUDA events - the training steps run at that precision too."""
     import torch
     from torch.utils.benchmark import Timer
 
+    if device is not None and torch.device(device).type == "cuda":
+        from harness.timing import time_callable
+        a, b = (torch.randn(8192, 8192, device=device) for _ in range(2))
+        t = time_callable(lambda: torch.mm(a, b), device=device, warmup=2, repeats=10)
+        return 2 * 8192 ** 3 / (t.median_ms / 1e3) / 1e9
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     t = Timer("torch.mm(a, b)", globals=dict(torch=torch, a=a, b=b),
               num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=2.0)
@@ -106,14 +119,22 @@ def time_training(exp, steps_hint: int, args) -> tuple[list[float], int]:
 
     def run(steps: int) -> float:
         cfg = dataclasses.replace(base, steps=steps, warmup_steps=min(base.warmup_steps, steps))
+        _sync(exp.device)
         start = time.perf_counter()
         train(exp.model, exp.task, cfg, exp.device, progress=False)
+        _sync(exp.device)
         return time.perf_counter() - start
 
     run(3)  # warm-up: first calls, kernel builds, allocator
     per_step = run(steps_hint) / steps_hint
     steps = max(steps_hint, int(args.min_time / per_step))
     return [steps / run(steps) for _ in range(args.repeats)], steps
+
+
+def _sync(device) -> None:
+    import torch
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class KernelTimers:
@@ -181,19 +202,23 @@ def profile_case(exp, out: Path, steps: int = 20) -> None:
     with KernelTimers() as timers:
         start = time.perf_counter()
         train(exp.model, exp.task, cfg, exp.device, progress=False)
+        _sync(exp.device)
         step_s = (time.perf_counter() - start) / steps
     with profile() as prof:
         start = time.perf_counter()
         train(exp.model, exp.task, cfg, exp.device, progress=False)
+        _sync(exp.device)
         profiled_s = (time.perf_counter() - start) / steps
+    # on a GPU, what the device spent in each kernel is the table to read
+    sort = "self_device_time_total" if exp.device.type == "cuda" else "self_cpu_time_total"
     out.write_text(
         f"{steps} training steps: {1e3 * step_s:.1f} ms/step with only the kernel timers, "
         f"{1e3 * profiled_s:.1f} ms/step under torch.profiler.\n\n"
         f"Direct timers (perf_counter around each C-kernel call; what the step spends in them):\n"
         f"{timers.table(steps, step_s)}\n\n"
-        f"torch.profiler, self CPU (the profiler's own run; its times of ctypes kernels can be "
-        f"inflated several-fold on a VM - compare with the timers above):\n"
-        + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        f"torch.profiler, sorted by {sort} (the profiler's own run; its CPU times of ctypes "
+        f"kernels can be inflated several-fold on a VM - compare with the timers above):\n"
+        + prof.key_averages().table(sort_by=sort, row_limit=25))
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -206,12 +231,15 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     torch.set_num_threads(args.threads)
     env = environment()
-    peak = peak_gflops()
-    print(f"peak (2048^3 fp32 matmul, {args.threads} thread(s)): {peak:.1f} GFLOP/s on {env['cpu']}")
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    machine = env["gpu"] if device.type == "cuda" else env["cpu"]
+    peak = peak_gflops(device)
+    print(f"peak (fp32 matmul, {'GPU' if device.type == 'cuda' else f'{args.threads} thread(s)'}): "
+          f"{peak:.1f} GFLOP/s on {machine}")
     store, rows = ResultStore(args.out), []
     for preset in args.presets:
         for arch in args.archs:
-            exp = Experiment(_as_schema(compose(args.code_root, preset, arch, args.threads)))
+            exp = Experiment(_as_schema(compose(args.code_root, preset, arch, args.threads, args.device)))
             tc = exp.cfg.train
             rates, steps = time_training(exp, 5, args)
             sps = statistics.median(rates)
@@ -222,19 +250,21 @@ def run(args: argparse.Namespace) -> list[dict]:
                        steps_per_s=sps, steps_per_s_runs=rates, steps_timed=steps,
                        tokens_per_s=sps * tc.batch_size * tc.seq_len, gflop_per_step=flops / 1e9,
                        gflops=sps * flops / 1e9, peak_gflops=peak, fraction_of_peak=sps * flops / 1e9 / peak,
-                       threads=args.threads, cpu_model=env["cpu"], torch_version=env["torch"],
+                       threads=args.threads, cpu_model=env["cpu"], gpu_model=env["gpu"] if device.type == "cuda" else None,
+                       torch_version=env["torch"], fp32_matmul=env["fp32_matmul"],
+                       triton_fp32_dot=env["triton_fp32_dot"],
                        code_commit=env["git_commit"], code_dirty=env["git_dirty"],
                        python=platform.python_version(), status="ok")
             store_case_row(store, row, identity=("preset", "impl", "label", "batch", "seq_len", "d_model",
-                                                 "cpu_model", "threads", "code_commit"),
+                                                 "cpu_model", "gpu_model", "threads", "code_commit"),
                            name=("preset", "impl", "label"), experiment="bench_train_throughput",
                            arch=arch, backend=row["backend_used"], mode="train_step",
-                           time_ms=1e3 / sps, device=env["cpu"])
+                           time_ms=1e3 / sps, device=machine)
             rows.append(row)
             print(f"{preset:16s} {arch:17s} {row['backend_used']:14s} {sps:8.2f} steps/s "
                   f"{row['tokens_per_s']:9.0f} tok/s {row['gflops']:6.1f} GFLOP/s "
                   f"({100 * row['fraction_of_peak']:.1f}% of peak)", flush=True)
-            if args.profile:
+            if args.profile is not None and (not args.profile or arch in args.profile):
                 name = f"profile_{preset}_{arch}{'_' + args.label if args.label else ''}.txt"
                 profile_case(exp, args.out / name)
     return rows

@@ -112,6 +112,16 @@ def summary(steps: list, res: Path, meta: dict) -> str:
                     _table(ind[ind["status"] == "ok"], "eval_seq_len", "arch", "accuracy", "{:.2f}")]
             for (arch, status), rows in ind[ind["status"] != "ok"].groupby(["arch", "status"]):
                 out.append(f"- induction: {arch} {status} from L={rows['eval_seq_len'].min()}")
+        tt = load(res / "benchmarks" / "train_throughput")
+        if not tt.empty:
+            tt = tt.assign(hours_204800_steps=204_800 / tt["steps_per_s"] / 3600,
+                           pct_of_fp32_peak=100 * tt["fraction_of_peak"])
+            cols = ["preset", "arch", "backend_used", "steps_per_s", "hours_204800_steps", "gflops", "pct_of_fp32_peak"]
+            out += ["## Training throughput of the small presets (the Mamba paper's 204,800 steps; "
+                    "fp32 matmul peak measured in the same run)", "",
+                    "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+                    *("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
+                      for r in tt[cols].to_dict("records")), ""]
     except Exception as exc:  # noqa: BLE001 - the summary must never lose the status table
         out.append(f"(summary tables failed: {exc!r})")
     return "\n".join(out) + "\n"

@@ -17,7 +17,7 @@ import gpu_check  # noqa: E402
 
 GPU_TARGET = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--abi", "none",
               "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "any"]
-MEASURING = ("attention_tflops", "scan_crossover", "mixer_cost", "generation", "induction")
+MEASURING = ("attention_tflops", "scan_crossover", "mixer_cost", "generation", "induction", "train_throughput")
 
 
 def _plans(tmp_path):
@@ -59,7 +59,7 @@ def test_gpu_plan_fits_nine_minutes(tmp_path):
 @pytest.mark.slow
 def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "scripts/gpu_check.py", "--dry-run", "--out", str(out), "--no-compile",
+    cmd = [sys.executable, "scripts/gpu_check.py", "--dry-run", "--out", str(out),
            "--pytest-paths", "tests/archs/attention/test_attention.py", "--budget-scale", "3", "--total-s", "540"]
     if WHEELHOUSE.is_dir():
         cmd.append("--reinstall")  # exercise the offline install: the steps then import hydra from it
@@ -76,7 +76,7 @@ def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
     assert steps["install"]["status"] == ("ok" if WHEELHOUSE.is_dir() else "skipped")
     if WHEELHOUSE.is_dir():
         assert steps["install"]["extra"]["imports"]["hydra"] == "1.3.8"
-    assert steps["scan_compiled"]["status"] == "skipped" and steps["mamba_ssm_build"]["status"] == "skipped"
+    assert steps["mamba_ssm_build"]["status"] == "skipped"
     with tarfile.open(out / "results_dryrun_cpu.tar.gz") as tar:
         names = tar.getnames()
         rows = [json.loads(tar.extractfile(m).read().splitlines()[0]) for m in tar.getmembers()
