@@ -27,6 +27,7 @@ Rows go through harness.results (one atomic file per point; re-runs resume) into
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Callable
@@ -143,7 +144,10 @@ class Bench:
         fused = self.device.type == "cuda" and mamba_ssm_available()
         scans = {"mamba_ssm_scan": selective_scan_fast} if fused else {"chunked_scan": selective_scan_chunked}
         if a.impls:  # explicit choice; the torch.compile'd chunked scan only when asked for
+            # chunked_scan picks its form by device (doubling on a GPU); _steps forces the
+            # one-op-per-step form, the GPU's form before 2026-12-04, for comparison
             scans = {"mamba_ssm_scan": selective_scan_fast, "chunked_scan": selective_scan_chunked,
+                     "chunked_scan_steps": functools.partial(selective_scan_chunked, form="steps"),
                      "chunked_scan_compiled": torch.compile(selective_scan_chunked, dynamic=False)}
             scans = {k: f for k, f in scans.items() if k in a.impls}
         heads = a.hidden // 64
@@ -215,7 +219,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="CPU-sized: hidden 128, lengths 64..256")
     p.add_argument("--impls", nargs="+", default=None,
                    help="run only these implementations (attention: sdpa_flash, sdpa_cudnn, flash_attn, ...; "
-                        "scan_vs_attention: chunked_scan, chunked_scan_compiled, mamba_ssm_scan, sdpa_attention)")
+                        "scan_vs_attention: chunked_scan, chunked_scan_steps, chunked_scan_compiled, mamba_ssm_scan, "
+                        "sdpa_attention)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)

@@ -89,7 +89,8 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
             "scan_vs_attention", "--seq-lens", "1024", "2048", "4096", "8192", "16384", "32768",
             "--impls", "mamba_ssm_scan", "chunked_scan", "sdpa_attention",
             "--warmup", "2", "--min-run-time", "0.3", "--out", str(res / "kernels")], results="kernels",
-             note="Mamba-1 scan (mamba_ssm's kernel if it imports, else an error row; chunked PyTorch) vs SDPA"),
+             note="Mamba-1 scan (mamba_ssm's kernel if it imports, else an error row; chunked PyTorch, "
+                  "doubling form on the GPU since 2026-12-04) vs SDPA"),
         # Mamba last: without mamba-ssm's CUDA build its scan is the chunked PyTorch loop
         Step("mixer_cost", 110, [py, "-m", "harness.cost", "experiment=cost_gpu",
                                 "arch=transformer,mamba2,linear_attention,mamba",

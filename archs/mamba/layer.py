@@ -8,7 +8,8 @@ State Spaces", Fig. 3) as a sequence mixer:
     y = selective_scan(x, dt, A, B, C, D)  # h_t = exp(dt A) h_{t-1} + dt B x_t ; y = C h + D x
     out = out_proj(y * silu(z))
 
-Backends: "ref" (sequential loop, the truth), "chunked" (cache-blocked PyTorch scan),
+Backends: "ref" (sequential loop, the truth), "chunked" (blocked PyTorch scan: one op per
+step in cache-sized blocks on a CPU, log-depth doubling over large blocks on a GPU),
 "fused" (on a GPU: mamba_ssm's CUDA scan, the fused mamba_inner_fn when causal_conv1d is
 installed too; on a CPU: the project's C kernel, archs/_scan_cpu.c, compiled at first use),
 "auto" (fused when the device's kernel is available, else chunked). The backend that runs is what ``resolved_backend`` reports; a
@@ -116,8 +117,9 @@ class MambaMixer(Mixer):
                             fused.mamba_ssm_available, fused_cpu.cpu_kernel_available)
 
     def tiles(self) -> dict[str, int]:
-        c = self.config  # block_len=None: chosen from shapes (here for batch 1)
-        return {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state), "conv": c.d_conv}
+        c = self.config  # block_len=None: chosen from shapes (here for batch 1) and the device
+        form = "doubling" if self.param_device.type == "cuda" else "steps"
+        return {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state, form), "conv": c.d_conv}
 
     def _backend_for(self, x: Tensor) -> str:
         """The backend for input x; "fused" is "fused_cpu" on a CPU, "fused" (mamba_ssm) on

@@ -55,18 +55,42 @@ def assert_same_scan(inputs: dict, softplus: bool, **kw) -> None:
                                    msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
+# "steps": one op per time step (the CPU's form); "doubling": log-depth rounds over each
+# block (the GPU's form, chunked_blocks.doubling_states) - both run here on the CPU
+FORMS = ["steps", "doubling"]
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("seqlen", [1, 5, 8, 16, 19])
 @pytest.mark.parametrize("full", [True, False], ids=["z-D-bias-softplus-h0", "bare"])
-def test_chunked_matches_reference(seqlen: int, full: bool) -> None:
+def test_chunked_matches_reference(seqlen: int, full: bool, form: str) -> None:
     inputs = make_inputs(seqlen=seqlen)
     if not full:
         inputs = {k: inputs[k] for k in ("u", "delta", "A", "B", "C")}
-    assert_same_scan(inputs, softplus=full, block_len=8)
+    assert_same_scan(inputs, softplus=full, block_len=8, form=form)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("seqlen", [3, 17])
-def test_chunked_matches_reference_grouped_bc(seqlen: int) -> None:
-    assert_same_scan(make_inputs(dim=8, seqlen=seqlen, groups=2), softplus=True, block_len=8)
+def test_chunked_matches_reference_grouped_bc(seqlen: int, form: str) -> None:
+    assert_same_scan(make_inputs(dim=8, seqlen=seqlen, groups=2), softplus=True, block_len=8, form=form)
+
+
+@pytest.mark.parametrize("block_len", [2, 3, 7, 16, 37, 64])
+def test_doubling_blocks_of_any_length(block_len: int) -> None:
+    """Rounds of span 1, 2, 4, ... over blocks that are and are not powers of two, with
+    ragged tails (37 steps), one block holding everything (64) and the state carried in."""
+    assert_same_scan(make_inputs(seqlen=37), softplus=True, block_len=block_len, form="doubling")
+
+
+def test_forms_resolve_by_device_and_bad_form_names_the_choices() -> None:
+    from archs.mamba.chunked import default_block_len, resolve_form
+    x = torch.zeros(1)
+    assert resolve_form("auto", x) == "steps" and resolve_form("doubling", x) == "doubling"
+    assert default_block_len(1, 1536, 16, "doubling") == 512  # 2^24 state entries per block
+    assert default_block_len(1, 1536, 16) == 8  # ~1 MiB: cache-sized
+    with pytest.raises(ValueError, match=r"form must be one of \['auto', 'steps', 'doubling'\]"):
+        selective_scan_chunked(**make_inputs(seqlen=4, grad=False), form="parallel")
 
 
 def test_default_block_length_with_ragged_tail() -> None:
@@ -114,8 +138,10 @@ def test_state_update_steps_equal_scan() -> None:
 
 
 @pytest.mark.slow
-def test_long_sequence_large_dt_stays_finite() -> None:
-    """Paper A init (A = -(1..N)) with dt up to ~20 over 16K steps: no overflow or NaN."""
+@pytest.mark.parametrize("form", FORMS)
+def test_long_sequence_large_dt_stays_finite(form: str) -> None:
+    """Paper A init (A = -(1..N)) with dt up to ~20 over 16K steps: no overflow or NaN
+    (doubling: 4096-step blocks, so products of up to 4096 decays)."""
     seqlen, dim, d_state = 16384, 2, 16
     g = torch.Generator().manual_seed(0)
     A = -torch.arange(1, d_state + 1.0).repeat(dim, 1).requires_grad_()
@@ -123,7 +149,7 @@ def test_long_sequence_large_dt_stays_finite() -> None:
     u = torch.randn(1, dim, seqlen, generator=g).requires_grad_()
     B, C = (torch.randn(1, d_state, seqlen, generator=g).requires_grad_() for _ in range(2))
     out, last = selective_scan_chunked(u, delta, A, B, C, delta_softplus=True,
-                                       return_last_state=True)
+                                       return_last_state=True, form=form)
     grads = torch.autograd.grad(out.square().sum() + last.sum(), [u, delta, A, B, C])
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
     assert all(torch.isfinite(gr).all() for gr in grads)
