@@ -23,7 +23,8 @@ no-CUDA build (pure Python + Triton), so Mamba-2's fused path runs there with no
    summary.md puts beside each measured figure the one predicted for an H100 and an H200
    (harness/roofline.py; scripts/gpu_summary.py).
 3. DIR receives 4 files, refreshed after every step (so a killed run still returns what it
-   measured): results_<device>.tar.gz (``results/<device>/...``; extract it at the
+   measured): results_<device>.tar.gz (``results/<device>/check_<date>_<commit>/...``, the
+   rows and these files, one folder per check so none overwrites another; extract it at the
    repository root), summary.md, status.json, gpu_check.log. Scratch (installed wheels,
    Hydra folders, checkpoints) lives in a temp folder, never in DIR.
 """
@@ -59,7 +60,7 @@ class Step:
     name: str
     budget_s: float
     cmd: list[str] | None = None     # None: skipped (reason in note)
-    results: str | None = None       # sub-folder of results/<device>/ it writes
+    results: str | None = None       # sub-folder of results/<device>/<run folder>/ it writes
     note: str = ""                   # what it measures, or why it is skipped
     status: str = "pending"          # ok | failed | timeout | skipped
     seconds: float = 0.0
@@ -308,18 +309,29 @@ def count_rows(folder: Path) -> tuple[int, int]:
 
 # --- report (the tables: scripts/gpu_summary.py) ----------------------------------------------
 
-def pack(out: Path, steps: list[Step], res_root: Path, tag: str, meta: dict, log_path: Path) -> None:
-    res = res_root / "results" / tag
-    with tarfile.open(out / f".results_{tag}.tar.gz", "w:gz") as tar:
-        if res.is_dir():
-            tar.add(res, arcname=f"results/{tag}")
-    os.replace(out / f".results_{tag}.tar.gz", out / f"results_{tag}.tar.gz")
-    (out / "status.json").write_text(json.dumps({"meta": meta, "steps": [asdict(s) for s in steps]}, indent=1,
-                                                default=str))
-    (out / "summary.md").write_text(summary(steps, res, meta))
+def run_folder(meta: dict) -> str:
+    """check_<UTC date>_<commit>: each check's rows in a folder of their own, so extracting a
+    later check never overwrites an earlier one's rows of the same point key (the kernels'
+    keys name the implementation, not the code: "before" and "after" would collide)."""
+    commit = meta["git_commit"][:7] if re.fullmatch(r"[0-9a-f]{40}", meta["git_commit"]) else "nogit"
+    return f"check_{meta['started'][:10]}_{commit}"
+
+
+def pack(out: Path, steps: list[Step], res: Path, tag: str, meta: dict, log_path: Path) -> None:
+    """OUT's files, and a tarball of results/<tag>/<run folder>/ that holds the rows and the
+    same summary, status and log (extract it at the repository root)."""
     if log_path.stat().st_size > LOG_LIMIT:  # keep head and tail
         data = log_path.read_bytes()
         log_path.write_bytes(data[: LOG_LIMIT // 4] + b"\n[... log truncated ...]\n" + data[-LOG_LIMIT // 2:])
+    (out / "status.json").write_text(json.dumps({"meta": meta, "steps": [asdict(s) for s in steps]}, indent=1,
+                                                default=str))
+    (out / "summary.md").write_text(summary(steps, res, meta))
+    res.mkdir(parents=True, exist_ok=True)
+    for name in ("status.json", "summary.md", "gpu_check.log"):
+        shutil.copyfile(out / name, res / name)
+    with tarfile.open(out / f".results_{tag}.tar.gz", "w:gz") as tar:
+        tar.add(res, arcname=f"results/{tag}/{res.name}")
+    os.replace(out / f".results_{tag}.tar.gz", out / f"results_{tag}.tar.gz")
 
 
 def git_commit() -> str:
@@ -349,7 +361,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes; CUDA-only parts reported as skipped")
     p.add_argument("--wheelhouse", type=Path, default=ROOT / ".whl")
     p.add_argument("--results-root", type=Path, default=None,
-                   help="results/<device>/ goes under this folder (default: the scratch folder; the "
+                   help="results/<device>/<run folder>/ goes under this folder (default: the scratch folder; the "
                         "rows come back in results_<device>.tar.gz, to extract at the repository root)")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder (installed wheels, Hydra output), kept; default: a temp folder, removed")
@@ -380,15 +392,16 @@ def main(argv=None) -> int:
     # a fresh folder, never the tree's results/: committed rows of an earlier check would
     # otherwise be resumed (same keys) and this check would measure nothing new
     res_root = (args.results_root or work).resolve()
-    res = res_root / "results" / tag
     log_path = out / "gpu_check.log"
     log = log_path.open("a", buffering=1)
     import torch
-    meta = {"dry_run": args.dry_run, "device": device, "results": f"results/{tag}/",
+    meta = {"dry_run": args.dry_run, "device": device, "results": "",
             "torch": torch.__version__, "python": sys.version.split()[0],
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(),
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    meta["results"] = f"results/{tag}/{run_folder(meta)}/"
+    res = res_root / "results" / tag / run_folder(meta)
     if shutil.which("nvidia-smi") and not args.dry_run:
         run_logged(["nvidia-smi"], 30, log, os.environ.copy())
 
@@ -415,7 +428,7 @@ def main(argv=None) -> int:
     env = step_env(site, args.dry_run)
     # sm_90 only (H100/H200), forced source build, every core
     env_build = dict(env, TORCH_CUDA_ARCH_LIST="9.0", MAMBA_FORCE_BUILD="TRUE", MAX_JOBS=str(os.cpu_count() or 8))
-    pack(out, steps, res_root, tag, meta, log_path)
+    pack(out, steps, res, tag, meta, log_path)
 
     def on_term(signum, frame):  # the device limit: keep what was measured
         for proc in list(_CURRENT):
@@ -423,7 +436,7 @@ def main(argv=None) -> int:
         for s in steps:
             if s.status == "pending":
                 s.status, s.note = "skipped", f"gpu_check got signal {signum}; " + s.note
-        pack(out, steps, res_root, tag, meta, log_path)
+        pack(out, steps, res, tag, meta, log_path)
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_term)
 
@@ -450,9 +463,9 @@ def main(argv=None) -> int:
             step.rows, step.rows_ok = n - before[0], ok - before[1]
         print(f"[gpu_check] {step.name:18s} {step.status:8s} {step.seconds:6.1f} s  rows {step.rows} "
               f"({step.rows_ok} ok)  {step.note}", flush=True)
-        pack(out, steps, res_root, tag, meta, log_path)
+        pack(out, steps, res, tag, meta, log_path)
     meta["total_s"] = round(time.monotonic() - t_start, 1)
-    pack(out, steps, res_root, tag, meta, log_path)
+    pack(out, steps, res, tag, meta, log_path)
     log.close()
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)  # the results are in the tarball

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -81,8 +82,12 @@ def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
         names = tar.getnames()
         rows = [json.loads(tar.extractfile(m).read().splitlines()[0]) for m in tar.getmembers()
                 if m.name.endswith(".jsonl")]
-    for sub in ("kernels", "cost", "generation", "extrapolation/induction"):
-        assert any(n.startswith(f"results/dryrun_cpu/{sub}/") for n in names), sub
+    # one folder per check (date, commit), holding the rows and the check's own files
+    run = json.loads((out / "status.json").read_text())["meta"]["results"]
+    assert re.fullmatch(r"results/dryrun_cpu/check_\d{4}-\d\d-\d\d_([0-9a-f]{7}|nogit)/", run), run
+    for sub in ("kernels", "cost", "generation", "extrapolation/induction", "benchmarks/train_throughput"):
+        assert any(n.startswith(f"{run}{sub}/") for n in names), sub
+    assert {f"{run}{name}" for name in ("summary.md", "status.json", "gpu_check.log")} <= set(names)
     # Mamba-1 without mamba_ssm runs the CPU kernel (the chunked scan where none builds), and
     # every row says which
     want = "fused" if cpu_kernel_available() else "chunked"
