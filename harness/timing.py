@@ -47,6 +47,7 @@ class Deadline:
             raise ValueError(f"a time budget must be > 0 seconds, got {seconds}")
         self.seconds = float(seconds)
         self.start = time.perf_counter()
+        self._lent = 0  # > 0 while in force for an inner, looser budget (time_budget)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -60,8 +61,11 @@ class Deadline:
             raise PointTimeout(f"{where}: {self.elapsed():.1f} s elapsed of a {self.seconds:g} s budget")
 
     def credit(self, seconds: float) -> None:
-        """Give back ``seconds`` of spent budget (one-time compilation, see ``_warm_up``)."""
-        self.start += max(float(seconds), 0.0)
+        """Give back ``seconds`` of spent budget (one-time compilation, see ``_warm_up``) -
+        unless this budget is in force for an inner, looser one: a job-level limit does not
+        bend for one point's compilation."""
+        if not self._lent:
+            self.start += max(float(seconds), 0.0)
 
     def check_predicted(self, seconds_needed: float, what: str) -> None:
         """Raise PointTimeout now if ``what`` (expected to take ``seconds_needed``) would
@@ -90,13 +94,17 @@ def time_budget(seconds: float | None) -> Iterator[Deadline | None]:
         return
     deadline = Deadline(seconds)
     outer = current_deadline()
-    if outer is not None and outer.remaining() < deadline.remaining():
+    lent = outer is not None and outer.remaining() < deadline.remaining()
+    if lent:
         deadline = outer
+        outer._lent += 1
     token = _CURRENT_DEADLINE.set(deadline)
     try:
         yield deadline
     finally:
         _CURRENT_DEADLINE.reset(token)
+        if lent:
+            outer._lent -= 1
 
 
 def run_with_timeout(fn: Callable[[], object], seconds: float | None) -> object:

@@ -111,6 +111,12 @@ def test_compile_allowance_is_capped_and_slow_calls_still_time_out():
     with pytest.raises(PointTimeout, match="after warm-up call 2/3"):
         time_callable(fn, warmup=3, repeats=5, deadline=Deadline(0.2), compile_allowance_s=10.0)
     assert len(calls) == 2
+    # a tighter outer (job-level) budget in force for the point does not bend for it
+    fn, _ = _compiling(0.3, 0.002)
+    with time_budget(0.2) as outer:
+        with pytest.raises(PointTimeout):
+            run_with_timeout(lambda: time_callable(fn, warmup=2, repeats=3, compile_allowance_s=1.0), 100)
+        assert outer.remaining() < 0
     # one warm-up call cannot tell compiling from running: the allowance does not apply
     fn, _ = _compiling(0.3, 0.002)
     with pytest.raises(PointTimeout, match="after warm-up call 1/1"):
