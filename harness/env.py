@@ -145,5 +145,13 @@ def fp32_precision() -> dict[str, str | None]:
     H200, TF32 there put fused linear attention up to 0.24 off its fp32 form (outputs up to
     370), so a row says which one it ran."""
     cuda = torch.cuda.is_available()
-    return {"fp32_matmul": torch.get_float32_matmul_precision(),
-            "triton_fp32_dot": (os.environ.get("TRITON_F32_DEFAULT") or "tf32 (default)") if cuda else None}
+    try:
+        matmul = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the new per-backend API was used: the legacy getter refuses to answer
+        matmul = f"cuda matmul: {torch.backends.cuda.matmul.fp32_precision}"
+    dot = None
+    if cuda:
+        dot = os.environ.get("TRITON_F32_DEFAULT") or "tf32 (default)"
+        if not torch.version.hip and torch.cuda.get_device_capability()[0] < 8:
+            dot = "ieee (no TF32 before Ampere)"
+    return {"fp32_matmul": matmul, "triton_fp32_dot": dot}

@@ -62,7 +62,22 @@ def test_rows_say_what_float32_means_for_matrix_products(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert environment()["triton_fp32_dot"] is None  # no NVIDIA GPU: no TF32 question
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.delenv("TRITON_F32_DEFAULT", raising=False)
     assert environment()["triton_fp32_dot"] == "tf32 (default)"
     monkeypatch.setenv("TRITON_F32_DEFAULT", "ieee")
     assert environment()["triton_fp32_dot"] == "ieee"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    assert environment()["triton_fp32_dot"].startswith("ieee")  # a T4 has no TF32
+
+
+def test_precision_read_after_the_new_per_backend_api_was_used():
+    """torch's legacy getter raises once the new API set a precision: a row must still be
+    written (every row, failure rows included, records the environment)."""
+    import subprocess
+    code = ("import torch; torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+            "from harness.env import environment; print(environment()['fp32_matmul'])")
+    from tests.paths import ROOT
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cuda matmul: tf32"
