@@ -152,7 +152,9 @@ def selective_scan_chunked_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
     if seqlen == 0:
         raise ValueError("the selective scan needs seqlen >= 1")
     form = resolve_form(form, u)
-    block = block_len or default_block_len(batch, dim, d_state, form)
+    # no longer than the sequence (rounded up to a power of two): every work buffer is
+    # (block, B, N, D), so a 4096-step GPU block on 256 tokens would be 16x the memory
+    block = block_len or min(default_block_len(batch, dim, d_state, form), 1 << (seqlen - 1).bit_length())
     if block < 1:
         raise ValueError(f"block_len must be >= 1, got {block_len}")
     if initial_state is None:

@@ -199,9 +199,10 @@ def test_chunked_scan_on_the_gpu_matches_the_reference() -> None:
     inputs = make_inputs(batch=2, dim=64, d_state=16, seqlen=300)
     ref = run_with_grads(selective_scan_ref, inputs, True)
     cuda = {k: v.detach().cuda().requires_grad_() for k, v in inputs.items()}
-    new = run_with_grads(selective_scan_chunked, cuda, True)
-    torch.testing.assert_close(new[0].cpu(), ref[0], atol=1e-4, rtol=1e-3)
-    torch.testing.assert_close(new[1].cpu(), ref[1], atol=1e-4, rtol=1e-3)
-    for name in inputs:
-        torch.testing.assert_close(new[2][name].cpu(), ref[2][name], atol=1e-4, rtol=1e-3,
-                                   msg=lambda m, name=name: f"grad of {name}: {m}")
+    for block_len in (None, 64):  # one block (the default here), then 5 with carries between
+        new = run_with_grads(selective_scan_chunked, cuda, True, block_len=block_len)
+        torch.testing.assert_close(new[0].cpu(), ref[0], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(new[1].cpu(), ref[1], atol=1e-4, rtol=1e-3)
+        for name in inputs:
+            torch.testing.assert_close(new[2][name].cpu(), ref[2][name], atol=1e-4, rtol=1e-3,
+                                       msg=lambda m, name=name, b=block_len: f"grad of {name}, block {b}: {m}")
