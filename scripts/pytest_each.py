@@ -7,8 +7,8 @@ For the GPU tests of a bare machine (scripts/gpu_check.py): Triton compiles fla'
 mamba_ssm's kernels on first use, about a minute per test on an H200's host, and one process
 compiles them one after another. Measured there (2026-12-04): one process per test, 98 s for
 all of them; pytest-xdist with 16 workers, unfinished after 148 s - its load scheduling hands
-some workers two compiling tests in a row. Each test's output is printed whole, in order;
-the exit status is 1 if any test failed or errored, else 0.
+some workers two compiling tests in a row. Each test's output is printed whole as it ends;
+the exit status is 1 if any test failed or errored, or if none was selected, else 0.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"-j must be >= 1, got {args.jobs}")
     os.chdir(ROOT)
     nodes = collect(args.markexpr, args.paths)
+    if not nodes:
+        print(f"no tests selected by -m {args.markexpr!r} in {args.paths}", flush=True)
+        return 1
     print(f"{len(nodes)} tests, {args.jobs} at a time", flush=True)
     failed = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        for node, rc, seconds, output in pool.map(lambda n: run_one(n, args.markexpr), nodes):
+        # each test's output as soon as it ends: a run stopped by its time budget keeps the
+        # verdicts of the tests that finished
+        for done in as_completed([pool.submit(run_one, n, args.markexpr) for n in nodes]):
+            node, rc, seconds, output = done.result()
             verdict = "ok" if rc in (PASSED, NOTHING) else f"FAILED (exit {rc})"
             print(f"===== {node}: {verdict}, {seconds:.1f} s\n{output.rstrip()}\n", flush=True)
             if rc not in (PASSED, NOTHING):

@@ -123,14 +123,21 @@ def test_fused_kernels_at_tf32_within_its_rounding(tmp_path):
     procs = {g: subprocess.Popen([sys.executable, __file__, g], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for g in GROUPS}
     errors = {}
-    for group, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"{group}: {stderr[-4000:]}"
-        errors.update(json.loads(stdout.strip().splitlines()[-1]))
+    try:
+        for group, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"{group}: {stderr[-4000:]}"
+            errors.update(json.loads(stdout.strip().splitlines()[-1]))
+    finally:  # one failing group must not leave the others compiling
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
     print("relative RMS error at TF32:", errors)
     over = {name: e for name, e in errors.items() if not e <= TF32_REL_RMS}
     assert not over, f"over the TF32 bound {TF32_REL_RMS}: {over}"
-    assert max(errors.values()) > IEEE_REL_RMS, f"no TF32 rounding seen - was the knob honoured? {errors}"
+    for family in ("linear_attention", "ssd"):  # each library's kernels must show TF32 rounding
+        worst = max(e for name, e in errors.items() if name.startswith(family))
+        assert worst > IEEE_REL_RMS, f"{family}: no TF32 rounding seen - was the knob honoured? {errors}"
 
 
 if __name__ == "__main__":  # [GROUP ...]: prints {case: relative RMS error} as JSON
