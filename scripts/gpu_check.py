@@ -23,7 +23,7 @@ no-CUDA build (pure Python + Triton), so Mamba-2's fused path runs there with no
    summary.md puts beside each measured figure the one predicted for an H100 and an H200
    (harness/roofline.py; scripts/gpu_summary.py).
 3. DIR receives 4 files, refreshed after every step (so a killed run still returns what it
-   measured): results_<device>.tar.gz (``results/<device>/check_<date>_<commit>/...``, the
+   measured): results_<device>.tar.gz (``results/<device>/check_<date>T<time>_<commit>/...``, the
    rows and these files, one folder per check so none overwrites another; extract it at the
    repository root), summary.md, status.json, gpu_check.log. Scratch (installed wheels,
    Hydra folders, checkpoints) lives in a temp folder, never in DIR.
@@ -310,11 +310,13 @@ def count_rows(folder: Path) -> tuple[int, int]:
 # --- report (the tables: scripts/gpu_summary.py) ----------------------------------------------
 
 def run_folder(meta: dict) -> str:
-    """check_<UTC date>_<commit>: each check's rows in a folder of their own, so extracting a
-    later check never overwrites an earlier one's rows of the same point key (the kernels'
-    keys name the implementation, not the code: "before" and "after" would collide)."""
+    """check_<UTC date>T<time>_<commit>: each check's rows in a folder of their own, so
+    extracting a later check (a rerun the same day, at the same commit, too) never overwrites
+    an earlier one's rows of the same point key (the kernels' keys name the implementation,
+    not the code: "before" and "after" would collide)."""
     commit = meta["git_commit"][:7] if re.fullmatch(r"[0-9a-f]{40}", meta["git_commit"]) else "nogit"
-    return f"check_{meta['started'][:10]}_{commit}"
+    started = meta["started"]  # ISO, UTC: 2026-12-04T12:03:17+00:00
+    return f"check_{started[:10]}T{started[11:19].replace(':', '')}_{commit}"
 
 
 def pack(out: Path, steps: list[Step], res: Path, tag: str, meta: dict, log_path: Path) -> None:
