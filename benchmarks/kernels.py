@@ -138,6 +138,7 @@ class Bench:
 
     def scan_vs_attention(self) -> None:
         from archs.mamba import mamba_ssm_available, selective_scan_chunked
+        from archs.mamba.chunked import resolve_form
         from archs.mamba.fused import selective_scan_fused as selective_scan_fast
         a = self.args
         d_inner, n = a.hidden, a.d_state
@@ -158,10 +159,15 @@ class Bench:
                     B, C = _inputs((1, n, L), 2, self.device, self.dtype, True)
                     A = -torch.rand(d_inner, n, device=self.device).requires_grad_()
                     return _workload(lambda *_: scan_fn(u, delta, A, B, C, delta_softplus=True), [u], True)
+                # the chunked scan's form (steps / doubling) is in the row and its key: the
+                # same name measured one form on a GPU before 2026-12-04 and another since
+                form = ({"scan_form": "steps" if scan_impl == "chunked_scan_steps"
+                         else resolve_form("auto", torch.empty(0, device=self.device))}
+                        if scan_impl.startswith("chunked_scan") else {})
                 # per token and channel: ~7 FLOPs per state entry, x3 for forward + backward
                 self.point(scan_impl, "scan_vs_attention_fwd_bwd", seq_len, 1,
                            roofline.scan_work(1, seq_len, d_inner, n, True).flops, scan_work,
-                           d_inner=d_inner, d_state=n)
+                           d_inner=d_inner, d_state=n, **form)
             if a.impls and "sdpa_attention" not in a.impls:
                 continue
             attn_work = lambda L=seq_len: _workload(lambda q, k, v: attention_sdpa(q, k, v),  # noqa: E731

@@ -26,6 +26,8 @@ def test_kernel_suites_write_rows_and_report(tmp_path, suite):
         assert set(df["batch"]) == {512 // 32, 512 // 64}  # batch x length held constant
     else:
         assert set(df["arch"]) == {"chunked_scan", "sdpa_attention"}
+        # the chunked scan's rows say which form ran (the CPU's: one op per step)
+        assert set(df.loc[df["arch"] == "chunked_scan", "scan_form"]) == {"steps"}
     assert (tmp_path / "report.md").read_text().startswith("# Kernel benchmarks")
     assert list(tmp_path.glob("*.png"))
     before = sorted(p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl"))
