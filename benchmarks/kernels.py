@@ -162,7 +162,7 @@ class Bench:
                 # the chunked scan's form (steps / doubling) is in the row and its key: the
                 # same name measured one form on a GPU before 2026-12-04 and another since
                 form = ({"scan_form": "steps" if scan_impl == "chunked_scan_steps"
-                         else resolve_form("auto", torch.empty(0, device=self.device))}
+                         else resolve_form("auto", self.device)}
                         if scan_impl.startswith("chunked_scan") else {})
                 # per token and channel: ~7 FLOPs per state entry, x3 for forward + backward
                 self.point(scan_impl, "scan_vs_attention_fwd_bwd", seq_len, 1,

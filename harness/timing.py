@@ -16,8 +16,8 @@ Memory peaks and FLOP counts live in ``harness.counters``, datasheet peaks in
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import contextvars
+import dataclasses
 import gc
 import re
 import resource
@@ -148,12 +148,11 @@ class Timing:
     first_call_ms: float | None = None  # the first warm-up call: JIT compilation + autotuning + one call
 
     @classmethod
-    def from_times(cls, times_ms: list[float], number_per_run: int, method: str,
-                   first_call_ms: float | None = None) -> "Timing":
+    def from_times(cls, times_ms: list[float], number_per_run: int, method: str) -> "Timing":
         t = np.asarray(times_ms, dtype=float)
         p10, p25, p50, p75, p90 = np.percentile(t, [10, 25, 50, 75, 90])
         return cls(float(p50), float(p10), float(p90), float(p75 - p25), float(t.mean()),
-                   len(t), number_per_run, method, tuple(float(x) for x in t), first_call_ms)
+                   len(t), number_per_run, method, tuple(float(x) for x in t))
 
     def as_row(self) -> dict[str, object]:
         """The result-row columns (harness.results schema) this timing fills."""

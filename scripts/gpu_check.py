@@ -397,13 +397,13 @@ def main(argv=None) -> int:
     log_path = out / "gpu_check.log"
     log = log_path.open("a", buffering=1)
     import torch
-    meta = {"dry_run": args.dry_run, "device": device, "results": "",
+    meta = {"dry_run": args.dry_run, "device": device,
             "torch": torch.__version__, "python": sys.version.split()[0],
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(),
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    meta["results"] = f"results/{tag}/{run_folder(meta)}/"
     res = res_root / "results" / tag / run_folder(meta)
+    meta["results"] = f"results/{tag}/{res.name}/"
     if shutil.which("nvidia-smi") and not args.dry_run:
         run_logged(["nvidia-smi"], 30, log, os.environ.copy())
 

@@ -64,12 +64,12 @@ def default_block_len(batch: int, dim: int, d_state: int, form: str = "steps") -
     return max(low, min(high, block))
 
 
-def resolve_form(form: str, x: Tensor) -> str:
+def resolve_form(form: str, device: torch.device) -> str:
     """"auto": doubling on a GPU (launch-bound there), steps elsewhere (chunked_blocks)."""
     if form not in FORMS:
         raise ValueError(f"the chunked scan's form must be one of {list(FORMS)}, got {form!r}")
     if form == "auto":
-        return "doubling" if x.is_cuda else "steps"
+        return "doubling" if torch.device(device).type == "cuda" else "steps"
     return form
 
 
@@ -151,7 +151,7 @@ def selective_scan_chunked_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
     d_state = A.shape[1]
     if seqlen == 0:
         raise ValueError("the selective scan needs seqlen >= 1")
-    form = resolve_form(form, u)
+    form = resolve_form(form, u.device)
     # no longer than the sequence (rounded up to a power of two): every work buffer is
     # (block, B, N, D), so a 4096-step GPU block on 256 tokens would be 16x the memory
     block = block_len or min(default_block_len(batch, dim, d_state, form), 1 << (seqlen - 1).bit_length())

@@ -31,7 +31,7 @@ from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
 from archs.backends import VOCABULARY, BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
 from archs.blocks import low_rank_linear, sample_dt_bias
 from archs.mamba import fused, fused_cpu
-from archs.mamba.chunked import default_block_len, selective_scan_chunked_bld
+from archs.mamba.chunked import default_block_len, resolve_form, selective_scan_chunked_bld
 from archs.mamba.ref import selective_scan_ref, selective_state_update_ref
 from archs.mixer import Mixer
 from archs.precision import up
@@ -118,7 +118,7 @@ class MambaMixer(Mixer):
 
     def tiles(self) -> dict[str, int]:
         c = self.config  # block_len=None: chosen from shapes (here for batch 1) and the device
-        form = "doubling" if self.param_device.type == "cuda" else "steps"
+        form = resolve_form("auto", self.param_device)
         return {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state, form), "conv": c.d_conv}
 
     def _backend_for(self, x: Tensor) -> str:

@@ -67,7 +67,7 @@ def test_ref_and_chunked_backends_agree_with_gradients(form: str, monkeypatch) -
     """"doubling": the chunked scan's GPU form, forced on the CPU, through the whole layer."""
     if form == "doubling":
         from archs.mamba import chunked as chunked_mod
-        monkeypatch.setattr(chunked_mod, "resolve_form", lambda f, x: "doubling")
+        monkeypatch.setattr(chunked_mod, "resolve_form", lambda form, device: "doubling")
     ref, chunked = tiny_mixer("ref"), tiny_mixer("chunked")
     chunked.load_state_dict(ref.state_dict())
     x = torch.randn(2, 11, 16)

@@ -85,8 +85,9 @@ def test_doubling_blocks_of_any_length(block_len: int) -> None:
 
 def test_forms_resolve_by_device_and_bad_form_names_the_choices() -> None:
     from archs.mamba.chunked import default_block_len, resolve_form
-    x = torch.zeros(1)
-    assert resolve_form("auto", x) == "steps" and resolve_form("doubling", x) == "doubling"
+    cpu = torch.device("cpu")
+    assert resolve_form("auto", cpu) == "steps" and resolve_form("doubling", cpu) == "doubling"
+    assert resolve_form("auto", torch.device("cuda")) == "doubling"  # (no GPU needed to decide)
     assert default_block_len(1, 1536, 16, "doubling") == 512  # 2^24 state entries per block
     assert default_block_len(1, 1536, 16) == 8  # ~1 MiB: cache-sized
     with pytest.raises(ValueError, match=r"form must be one of \['auto', 'steps', 'doubling'\]"):
