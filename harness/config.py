@@ -21,6 +21,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from archs.attention.fused import SDPA_CUDNN_CHOICES
 from harness.claims import DEFAULT_STALE_S
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,6 +79,9 @@ class TrainConfig:
     target_loss: float | None = None   # stop once the mean training loss of the last
                                        # LOSS_WINDOW steps falls below this (e.g. the step a
                                        # model leaves a plateau); None = never
+    sdpa_cudnn: str = "auto"           # auto | on | off: may SDPA use cuDNN attention on a GPU?
+                                       # auto = off with mixed_length (cuDNN builds a plan per
+                                       # new shape; archs.attention.fused.sdpa_cudnn_allowed)
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "seq_len"):
@@ -105,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"train.threads must be >= 1 or null (torch's default), got {self.threads}")
         if self.target_loss is not None and not self.target_loss > 0:
             raise ValueError(f"train.target_loss must be > 0 or null, got {self.target_loss}")
+        if self.sdpa_cudnn not in SDPA_CUDNN_CHOICES:
+            raise ValueError(f"train.sdpa_cudnn must be one of {SDPA_CUDNN_CHOICES}, got {self.sdpa_cudnn!r}")
         if self.snapshot_every_s < 0:
             raise ValueError(f"train.snapshot_every_s must be >= 0 (0: only on a stop signal), "
                              f"got {self.snapshot_every_s}")
@@ -195,6 +201,12 @@ class EvalConfig:
                                                # holds it; shortest: only at the shortest one (with
                                                # d = 2^k - 1, the trigger at the start of a 2^k-token
                                                # sequence: the Mamba paper's reproduction's evaluation)
+    sdpa_cudnn: str = "auto"                   # auto | on | off: cuDNN attention on a GPU; auto = off
+                                               # (every length is a new shape, a new cuDNN plan)
+
+    def __post_init__(self) -> None:
+        if self.sdpa_cudnn not in SDPA_CUDNN_CHOICES:
+            raise ValueError(f"eval.sdpa_cudnn must be one of {SDPA_CUDNN_CHOICES}, got {self.sdpa_cudnn!r}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from archs import SequenceTooLongError
+from archs.attention.fused import sdpa_cudnn_allowed, sdpa_cudnn_context
 from harness.atomic import DiskFullError
 from harness.build import build
 from harness.checks import (absolute_dir, building_under_cap, check_writable_dir, validate_eval, validate_figures,
@@ -155,6 +156,8 @@ class Experiment(TrainingRun):
             train_status=trained.status, train_steps=trained.steps_done, train_loss=trained.final_loss,
             train_tokens=trained.tokens_seen, train_wall_s=trained.wall_s, early_stopped=trained.early_stopped,
             train_stop_reason=trained.stop_reason,
+            # may SDPA pick cuDNN attention (None: not on CUDA) - archs.attention.fused.sdpa_cudnn_allowed
+            train_sdpa_cudnn=trained.sdpa_cudnn, eval_sdpa_cudnn=self.eval_sdpa_cudnn(),
             # the target early stopping aimed at (None: no target checked), so a report can say
             # that a model trained to the end never reached it (harness.report.series.training_flags)
             train_target_acc=t.target_acc if t.eval_every else None,
@@ -169,6 +172,17 @@ class Experiment(TrainingRun):
     def _eval_batch(self, eval_len: int) -> int:
         return max(1, min(self.cfg.eval.n_sequences, self.cfg.eval.batch_tokens // eval_len))
 
+    def eval_sdpa_cudnn(self) -> bool | None:
+        # the sweep meets each length once: a new shape, for cuDNN attention a new plan
+        return sdpa_cudnn_allowed(self.cfg.eval.sdpa_cudnn, self.device, shapes_vary=True)
+
+    def _evaluate(self, eval_len: int, distance: int | None, batch: int, micro: int, gen) -> dict:
+        e = self.cfg.eval
+        with sdpa_cudnn_context(self.eval_sdpa_cudnn()):
+            return evaluate(self.model, self.eval_task(distance), eval_len, n_sequences=e.n_sequences,
+                            batch_size=batch, micro_batch=micro, generator=gen, chunk_len=e.chunk_len,
+                            amp=self.amp, device=self.device)
+
     def evaluate_at(self, eval_len: int, distance: int | None, trained: TrainResult) -> dict:
         """One point's row. An OOM halves the batch the model sees and retries (the
         sequences drawn stay the same, so do the metrics); at 1 it is an ``oom`` row."""
@@ -178,10 +192,8 @@ class Experiment(TrainingRun):
             start = time.perf_counter()
             gen = torch.Generator().manual_seed(e.seed)
             try:
-                metrics = run_with_timeout(lambda: evaluate(
-                    self.model, self.eval_task(distance), eval_len, n_sequences=e.n_sequences, batch_size=batch,
-                    micro_batch=micro, generator=gen, chunk_len=e.chunk_len, amp=self.amp,
-                    device=self.device), e.time_budget_s)
+                metrics = run_with_timeout(lambda: self._evaluate(eval_len, distance, batch, micro, gen),
+                                           e.time_budget_s)
                 elapsed_ms = 1e3 * (time.perf_counter() - start)
                 if "loss" in metrics and not math.isfinite(metrics["loss"]):
                     # non-finite logits: the weights are broken, not the model bad at this length

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from archs.attention.fused import sdpa_cudnn_allowed, sdpa_cudnn_context
 from archs.counting import trains_by_counting
 from harness.allocator import keep_freed_memory, release_freed_memory
 from harness.config import TrainConfig
@@ -33,11 +34,12 @@ log = logging.getLogger(__name__)
 
 # TrainConfig fields added after results were committed: left out of a run's identity
 # (checkpoint and result keys) while at these defaults, so earlier keys stay valid.
-# `threads` and `snapshot_every_s` never shape the weights and are always left out.
+# `threads`, `snapshot_every_s` and `sdpa_cudnn` (which SDPA kernel runs: speed, and the
+# last bits of a GPU run that is not bitwise anyway) never shape the weights: always left out.
 _LATER_FIELDS = {"optimizer": "adamw", "initial_state": "zero", "initial_state_scale": 1.0,
                  "target_loss": None}
 LOSS_WINDOW = 100  # steps averaged for train.target_loss (one batch of 8 is noisy)
-_NOT_IDENTITY = ("threads", "snapshot_every_s")
+_NOT_IDENTITY = ("threads", "snapshot_every_s", "sdpa_cudnn")
 
 
 def identity_settings(settings: dict) -> dict:
@@ -71,6 +73,7 @@ class TrainResult:
     wall_s: float = 0.0
     early_stopped: bool = False
     stop_reason: str = ""              # "" (all steps) | "target accuracy" | "time budget"
+    sdpa_cudnn: bool | None = None     # whether SDPA could pick cuDNN attention (None: not CUDA)
     history: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -275,14 +278,16 @@ def train(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.de
     bar = tqdm(range(run.start_step, cfg.steps), initial=run.start_step, total=cfg.steps,
                desc=f"train {getattr(model, 'arch_name', '')}", disable=not progress,
                dynamic_ncols=True, leave=False)
+    result.sdpa_cudnn = sdpa_cudnn_allowed(cfg.sdpa_cudnn, device, shapes_vary=cfg.mixed_length)
     try:
-        for step in bar:
-            # a stop signal waits for the end of the step: snapshots sit at step boundaries
-            with hold_stop_signals():
-                stop = _train_step(step, run, task, cfg, device, amp, bar)
-            if stop:
-                break
-            run.maybe_snapshot(cfg.snapshot_every_s)
+        with sdpa_cudnn_context(result.sdpa_cudnn):
+            for step in bar:
+                # a stop signal waits for the end of the step: snapshots sit at step boundaries
+                with hold_stop_signals():
+                    stop = _train_step(step, run, task, cfg, device, amp, bar)
+                if stop:
+                    break
+                run.maybe_snapshot(cfg.snapshot_every_s)
     except BaseException as exc:
         if not isinstance(exc, Exception):  # a stop signal or Ctrl-C: keep the progress
             run.snapshot()

@@ -99,7 +99,7 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
                                 "bench.min_repeats=3", "bench.min_run_time=0.2", "bench.time_budget_s=30",
                                 f"results_dir={res / 'cost'}", *hydra("cost")], results="cost",
              note="125M models: linear attention via fla's Triton kernels (backend=auto), Mamba-2, Mamba, attention"),
-        Step("generation", 70, [py, "-m", "harness.cost", "experiment=generation_gpu",
+        Step("generation", 35, [py, "-m", "harness.cost", "experiment=generation_gpu",
                                 "arch=transformer,mamba2,mamba,jamba", "bench.batch=1,64",
                                 "bench.time_budget_s=40", f"results_dir={res / 'generation'}",
                                 *hydra("generation")], results="generation",
@@ -112,6 +112,16 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
                                f"results_dir={res / 'extrapolation' / 'induction'}", *hydra("induction")],
              results="extrapolation/induction",
              note="train at 256 (20 s per model), evaluate 256 .. 1M tokens while the budget lasts"),
+        # the control: + RoPE with cuDNN attention allowed while the training lengths vary (12
+        # steps/s against ALiBi's 125 in the first H200 run: a cuDNN plan per new length)
+        Step("induction_cudnn_on", 35, [py, "-m", "harness.extrapolate", "experiment=induction_extrapolation",
+                                        "arch=induction/transformer_rope", "train.sdpa_cudnn=on", "eval.sdpa_cudnn=on",
+                                        "train.time_budget_s=20", "eval.time_budget_s=10",
+                                        "eval.seq_lens=[256,1024,4096,16384]", "checkpoint_dir=null",
+                                        f"results_dir={res / 'extrapolation' / 'induction_cudnn_on'}",
+                                        *hydra("induction_cudnn_on")],
+             results="extrapolation/induction_cudnn_on",
+             note="control: Transformer + RoPE with cuDNN attention allowed at varying shapes (sdpa_cudnn=on)"),
         # the training loop of the small presets on the GPU: steps/s per arch, the machine's
         # fp32 matmul peak beside it, and a device-time profile of the Transformer + RoPE step
         # (it trained ~10x slower per step than + ALiBi in the first H200 run)
@@ -166,6 +176,15 @@ def dry_plan(py: str, res: Path, work: Path, args) -> list[Step]:
                                "model.d_model=32", "model.d_model_by_arch={mamba: 16}",
                                f"results_dir={res / 'extrapolation' / 'induction'}", *hydra("induction")],
              results="extrapolation/induction", note="4 training steps, lengths 32 and 64"),
+        Step("induction_cudnn_on", 30, [py, "-m", "harness.extrapolate", "experiment=induction_extrapolation",
+                                        "arch=induction/transformer_rope", "train.sdpa_cudnn=on", "eval.sdpa_cudnn=on",
+                                        "train.steps=4", "train.batch_size=4", "train.seq_len=32",
+                                        "train.warmup_steps=1", "train.eval_every=0", "train.target_acc=null",
+                                        "eval.seq_lens=[32]", "eval.n_sequences=4", "checkpoint_dir=null",
+                                        "model.d_model=32",
+                                        f"results_dir={res / 'extrapolation' / 'induction_cudnn_on'}",
+                                        *hydra("induction_cudnn_on")],
+             results="extrapolation/induction_cudnn_on", note="no cuDNN on a CPU: sdpa_cudnn=on changes nothing here"),
         Step("train_throughput", 60, [py, "benchmarks/train_throughput.py", "--presets", "demo",
                                       "--archs", "mamba", "transformer", "--min-time", "0.05", "--repeats", "1",
                                       "--device", "cpu", "--profile", "transformer",

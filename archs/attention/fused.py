@@ -19,6 +19,7 @@ from archs.attention.ref import causal_mask
 from archs.backends import BackendUnavailableError, available, require
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
+SDPA_CUDNN_CHOICES = ("auto", "on", "off")
 
 
 def sdpa_context(kernel: str | None):
@@ -31,6 +32,36 @@ def sdpa_context(kernel: str | None):
     if kernel not in table:
         raise ValueError(f"unknown sdpa_backend {kernel!r}; choose one of {list(SDPA_KERNELS)} or None")
     return sdpa_kernel([table[kernel]])
+
+
+def sdpa_cudnn_allowed(choice: str, device, shapes_vary: bool) -> bool | None:
+    """Whether SDPA may pick its cuDNN kernel (None: not a CUDA device, no cuDNN to pick).
+
+    ``auto`` keeps cuDNN out where the shapes vary from call to call (mixed-length training,
+    an evaluation sweep over lengths): torch >= 2.9 prefers cuDNN attention on sm90/sm100
+    (cuDNN >= 9.15), and cuDNN builds an execution plan for each new shape, ~55-70 ms and up
+    to ~1 s when a new kernel variant compiles (flashinfer-ai/flashinfer#5245). Mixed-length
+    training meets a new length most steps until it has seen them all: on an H200 the
+    induction Transformer + RoPE trained 12 steps/s against ALiBi's 125 (ALiBi's float bias
+    sends SDPA to the memory-efficient kernel). Flash and memory-efficient attention have
+    no per-shape cost; fixed-shape loops (the cost sweeps) keep torch's choice."""
+    if choice not in SDPA_CUDNN_CHOICES:
+        raise ValueError(f"unknown sdpa_cudnn {choice!r}; choose one of {list(SDPA_CUDNN_CHOICES)} "
+                         f"(auto: off where shapes vary)")
+    if torch.device(device).type != "cuda":
+        return None
+    return choice == "on" or (choice == "auto" and not shapes_vary)
+
+
+def sdpa_cudnn_context(allowed: bool | None):
+    """SDPA without its cuDNN kernel inside (``allowed`` False), torch's own choice otherwise.
+    A kernel forced inside (``sdpa_backend``, ``sdpa_context``) still runs: the inner context
+    sets the kernels it names."""
+    if allowed is None or allowed:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def cpu_kernel_takes(q: torch.Tensor, k: torch.Tensor, *, bias=None, mask=None, kernel=None,
