@@ -334,6 +334,8 @@ def run_folder(meta: dict) -> str:
     an earlier one's rows of the same point key (the kernels' keys name the implementation,
     not the code: "before" and "after" would collide)."""
     commit = meta["git_commit"][:7] if re.fullmatch(r"[0-9a-f]{40}", meta["git_commit"]) else "nogit"
+    if meta.get("git_modified"):  # the code measured is not that commit's (see git_modified)
+        commit += "_modified"
     started = meta["started"]  # ISO, UTC: 2026-12-04T12:03:17+00:00
     return f"check_{started[:10]}T{started[11:19].replace(':', '')}_{commit}"
 
@@ -353,6 +355,18 @@ def pack(out: Path, steps: list[Step], res: Path, tag: str, meta: dict, log_path
     with tarfile.open(out / f".results_{tag}.tar.gz", "w:gz") as tar:
         tar.add(res, arcname=f"results/{tag}/{res.name}")
     os.replace(out / f".results_{tag}.tar.gz", out / f"results_{tag}.tar.gz")
+
+
+def git_modified() -> list[str] | None:
+    """Tracked files that differ from the commit (None: no git). The GPU machine runs a copy
+    of the working tree whose .git can lag behind it: on 2026-12-04 the rows of a9d667a's
+    tree said 6faff60, the commit of an earlier copy's .git, with git_dirty true."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line[3:] for line in out.stdout.splitlines()] if out.returncode == 0 else None
 
 
 def git_commit() -> str:
@@ -419,7 +433,7 @@ def main(argv=None) -> int:
     meta = {"dry_run": args.dry_run, "device": device,
             "torch": torch.__version__, "python": sys.version.split()[0],
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
+            "git_commit": git_commit(), "git_modified": git_modified(),
             "command": " ".join([Path(sys.executable).name, *sys.argv])}
     res = res_root / "results" / tag / run_folder(meta)
     meta["results"] = f"results/{tag}/{res.name}/"

@@ -150,3 +150,13 @@ def test_pytest_each_runs_every_test_alone_and_reports_failures(tmp_path):
     assert "test_some.py::test_b: FAILED" in done.stdout
     pids = (tmp_path / "pids").read_text().split()
     assert len(pids) == 3 and len(set(pids)) == 3  # three tests, three processes, none unselected
+
+
+def test_run_folder_says_when_the_code_is_not_its_commits():
+    meta = {"git_commit": "a9d667a" + "0" * 33, "started": "2026-12-04T14:39:44+00:00", "git_modified": []}
+    assert gpu_check.run_folder(meta) == "check_2026-12-04T143944_a9d667a"
+    meta["git_modified"] = ["harness/train.py"]
+    assert gpu_check.run_folder(meta) == "check_2026-12-04T143944_a9d667a_modified"
+    assert gpu_check.run_folder({**meta, "git_commit": "unknown (no git repository)"}) == \
+        "check_2026-12-04T143944_nogit_modified"
+    assert isinstance(gpu_check.git_modified(), list)  # this checkout has git
