@@ -123,10 +123,11 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
              results="extrapolation/induction_cudnn_on",
              note="control: Transformer + RoPE with cuDNN attention allowed at varying shapes (sdpa_cudnn=on)"),
         # the training loop of the small presets on the GPU: steps/s per arch, the machine's
-        # fp32 matmul peak beside it, and a device-time profile of the Transformer + RoPE step
-        # (it trained ~10x slower per step than + ALiBi in the first H200 run)
+        # fp32 matmul peak beside it, and a device-time profile of the Transformer step. Archs
+        # without Triton kernels first: in the second H200 run Mamba-2's cold Triton compile
+        # took the rest of the budget after Mamba, and nothing after it was measured
         Step("train_throughput", 60, [py, "benchmarks/train_throughput.py", "--presets", "induction_paper",
-                                      "--archs", "mamba", "mamba2", "transformer", "linear_attention", "lstm",
+                                      "--archs", "transformer", "lstm", "mamba", "mamba2", "linear_attention",
                                       "jamba", "--min-time", "1.5", "--repeats", "2", "--device", "cuda",
                                       "--profile", "transformer", "--out", str(res / "benchmarks" / "train_throughput")],
              results="benchmarks/train_throughput",
