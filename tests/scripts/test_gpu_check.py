@@ -84,7 +84,7 @@ def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
                 if m.name.endswith(".jsonl")]
     # one folder per check (date, commit), holding the rows and the check's own files
     run = json.loads((out / "status.json").read_text())["meta"]["results"]
-    assert re.fullmatch(r"results/dryrun_cpu/check_\d{4}-\d\d-\d\dT\d{6}_([0-9a-f]{7}|nogit)/", run), run
+    assert re.fullmatch(r"results/dryrun_cpu/check_\d{4}-\d\d-\d\dT\d{6}_([0-9a-f]{7}|nogit)(_modified)?/", run), run
     for sub in ("kernels", "cost", "generation", "extrapolation/induction", "benchmarks/train_throughput"):
         assert any(n.startswith(f"{run}{sub}/") for n in names), sub
     assert {f"{run}{name}" for name in ("summary.md", "status.json", "gpu_check.log")} <= set(names)
