@@ -149,7 +149,8 @@ class Bench:
             # one-op-per-step form, the GPU's form before 2026-12-04, for comparison
             scans = {"mamba_ssm_scan": selective_scan_fast, "chunked_scan": selective_scan_chunked,
                      "chunked_scan_steps": functools.partial(selective_scan_chunked, form="steps"),
-                     "chunked_scan_compiled": torch.compile(selective_scan_chunked, dynamic=False)}
+                     "chunked_scan_compiled": torch.compile(selective_scan_chunked, dynamic=False),
+                     "triton_scan": _triton_scan}  # archbench's Triton kernels (fused_impl=triton)
             scans = {k: f for k, f in scans.items() if k in a.impls}
         heads = a.hidden // 64
         for seq_len in a.seq_lens:
@@ -174,6 +175,13 @@ class Bench:
                                                     _inputs((1, heads, L, 64), 3, self.device, self.dtype, True), True)
             self.point("sdpa_attention", "scan_vs_attention_fwd_bwd", seq_len, 1,
                        attention_flops(1, seq_len, heads, 64, True), attn_work, heads=heads, head_dim=64)
+
+
+def _triton_scan(*args, **kwargs):
+    """archs/mamba/triton_scan.py's scan, imported at the call (it imports triton): where
+    triton is missing the point is an error row naming it, the others still run."""
+    from archs.mamba.triton_scan import selective_scan_triton
+    return selective_scan_triton(*args, **kwargs)
 
 
 def report(out: Path) -> None:
@@ -226,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impls", nargs="+", default=None,
                    help="run only these implementations (attention: sdpa_flash, sdpa_cudnn, flash_attn, ...; "
                         "scan_vs_attention: chunked_scan, chunked_scan_steps, chunked_scan_compiled, mamba_ssm_scan, "
+                        "triton_scan, "
                         "sdpa_attention)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--out", type=Path, default=None)

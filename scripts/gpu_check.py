@@ -86,14 +86,15 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
             "--impls", "sdpa_flash", "sdpa_cudnn", "flash_attn", "--warmup", "2", "--min-run-time", "0.3",
             "--out", str(res / "kernels")], results="kernels",
              note="FlashAttention protocol: causal, 16K tokens per batch, fwd and fwd+bwd, % of peak"),
-        Step("scan_crossover", 50, kernels + [
+        Step("scan_crossover", 60, kernels + [
             "scan_vs_attention", "--seq-lens", "1024", "2048", "4096", "8192", "16384", "32768",
-            "--impls", "mamba_ssm_scan", "chunked_scan", "sdpa_attention",
+            "--impls", "mamba_ssm_scan", "triton_scan", "chunked_scan", "sdpa_attention",
             "--warmup", "2", "--min-run-time", "0.3", "--out", str(res / "kernels")], results="kernels",
-             note="Mamba-1 scan (mamba_ssm's kernel if it imports, else an error row; chunked PyTorch, "
+             note="Mamba-1 scan (mamba_ssm's kernel if it imports, else an error row; archbench's Triton scan; "
+                  "chunked PyTorch, "
                   "doubling form on the GPU since 2026-12-04) vs SDPA"),
         # Mamba last: without mamba-ssm's CUDA build its scan is the chunked PyTorch loop
-        Step("mixer_cost", 110, [py, "-m", "harness.cost", "experiment=cost_gpu",
+        Step("mixer_cost", 100, [py, "-m", "harness.cost", "experiment=cost_gpu",
                                 "arch=transformer,mamba2,linear_attention,mamba",
                                 "bench.seq_lens=[2048,8192,32768]", "bench.modes=[forward,train_step]",
                                 "bench.min_repeats=3", "bench.min_run_time=0.2", "bench.time_budget_s=30",
@@ -156,8 +157,9 @@ def dry_plan(py: str, res: Path, work: Path, args) -> list[Step]:
              note="sdpa_flash, sdpa_cudnn, flash_attn skipped (CUDA only); sdpa_math stands in"),
         Step("scan_crossover", 90, kernels + [
             "scan_vs_attention", "--seq-lens", "64", "128", "--hidden", "64", "--impls", "mamba_ssm_scan",
-            "chunked_scan", "sdpa_attention", *quick, "--out", str(res / "kernels")], results="kernels",
-             note="mamba_ssm_scan is an error row (no mamba_ssm); chunked scan vs SDPA"),
+            "triton_scan", "chunked_scan", "sdpa_attention", *quick, "--out", str(res / "kernels")],
+             results="kernels",
+             note="mamba_ssm_scan and triton_scan are error rows (no mamba_ssm, no GPU); chunked scan vs SDPA"),
         Step("mixer_cost", 60, [py, "-m", "harness.cost", "experiment=cost_gpu",
                                 "arch=linear_attention,mamba2,transformer,mamba", "bench.seq_lens=[32]",
                                 "bench.modes=[forward,train_step]", *toy, f"results_dir={res / 'cost'}",

@@ -11,7 +11,9 @@ State Spaces", Fig. 3) as a sequence mixer:
 Backends: "ref" (sequential loop, the truth), "chunked" (blocked PyTorch scan: one op per
 step in cache-sized blocks on a CPU, log-depth doubling over large blocks on a GPU),
 "fused" (on a GPU: mamba_ssm's CUDA scan, the fused mamba_inner_fn when causal_conv1d is
-installed too; on a CPU: the project's C kernel, archs/_scan_cpu.c, compiled at first use),
+installed too - or, with ``fused_impl="triton"``, the project's own Triton scan,
+archs/mamba/triton_scan.py, for machines without mamba-ssm's CUDA build; on a CPU: the
+project's C kernel, archs/_scan_cpu.c, compiled at first use),
 "auto" (fused when the device's kernel is available, else chunked). The backend that runs is what ``resolved_backend`` reports; a
 requested backend that cannot run raises. prefill always takes the unfused path: mamba_ssm's
 kernel has no initial-state input, so fused.selective_scan_fused adds the carried state's
@@ -28,7 +30,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from archs._conv import causal_conv1d_channels_last, causal_conv1d_cpu
-from archs.backends import VOCABULARY, BackendUnavailableError, check_backend, fused_kernel_for, resolve_auto
+from archs.backends import (VOCABULARY, BackendUnavailableError, available, check_backend, fused_kernel_for,
+                            require, resolve_auto)
 from archs.blocks import low_rank_linear, sample_dt_bias
 from archs.mamba import fused, fused_cpu
 from archs.mamba.chunked import default_block_len, resolve_form, selective_scan_chunked_bld
@@ -37,6 +40,12 @@ from archs.mixer import Mixer
 from archs.precision import up
 
 BACKENDS = VOCABULARY
+FUSED_IMPLS = ("mamba_ssm", "triton")
+TRITON = "triton"
+
+
+def triton_available() -> bool:
+    return available(TRITON)
 
 
 @dataclass
@@ -54,6 +63,8 @@ class MambaConfig:
     bias: bool = False  # in/out projection bias (mamba_ssm default)
     backend: str = "auto"  # ref | chunked | fused | auto; see module doc
     block_len: int | None = None  # chunked scan's steps per cache block; None = from shapes
+    fused_impl: str = "mamba_ssm"  # whose scan "fused" runs on CUDA: mamba_ssm (its CUDA build)
+    # | triton (archs/mamba/triton_scan.py: needs only triton); a CPU runs its C kernel either way
 
     def __post_init__(self) -> None:
         self.backend = check_backend(self.backend, BACKENDS, "Mamba")
@@ -66,6 +77,8 @@ class MambaConfig:
             raise ValueError(f"dt_rank must be 'auto' or an int >= 1, got {self.dt_rank!r}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.fused_impl not in FUSED_IMPLS:
+            raise ValueError(f"fused_impl={self.fused_impl!r} is not one of {FUSED_IMPLS}")
 
     @property
     def d_inner(self) -> int:
@@ -83,7 +96,7 @@ class MambaMixer(Mixer):
     def __init__(self, d_model: int, **kwargs) -> None:
         super().__init__()
         cfg = self.config = MambaConfig(d_model=d_model, **kwargs)
-        if cfg.backend == "fused" and not fused.mamba_ssm_available():
+        if cfg.backend == "fused" and not self._cuda_kernel_available():
             fused_cpu.require_cpu_kernel()  # fail at build time, not at the first forward
         self.backend = cfg.backend
         d_inner, n = cfg.d_inner, cfg.d_state
@@ -112,9 +125,18 @@ class MambaMixer(Mixer):
         self.dt_proj.bias._no_reinit = True  # mamba_ssm convention: LM init must not zero it
 
     # -- backend bookkeeping ---------------------------------------------------------------
+    def _cuda_kernel_available(self) -> bool:
+        return triton_available() if self.config.fused_impl == TRITON else fused.mamba_ssm_available()
+
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
-        return resolve_auto(self.backend, self.param_device if device is None else device,
-                            fused.mamba_ssm_available, fused_cpu.cpu_kernel_available)
+        """"ref", "chunked", "fused" (mamba_ssm's scan on CUDA, the C kernel on a CPU) or, on
+        CUDA with fused_impl="triton", "fused:triton" (the project's Triton scan)."""
+        device = self.param_device if device is None else device
+        backend = resolve_auto(self.backend, device, self._cuda_kernel_available,
+                               fused_cpu.cpu_kernel_available)
+        if backend == "fused" and self.config.fused_impl == TRITON and self._fused_kernel(device) == "fused":
+            return "fused:triton"
+        return backend
 
     def tiles(self) -> dict[str, int]:
         c = self.config  # block_len=None: chosen from shapes (here for batch 1) and the device
@@ -125,6 +147,9 @@ class MambaMixer(Mixer):
         """The backend for input x; "fused" is "fused_cpu" on a CPU, "fused" (mamba_ssm) on
         CUDA, and raises where neither can run."""
         backend = self.resolved_backend(x.device)
+        if backend == "fused:triton":
+            require("Mamba", TRITON)
+            return "fused_triton"
         if backend != "fused":
             return backend
         kernel = self._fused_kernel(x.device)
@@ -168,7 +193,11 @@ class MambaMixer(Mixer):
         """Selective scan on channels-last (B, L, .) tensors with the chosen backend."""
         args = dict(D=up(self.D), delta_bias=up(self.dt_proj.bias),
                     delta_softplus=True, initial_state=h0, return_last_state=want_last)
-        if backend in ("chunked", "fused_cpu"):
+        if backend == "fused_triton":
+            from archs.mamba.triton_scan import selective_scan_triton_bld  # imports triton
+            args.update(z=z)
+            res = selective_scan_triton_bld(u, delta, self.A, B, C, **args)
+        elif backend in ("chunked", "fused_cpu"):
             scan = selective_scan_chunked_bld if backend == "chunked" else fused_cpu.selective_scan_cpu_bld
             res = scan(u, delta, self.A, B, C, z=z, block_len=self.config.block_len, **args)
         else:

@@ -264,3 +264,54 @@ def test_low_rank_linear_matches_linear_and_passes_gradcheck():
     assert out.grad_fn is not None and "LowRank" in type(out.grad_fn).__name__
     with torch.no_grad():
         torch.testing.assert_close(low_rank_linear(x, w), torch.nn.functional.linear(x, w))
+
+
+# -- fused_impl="triton": the project's Triton scan on CUDA (tests/triton_interpret runs it) ---
+def test_fused_impl_is_checked_and_named():
+    with pytest.raises(ValueError, match=r"fused_impl='cuda'.*\('mamba_ssm', 'triton'\)"):
+        MambaMixer(16, fused_impl="cuda")
+
+
+def test_triton_impl_resolves_on_cuda_only(monkeypatch):
+    from archs.mamba import layer as mamba_layer
+
+    m = tiny_mixer("auto", fused_impl="triton")
+    monkeypatch.setattr(mamba_layer, "triton_available", lambda: True)
+    assert m.resolved_backend("cuda") == "fused:triton"
+    # a CPU runs the C kernel (or the chunked scan without a compiler) whatever fused_impl says
+    assert m.resolved_backend("cpu") == ("fused" if fused_cpu.cpu_kernel_available() else "chunked")
+    assert tiny_mixer("auto").resolved_backend("cuda") == ("fused" if fused.mamba_ssm_available() else "chunked")
+    monkeypatch.setattr(mamba_layer, "triton_available", lambda: False)
+    assert m.resolved_backend("cuda") == "chunked"  # auto falls back, and says so
+
+
+def test_triton_impl_without_triton_is_a_clear_error(monkeypatch):
+    from archs.backends import BackendUnavailableError
+
+    import archs.backends
+
+    m = tiny_mixer("fused", fused_impl="triton")
+    # as on a CUDA machine whose triton does not import
+    monkeypatch.setattr(MambaMixer, "resolved_backend", lambda self, device=None, seq_len=None: "fused:triton")
+    real = archs.backends.optional_import
+    monkeypatch.setattr(archs.backends, "optional_import", lambda name: None if name == "triton" else real(name))
+    with pytest.raises(BackendUnavailableError, match=r"Mamba: backend 'fused' needs `triton`"):
+        m(torch.randn(1, 4, 16))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_scan_matches_chunked_on_cuda() -> None:  # pragma: no cover - GPU only
+    """fused_impl="triton" on a GPU: forward, prefill from a carried state, and every
+    parameter's gradient against the chunked scan (fp32; the kernel computes in fp32)."""
+    tri, chunked = tiny_mixer("fused", fused_impl="triton").cuda(), tiny_mixer("chunked").cuda()
+    assert tri.resolved_backend() == "fused:triton"
+    x = torch.randn(2, 150, 16, device="cuda")
+    for m in (tri, chunked):
+        m(x).square().sum().backward()
+    torch.testing.assert_close(tri(x), chunked(x), atol=1e-4, rtol=1e-3)
+    for (name, p), q in zip(tri.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-3, rtol=1e-3, msg=name)
+    state = tri.init_state(2)
+    with torch.no_grad():
+        torch.testing.assert_close(tri.prefill(x, state)[0], chunked.prefill(x, state)[0], atol=1e-4, rtol=1e-3)

@@ -1,0 +1,290 @@
+"""Mamba-1's selective scan as archbench's own Triton kernels (``fused_impl="triton"``): for a
+GPU without mamba-ssm's CUDA build, where the chunked PyTorch scan is ~1,000x off its
+roofline (results/nvidia_h200/README.md).
+
+What each program does, after mamba_ssm's CUDA kernel (the facts, not its code): one batch
+row and a block of channels, the (channels, N) state in registers, time walked step by
+step - dt = softplus(delta + bias), the decay exp(dt A), the update, the C readout, the D
+skip and the SiLU(z) gate in one pass - so no (L, B, D, N) tensor exists anywhere. The
+forward keeps the state every ``CHUNK`` steps; the backward walks the chunks from the last,
+recomputes a chunk's states from its checkpoint into a scratch buffer of its own, then runs
+the adjoint back through them. Channels are independent, so the parallelism is batch x
+channel blocks; the time loop is sequential (mamba_ssm also scans chunks in parallel inside
+a thread block - not done here).
+
+Layout as the CPU kernel's (archs/_scan_cpu.py): channels last, u, delta, z (B, L, E);
+B, C (B, L, G, N); A (E, N); D, bias (E,); state (B, E, N). Computes in float32 whatever the
+inputs (bf16 inputs are widened; float64 too - the float32 kernel is what runs).
+
+Tested under Triton's interpreter against ``ref.selective_scan_ref`` (tests/triton_interpret/
+test_mamba_triton_scan.py: outputs, last state, every gradient), and on a GPU by
+``pytest -m gpu``. Imports triton: import this module only where triton is installed.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+# Steps between the states the forward keeps: the backward's scratch holds CHUNK + 1 states
+# of a (BLOCK_E, N) block per program (64 x 32 x 16 floats = 128 KiB), in L2 on a GPU.
+CHUNK = 64
+MAX_BLOCK_E = 32
+
+
+def block_channels(channels_per_group: int) -> int:
+    """Channels per program: a power of two <= MAX_BLOCK_E dividing the group's channels, so
+    a block never straddles two groups of B / C (the backward sums dB, dC over its block)."""
+    block = 1
+    while block * 2 <= MAX_BLOCK_E and channels_per_group % (block * 2) == 0:
+        block *= 2
+    return block
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+                     out_ptr, last_ptr, ckpt_ptr, L, E, N, CPG, n_chunks,
+                     s_ub, s_ul, s_bb, s_bl,
+                     CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr):
+    pid_e = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    n = tl.arange(0, BLOCK_N)
+    me, mn = e < E, n < N
+    m2 = me[:, None] & mn[None, :]
+    en = e[:, None] * N + n[None, :]                      # (E, N) offsets of this block
+    A = tl.load(A_ptr + en, mask=m2, other=0.0)
+    g_off = (pid_e * BLOCK_E // CPG) * N + n              # the block's group in B / C
+    Dv = tl.load(D_ptr + e, mask=me, other=0.0) if HAS_D else tl.zeros([BLOCK_E], tl.float32)
+    bias = tl.load(bias_ptr + e, mask=me, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_E], tl.float32)
+    state_base = b * E * N
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_base + en, mask=m2, other=0.0)
+    else:
+        h = tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
+    u_base, bc_base = b * s_ub, b * s_bb
+    for c in range(0, n_chunks):
+        if SAVE:
+            tl.store(ckpt_ptr + (b * n_chunks + c) * E * N + en, h, mask=m2)
+        t_end = tl.minimum(c * CHUNK + CHUNK, L)
+        for t in range(c * CHUNK, t_end):
+            row = u_base + t * s_ul + e
+            u = tl.load(u_ptr + row, mask=me, other=0.0)
+            dt = tl.load(dt_ptr + row, mask=me, other=0.0) + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            Bt = tl.load(B_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            Ct = tl.load(C_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], axis=1) + Dv * u
+            if HAS_Z:
+                zt = tl.load(z_ptr + row, mask=me, other=0.0)
+                y = y * zt * tl.sigmoid(zt)
+            tl.store(out_ptr + row, y, mask=me)
+    tl.store(last_ptr + state_base + en, h, mask=m2)
+
+
+@triton.jit
+def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr,
+                     gout_ptr, glast_ptr, scratch_ptr,
+                     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dh0_ptr, dbias_ptr,
+                     L, E, N, CPG, n_chunks, n_blocks,
+                     s_ub, s_ul, s_bb, s_bl,
+                     CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_GLAST: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Every gradient of one (batch row, channel block); dA, dD, dbias per batch row and
+    dB, dC per block of a group (partial sums the wrapper adds up: deterministic, no atomics)."""
+    pid_e = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    n = tl.arange(0, BLOCK_N)
+    me, mn = e < E, n < N
+    m2 = me[:, None] & mn[None, :]
+    en = e[:, None] * N + n[None, :]
+    A = tl.load(A_ptr + en, mask=m2, other=0.0)
+    g_off = (pid_e * BLOCK_E // CPG) * N + n
+    Dv = tl.load(D_ptr + e, mask=me, other=0.0) if HAS_D else tl.zeros([BLOCK_E], tl.float32)
+    bias = tl.load(bias_ptr + e, mask=me, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_E], tl.float32)
+    state_base = b * E * N
+    if HAS_GLAST:
+        dh = tl.load(glast_ptr + state_base + en, mask=m2, other=0.0)
+    else:
+        dh = tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
+    dA_acc = tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
+    dD_acc = tl.zeros([BLOCK_E], tl.float32)
+    dbias_acc = tl.zeros([BLOCK_E], tl.float32)
+    # this program's scratch: CHUNK + 1 states, [0] the chunk's start, [i + 1] after its step i
+    blk = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + n[None, :]
+    scratch = scratch_ptr + (b * n_blocks + pid_e) * (CHUNK + 1) * BLOCK_E * BLOCK_N + blk
+    u_base, bc_base = b * s_ub, b * s_bb
+    # dB / dC partials: one per block of a group, so each (partial, group) slot is written once
+    part_base = ((pid_e % (CPG // BLOCK_E)) * tl.num_programs(1) + b) * L * s_bl
+    for ci in range(0, n_chunks):
+        c = n_chunks - 1 - ci
+        t0 = c * CHUNK
+        t_end = tl.minimum(t0 + CHUNK, L)
+        h = tl.load(ckpt_ptr + (b * n_chunks + c) * E * N + en, mask=m2, other=0.0)
+        tl.store(scratch, h)
+        for t in range(t0, t_end):                        # recompute the chunk's states
+            row = u_base + t * s_ul + e
+            u = tl.load(u_ptr + row, mask=me, other=0.0)
+            dt = tl.load(dt_ptr + row, mask=me, other=0.0) + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            Bt = tl.load(B_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+            tl.store(scratch + (t - t0 + 1) * BLOCK_E * BLOCK_N, h)
+        tl.debug_barrier()
+        for tt in range(0, t_end - t0):                   # the adjoint, back through them
+            t = t_end - 1 - tt
+            i = t - t0
+            h_t = tl.load(scratch + (i + 1) * BLOCK_E * BLOCK_N)
+            h_prev = tl.load(scratch + i * BLOCK_E * BLOCK_N)
+            row = u_base + t * s_ul + e
+            u = tl.load(u_ptr + row, mask=me, other=0.0)
+            dt_raw = tl.load(dt_ptr + row, mask=me, other=0.0) + bias
+            dt = _softplus(dt_raw) if SOFTPLUS else dt_raw
+            Bt = tl.load(B_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            Ct = tl.load(C_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            g = tl.load(gout_ptr + row, mask=me, other=0.0)
+            if HAS_Z:
+                zt = tl.load(z_ptr + row, mask=me, other=0.0)
+                sz = tl.sigmoid(zt)
+                y = tl.sum(h_t * Ct[None, :], axis=1) + Dv * u      # before the gate
+                tl.store(dz_ptr + row, g * y * sz * (1.0 + zt * (1.0 - sz)), mask=me)
+                dy = g * zt * sz
+            else:
+                dy = g
+            dh += dy[:, None] * Ct[None, :]
+            dh = tl.where(m2, dh, 0.0)
+            tl.store(dC_ptr + part_base + t * s_bl + g_off, tl.sum(dy[:, None] * h_t, axis=0), mask=mn)
+            decay = tl.exp(dt[:, None] * A)
+            d_decay = dh * h_prev * decay                 # d/d(dt A) of the decay term
+            dhB = tl.sum(dh * Bt[None, :], axis=1)
+            ddt = tl.sum(d_decay * A, axis=1) + dhB * u
+            dA_acc += d_decay * dt[:, None]
+            tl.store(dB_ptr + part_base + t * s_bl + g_off, tl.sum(dh * (dt * u)[:, None], axis=0), mask=mn)
+            tl.store(du_ptr + row, dhB * dt + dy * Dv, mask=me)
+            dD_acc += dy * u
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_raw)
+            dbias_acc += ddt
+            tl.store(ddt_ptr + row, ddt, mask=me)
+            dh = dh * decay
+        tl.debug_barrier()                                # before the next chunk's recompute
+    tl.store(dh0_ptr + state_base + en, dh, mask=m2)
+    tl.store(dA_ptr + state_base + en, dA_acc, mask=m2)
+    tl.store(dD_ptr + b * E + e, dD_acc, mask=me)
+    tl.store(dbias_ptr + b * E + e, dbias_acc, mask=me)
+
+
+def _flags(D, z, bias) -> dict:
+    return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None)
+
+
+class _TritonScan(torch.autograd.Function):
+    """u, dt, z (B, L, E) float32 with (L, E) packed; A (E, N); Bm, Cm (B, L, G, N) packed;
+    D, bias (E,); h0 (B, E, N). Returns out (B, L, E), last state (B, E, N)."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, Bm, Cm, D, z, h0, bias, softplus):
+        batch, seqlen, dim = u.shape
+        groups, dstate = Bm.shape[2], Bm.shape[3]
+        block_e = block_channels(dim // groups)
+        n_chunks = triton.cdiv(seqlen, CHUNK)
+        save = any(ctx.needs_input_grad)
+        out, last = torch.empty_like(u), u.new_empty(batch, dim, dstate)
+        ckpt = u.new_empty(batch, n_chunks, dim, dstate) if save else u.new_empty(1)
+        grid = (triton.cdiv(dim, block_e), batch)
+        _scan_fwd_kernel[grid](
+            u, dt, A, Bm, Cm, D, z, bias, h0, out, last, ckpt, seqlen, dim, dstate, dim // groups,
+            n_chunks, u.stride(0), u.stride(1), Bm.stride(0), Bm.stride(1), CHUNK=CHUNK,
+            BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(dstate), HAS_H0=h0 is not None,
+            SOFTPLUS=softplus, SAVE=save, **_flags(D, z, bias))
+        if save:
+            ctx.save_for_backward(u, dt, A, Bm, Cm, D, z, bias, ckpt)
+        ctx.softplus, ctx.has_h0 = softplus, h0 is not None
+        return out, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_last):
+        u, dt, A, Bm, Cm, D, z, bias, ckpt = ctx.saved_tensors
+        batch, seqlen, dim = u.shape
+        groups, dstate = Bm.shape[2], Bm.shape[3]
+        block_e = block_channels(dim // groups)
+        block_n = triton.next_power_of_2(dstate)
+        n_blocks, n_chunks = triton.cdiv(dim, block_e), ckpt.shape[1]
+        g_out = g_out.contiguous()
+        g_last = None if g_last is None else g_last.contiguous()
+        du, ddt = torch.empty_like(u), torch.empty_like(u)
+        dz = torch.empty_like(u) if z is not None else u.new_empty(1)
+        dA = u.new_empty(batch, dim, dstate)
+        # partial sums over channel blocks: one per block of a group (B / C are shared by a group)
+        dBp = u.new_empty((dim // groups) // block_e, batch, seqlen, groups, dstate)
+        dCp = torch.empty_like(dBp)
+        dD, dbias = u.new_empty(batch, dim), u.new_empty(batch, dim)
+        dh0 = u.new_empty(batch, dim, dstate)
+        scratch = u.new_empty(batch * n_blocks * (CHUNK + 1) * block_e * block_n)
+        _scan_bwd_kernel[(n_blocks, batch)](
+            u, dt, A, Bm, Cm, D, z, bias, ckpt, g_out, g_last, scratch,
+            du, ddt, dz, dA, dBp, dCp, dD, dh0, dbias, seqlen, dim, dstate, dim // groups,
+            n_chunks, n_blocks, u.stride(0), u.stride(1), Bm.stride(0), Bm.stride(1),
+            CHUNK=CHUNK, BLOCK_E=block_e, BLOCK_N=block_n, HAS_GLAST=g_last is not None,
+            SOFTPLUS=ctx.softplus, **_flags(D, z, bias))
+        return (du, ddt, dA.sum(0), dBp.sum(0), dCp.sum(0), None if D is None else dD.sum(0),
+                dz if z is not None else None, dh0 if ctx.has_h0 else None,
+                None if bias is None else dbias.sum(0), None)
+
+
+def selective_scan_triton_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                              D: Tensor | None = None, z: Tensor | None = None,
+                              delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                              initial_state: Tensor | None = None, return_last_state: bool = False,
+                              ) -> Tensor | tuple[Tensor, Tensor]:
+    """``fused_cpu.selective_scan_cpu_bld``'s contract on a GPU (or under Triton's
+    interpreter): u, delta, z (B, L, E); B, C (B, L, N) or grouped (B, L, G, N); A (E, N);
+    out (B, L, E) in u's dtype, the last state (B, E, N) in float32."""
+    from archs.mamba.ref import check_scan_inputs
+
+    check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
+                      C.movedim(1, -1), D, None if z is None else z.transpose(1, 2),
+                      delta_bias, initial_state)
+    if u.shape[1] == 0:
+        raise ValueError("the selective scan needs seqlen >= 1")
+
+    def f32(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(torch.float32).contiguous()
+
+    def grouped(t: Tensor) -> Tensor:
+        return f32(t.unsqueeze(2) if t.dim() == 3 else t)
+
+    out, last = _TritonScan.apply(f32(u), f32(delta), f32(A), grouped(B), grouped(C), f32(D), f32(z),
+                                  f32(initial_state), f32(delta_bias), bool(delta_softplus))
+    out = out.to(u.dtype)
+    return (out, last) if return_last_state else out
+
+
+def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          D: Tensor | None = None, z: Tensor | None = None,
+                          delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                          initial_state: Tensor | None = None, return_last_state: bool = False,
+                          ) -> Tensor | tuple[Tensor, Tensor]:
+    """``selective_scan_ref``'s signature and layout: u, delta, z (B, D, L); B, C (B, N, L)."""
+    res = selective_scan_triton_bld(
+        u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(-1, 1), C.movedim(-1, 1), D,
+        None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, initial_state,
+        return_last_state)
+    if return_last_state:
+        return res[0].transpose(1, 2), res[1]
+    return res.transpose(1, 2)

@@ -1,0 +1,111 @@
+"""Mamba-1's selective scan as archbench's own Triton kernels (archs/mamba/triton_scan.py)
+against the sequential reference: outputs, the last state and the gradient of every input,
+over several chunks of the forward's checkpoints, grouped B / C, a state size that is not a
+power of two, and each optional input on and off."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from archs.mamba import triton_scan
+from archs.mamba.ref import selective_scan_ref
+from tests.triton_interpret.compare import compare
+
+pytestmark = pytest.mark.triton_interpret
+
+
+def _inputs(batch, length, dim, dstate, groups, *, z=True, D=True, bias=True, h0=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bc = (batch, length, dstate) if groups == 1 else (batch, length, groups, dstate)
+    return dict(
+        u=torch.randn(batch, length, dim, generator=g),
+        delta=0.5 * torch.randn(batch, length, dim, generator=g) - 1.0,
+        A=-torch.exp(0.5 * torch.randn(dim, dstate, generator=g)),
+        B=torch.randn(*bc, generator=g), C=torch.randn(*bc, generator=g),
+        D=torch.randn(dim, generator=g) if D else None,
+        z=torch.randn(batch, length, dim, generator=g) if z else None,
+        delta_bias=0.3 * torch.randn(dim, generator=g) if bias else None,
+        initial_state=torch.randn(batch, dim, dstate, generator=g) if h0 else None)
+
+
+def _kernel(softplus):
+    def run(**a):
+        return triton_scan.selective_scan_triton_bld(**a, delta_softplus=softplus, return_last_state=True)
+    return run
+
+
+def _reference(softplus):
+    def run(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        out, last = selective_scan_ref(
+            u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1), C.movedim(1, -1), D,
+            None if z is None else z.transpose(1, 2), delta_bias, softplus, initial_state, True)
+        return out.transpose(1, 2), last
+    return run
+
+
+def _grads(inputs):
+    return tuple(k for k, v in inputs.items() if v is not None)
+
+
+@pytest.mark.parametrize("length", [1, 40, 2 * triton_scan.CHUNK + 22])
+def test_scan_matches_reference(report, length):
+    inputs = _inputs(2, length, 16, 16, 1)
+    errs = compare(_kernel(True), _reference(True), inputs, _grads(inputs))
+    report(f"archbench triton selective scan (Mamba-1), L={length}, {triton_scan.CHUNK}-step checkpoints", *errs)
+
+
+@pytest.mark.parametrize("groups,dim,dstate", [(2, 32, 16), (1, 24, 12)])
+def test_grouped_and_odd_sizes(report, groups, dim, dstate):
+    """Two groups of 16 channels (one block each); 24 channels in blocks of 8, N = 12 in a
+    16-wide block (masked)."""
+    inputs = _inputs(2, 70, dim, dstate, groups, seed=1)
+    errs = compare(_kernel(True), _reference(True), inputs, _grads(inputs))
+    report(f"archbench triton selective scan, G={groups} E={dim} N={dstate}", *errs)
+
+
+@pytest.mark.parametrize("optional", ["none", "no_softplus"])
+def test_without_the_optional_inputs(report, optional):
+    softplus = optional != "no_softplus"
+    inputs = _inputs(1, 70, 16, 16, 1, z=False, D=False, bias=False, h0=False, seed=2)
+    if not softplus:
+        inputs["delta"] = F.softplus(inputs["delta"])  # a positive step size as given
+    errs = compare(_kernel(softplus), _reference(softplus), inputs, _grads(inputs))
+    report(f"archbench triton selective scan, no z/D/bias/h0, softplus={softplus}", *errs)
+
+
+def test_block_never_straddles_a_group():
+    assert [triton_scan.block_channels(c) for c in (1, 3, 8, 24, 32, 96, 1536)] == [1, 1, 8, 8, 32, 32, 32]
+
+
+def test_mamba_layer_on_the_triton_scan(report):
+    """The whole Mamba-1 mixer with its scan on the Triton kernel (what ``fused_impl="triton"``
+    runs on CUDA) against the sequential reference: output, carried state, every parameter's
+    gradient, from a carried state (prefill) as from a fresh one."""
+    from archs.mamba.layer import MambaMixer
+
+    torch.manual_seed(0)
+    layer = MambaMixer(16, d_state=16, fused_impl="triton").double()
+    assert layer.resolved_backend("cuda") == "fused:triton"
+    x = torch.randn(2, 90, 16, dtype=torch.float64)
+    state = {k: torch.randn_like(v) for k, v in layer.init_state(2, dtype=torch.float64).items()}
+    worst_fwd = worst_bwd = 0.0
+    for carried in (None, state):
+        outs, grads = {}, {}
+        for backend in ("fused_triton", "ref"):
+            layer.zero_grad()
+            y, new_state = layer._forward_from(backend, x, carried)
+            loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
+            if new_state is not None:
+                loss = loss + new_state["ssm"].sum()
+            loss.backward()
+            outs[backend] = (y, None if new_state is None else new_state["ssm"])
+            grads[backend] = {n: p.grad.clone() for n, p in layer.named_parameters()}
+        for got, want in zip(outs["fused_triton"], outs["ref"]):
+            if want is not None:
+                worst_fwd = max(worst_fwd, float((got - want).abs().max() / want.abs().max()))
+        for name, want in grads["ref"].items():
+            got = grads["fused_triton"][name]
+            worst_bwd = max(worst_bwd, float((got - want).abs().max() / want.abs().max()))
+    assert worst_fwd < 1e-5 and worst_bwd < 1e-4, (worst_fwd, worst_bwd)
+    report("archbench triton selective scan in MambaMixer (fresh and carried state)", worst_fwd, worst_bwd)
