@@ -23,7 +23,8 @@ no-CUDA build (pure Python + Triton), so Mamba-2's fused path runs there with no
    summary.md puts beside each measured figure the one predicted for an H100 and an H200
    (harness/roofline.py; scripts/gpu_summary.py).
 3. DIR receives 4 files, refreshed after every step (so a killed run still returns what it
-   measured): results_<device>.tar.gz (``results/<device>/check_<date>T<time>_<commit>/...``, the
+   measured), and at the end a fifth, triton_cache.tar.gz (scripts/triton_cache.py: carry it
+   as .triton_cache/ next time and no kernel compiles twice): results_<device>.tar.gz (``results/<device>/check_<date>T<time>_<commit>/...``, the
    rows and these files, one folder per check so none overwrites another; extract it at the
    repository root), summary.md, status.json, gpu_check.log. Scratch (installed wheels,
    Hydra folders, checkpoints) lives in a temp folder, never in DIR.
@@ -46,6 +47,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import triton_cache
 from gpu_summary import summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -410,6 +412,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pytest-paths", nargs="+", default=["tests"])
     p.add_argument("--reinstall", action="store_true",
                    help="install every compatible wheel into OUT/site even if it already imports")
+    p.add_argument("--triton-cache", type=Path, default=ROOT / triton_cache.CARRIED,
+                   help="a previous check's Triton cache (its OUT/triton_cache.tar.gz), restored before "
+                        "the first step when present (scripts/triton_cache.py)")
+    p.add_argument("--triton-home", type=Path, default=Path.home() / ".triton",
+                   help="where Triton keeps its caches (restored into, returned from)")
+    p.add_argument("--return-triton-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="put the Triton caches in OUT/triton_cache.tar.gz at the end (default: yes, "
+                        "not in a dry run)")
     p.add_argument("--mamba-build-s", type=float, default=300,
                    help="budget of the optional mamba-ssm sm_90 build (only if its sdist is in the wheelhouse)")
     return p.parse_args(argv)
@@ -443,6 +453,7 @@ def main(argv=None) -> int:
     if shutil.which("nvidia-smi") and not args.dry_run:
         run_logged(["nvidia-smi"], 30, log, os.environ.copy())
 
+    meta["triton_cache"] = triton_cache.restore(args.triton_cache, args.triton_home)
     steps: list[Step] = [install(args.wheelhouse, site, args.reinstall, log)]
     plan = (dry_plan if args.dry_run else gpu_plan)(sys.executable, res, work, args)
     sdist = sorted(args.wheelhouse.glob("mamba_ssm-*.tar.gz")) if args.wheelhouse.is_dir() else []
@@ -503,6 +514,8 @@ def main(argv=None) -> int:
               f"({step.rows_ok} ok)  {step.note}", flush=True)
         pack(out, steps, res, tag, meta, log_path)
     meta["total_s"] = round(time.monotonic() - t_start, 1)
+    if args.return_triton_cache if args.return_triton_cache is not None else not args.dry_run:
+        meta["triton_cache_returned"] = triton_cache.save(args.triton_home, out / triton_cache.FILE)
     pack(out, steps, res, tag, meta, log_path)
     log.close()
     if not args.work:

@@ -60,15 +60,25 @@ def test_gpu_plan_fits_nine_minutes(tmp_path):
 @pytest.mark.slow
 def test_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
     out = tmp_path / "out"
+    # a previous check's Triton cache, restored first and returned at the end (as on a GPU)
+    import triton_cache
+    previous, home = tmp_path / "previous.tar.gz", tmp_path / "home" / ".triton"
+    (tmp_path / "prev" / "cache" / "k1").mkdir(parents=True)
+    (tmp_path / "prev" / "cache" / "k1" / "kernel.cubin").write_bytes(b"cubin")
+    assert triton_cache.save(tmp_path / "prev", previous).startswith("returned 1 files")
     cmd = [sys.executable, "scripts/gpu_check.py", "--dry-run", "--out", str(out),
-           "--pytest-paths", "tests/archs/attention/test_attention.py", "--budget-scale", "3", "--total-s", "540"]
+           "--pytest-paths", "tests/archs/attention/test_attention.py", "--budget-scale", "3", "--total-s", "540",
+           "--triton-cache", str(previous), "--triton-home", str(home), "--return-triton-cache"]
     if WHEELHOUSE.is_dir():
         cmd.append("--reinstall")  # exercise the offline install: the steps then import hydra from it
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     # at most 8 plain files come back from the GPU machine, nothing nested
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu_check.log", "results_dryrun_cpu.tar.gz", "status.json", "summary.md"]
+    assert files == ["gpu_check.log", "results_dryrun_cpu.tar.gz", "status.json", "summary.md", "triton_cache.tar.gz"]
+    meta = json.loads((out / "status.json").read_text())["meta"]
+    assert meta["triton_cache"].startswith("restored 1 files") and (home / "cache/k1/kernel.cubin").exists()
+    assert meta["triton_cache_returned"].startswith("returned")
     steps = {s["name"]: s for s in json.loads((out / "status.json").read_text())["steps"]}
     for name in ("pytest_gpu", *MEASURING):
         assert steps[name]["status"] == "ok", steps[name]
