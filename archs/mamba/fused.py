@@ -33,6 +33,11 @@ def mamba_ssm_available() -> bool:
     return available(SCAN_MODULE)
 
 
+def state_update_available() -> bool:
+    """True when mamba_ssm's Triton decode step imports (its no-CUDA build has it too)."""
+    return available(UPDATE_MODULE)
+
+
 def causal_conv1d_available() -> bool:
     """True when the causal_conv1d CUDA package imports."""
     return available(CONV_MODULE)

@@ -279,6 +279,8 @@ class MambaMixer(Mixer):
         ssm = state["ssm"].clone()
         update = {"fused": fused.selective_state_update_fused,
                   "fused_cpu": fused_cpu.selective_state_update_cpu}.get(backend, selective_state_update_ref)
+        if backend == "fused_triton" and fused.state_update_available():
+            update = fused.selective_state_update_fused  # mamba_ssm's Triton decode kernel (no CUDA build needed)
         y = update(ssm, u, delta, self.A, B, C, up(self.D), z=z,
                    dt_bias=up(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y.to(x_t.dtype)), {"conv": conv_state.contiguous(), "ssm": ssm}
