@@ -49,6 +49,42 @@ def _softplus(x):
 
 
 @triton.jit
+def _channel_block(pid_e, E, N, CPG, A_ptr, D_ptr, bias_ptr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A program's channels e, state entries n, their masks, the (E, N) offsets of its block,
+    its A, D and bias, and the offsets of its group's entries in a row of B / C."""
+    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    n = tl.arange(0, BLOCK_N)
+    me, mn = e < E, n < N
+    m2 = me[:, None] & mn[None, :]
+    en = e[:, None] * N + n[None, :]
+    A = tl.load(A_ptr + en, mask=m2, other=0.0)
+    g_off = (pid_e * BLOCK_E // CPG) * N + n
+    Dv = tl.load(D_ptr + e, mask=me, other=0.0) if HAS_D else tl.zeros([BLOCK_E], tl.float32)
+    bias = tl.load(bias_ptr + e, mask=me, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_E], tl.float32)
+    return e, n, me, mn, m2, en, A, g_off, Dv, bias
+
+
+@triton.jit
+def _state_or_zeros(ptr, offsets, mask, PRESENT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A (BLOCK_E, BLOCK_N) state block from ``ptr`` (an initial state, a last state's
+    gradient), or zeros where that input is absent."""
+    if PRESENT:
+        return tl.load(ptr + offsets, mask=mask, other=0.0)
+    return tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
+
+
+@triton.jit
+def _step_inputs(u_ptr, dt_ptr, B_ptr, row, bc_row, g_off, me, mn, bias, SOFTPLUS: tl.constexpr):
+    """Step t's u, delta + bias, dt (softplus'd or not) and B (the group's N entries)."""
+    u = tl.load(u_ptr + row, mask=me, other=0.0)
+    dt_raw = tl.load(dt_ptr + row, mask=me, other=0.0) + bias
+    dt = _softplus(dt_raw) if SOFTPLUS else dt_raw
+    Bt = tl.load(B_ptr + bc_row + g_off, mask=mn, other=0.0)
+    return u, dt_raw, dt, Bt
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
                      out_ptr, last_ptr, ckpt_ptr, L, E, N, CPG, n_chunks,
                      s_ub, s_ul, s_bb, s_bl,
@@ -57,20 +93,10 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr):
     pid_e = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    me, mn = e < E, n < N
-    m2 = me[:, None] & mn[None, :]
-    en = e[:, None] * N + n[None, :]                      # (E, N) offsets of this block
-    A = tl.load(A_ptr + en, mask=m2, other=0.0)
-    g_off = (pid_e * BLOCK_E // CPG) * N + n              # the block's group in B / C
-    Dv = tl.load(D_ptr + e, mask=me, other=0.0) if HAS_D else tl.zeros([BLOCK_E], tl.float32)
-    bias = tl.load(bias_ptr + e, mask=me, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_E], tl.float32)
+    e, n, me, mn, m2, en, A, g_off, Dv, bias = _channel_block(pid_e, E, N, CPG, A_ptr, D_ptr, bias_ptr,
+                                                              BLOCK_E, BLOCK_N, HAS_D, HAS_BIAS)
     state_base = b * E * N
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_base + en, mask=m2, other=0.0)
-    else:
-        h = tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
+    h = _state_or_zeros(h0_ptr, state_base + en, m2, HAS_H0, BLOCK_E, BLOCK_N)
     u_base, bc_base = b * s_ub, b * s_bb
     for c in range(0, n_chunks):
         if SAVE:
@@ -78,11 +104,8 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         t_end = tl.minimum(c * CHUNK + CHUNK, L)
         for t in range(c * CHUNK, t_end):
             row = u_base + t * s_ul + e
-            u = tl.load(u_ptr + row, mask=me, other=0.0)
-            dt = tl.load(dt_ptr + row, mask=me, other=0.0) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(B_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            u, dt_raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_ptr, row, bc_base + t * s_bl, g_off, me, mn,
+                                             bias, SOFTPLUS)
             Ct = tl.load(C_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], axis=1) + Dv * u
@@ -106,20 +129,10 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     dB, dC per block of a group (partial sums the wrapper adds up: deterministic, no atomics)."""
     pid_e = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    me, mn = e < E, n < N
-    m2 = me[:, None] & mn[None, :]
-    en = e[:, None] * N + n[None, :]
-    A = tl.load(A_ptr + en, mask=m2, other=0.0)
-    g_off = (pid_e * BLOCK_E // CPG) * N + n
-    Dv = tl.load(D_ptr + e, mask=me, other=0.0) if HAS_D else tl.zeros([BLOCK_E], tl.float32)
-    bias = tl.load(bias_ptr + e, mask=me, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_E], tl.float32)
+    e, n, me, mn, m2, en, A, g_off, Dv, bias = _channel_block(pid_e, E, N, CPG, A_ptr, D_ptr, bias_ptr,
+                                                              BLOCK_E, BLOCK_N, HAS_D, HAS_BIAS)
     state_base = b * E * N
-    if HAS_GLAST:
-        dh = tl.load(glast_ptr + state_base + en, mask=m2, other=0.0)
-    else:
-        dh = tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
+    dh = _state_or_zeros(glast_ptr, state_base + en, m2, HAS_GLAST, BLOCK_E, BLOCK_N)
     dA_acc = tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
     dD_acc = tl.zeros([BLOCK_E], tl.float32)
     dbias_acc = tl.zeros([BLOCK_E], tl.float32)
@@ -136,12 +149,8 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         h = tl.load(ckpt_ptr + (b * n_chunks + c) * E * N + en, mask=m2, other=0.0)
         tl.store(scratch, h)
         for t in range(t0, t_end):                        # recompute the chunk's states
-            row = u_base + t * s_ul + e
-            u = tl.load(u_ptr + row, mask=me, other=0.0)
-            dt = tl.load(dt_ptr + row, mask=me, other=0.0) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(B_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            u, dt_raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_ptr, u_base + t * s_ul + e, bc_base + t * s_bl,
+                                             g_off, me, mn, bias, SOFTPLUS)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scratch + (t - t0 + 1) * BLOCK_E * BLOCK_N, h)
         tl.debug_barrier()
@@ -151,10 +160,8 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             h_t = tl.load(scratch + (i + 1) * BLOCK_E * BLOCK_N)
             h_prev = tl.load(scratch + i * BLOCK_E * BLOCK_N)
             row = u_base + t * s_ul + e
-            u = tl.load(u_ptr + row, mask=me, other=0.0)
-            dt_raw = tl.load(dt_ptr + row, mask=me, other=0.0) + bias
-            dt = _softplus(dt_raw) if SOFTPLUS else dt_raw
-            Bt = tl.load(B_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
+            u, dt_raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_ptr, row, bc_base + t * s_bl, g_off, me, mn,
+                                             bias, SOFTPLUS)
             Ct = tl.load(C_ptr + bc_base + t * s_bl + g_off, mask=mn, other=0.0)
             g = tl.load(gout_ptr + row, mask=me, other=0.0)
             if HAS_Z:
