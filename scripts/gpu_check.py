@@ -95,13 +95,15 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
              note="Mamba-1 scan (mamba_ssm's kernel if it imports, else an error row; archbench's Triton scan; "
                   "chunked PyTorch, "
                   "doubling form on the GPU since 2026-12-04) vs SDPA"),
-        # Mamba last: without mamba-ssm's CUDA build its scan is the chunked PyTorch loop
+        # Mamba with archbench's Triton scan early (its kernels compile in ~2 s); Mamba with
+        # the chunked PyTorch scan (what `mamba` runs without mamba-ssm's CUDA build) last
         Step("mixer_cost", 100, [py, "-m", "harness.cost", "experiment=cost_gpu",
-                                "arch=transformer,mamba2,linear_attention,mamba",
+                                "arch=transformer,mamba_triton,mamba2,linear_attention,mamba",
                                 "bench.seq_lens=[2048,8192,32768]", "bench.modes=[forward,train_step]",
                                 "bench.min_repeats=3", "bench.min_run_time=0.2", "bench.time_budget_s=30",
                                 f"results_dir={res / 'cost'}", *hydra("cost")], results="cost",
-             note="125M models: linear attention via fla's Triton kernels (backend=auto), Mamba-2, Mamba, attention"),
+             note="125M models: attention, Mamba (archbench's Triton scan), Mamba-2, linear attention "
+                  "(fla's Triton kernels), Mamba (chunked scan)"),
         Step("generation", 35, [py, "-m", "harness.cost", "experiment=generation_gpu",
                                 "arch=transformer,mamba2,mamba,jamba", "bench.batch=1,64",
                                 "bench.time_budget_s=40", f"results_dir={res / 'generation'}",
