@@ -81,7 +81,8 @@ class TrainConfig:
                                        # model leaves a plateau); None = never
     sdpa_cudnn: str = "auto"           # auto | on | off: may SDPA use cuDNN attention on a GPU?
                                        # auto = off with mixed_length (cuDNN builds a plan per
-                                       # new shape; archs.attention.fused.sdpa_cudnn_allowed)
+                                       # new shape; archs.attention.fused.sdpa_cudnn_allowed);
+                                       # early-stopping checks run under it too
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "seq_len"):

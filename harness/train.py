@@ -73,7 +73,8 @@ class TrainResult:
     wall_s: float = 0.0
     early_stopped: bool = False
     stop_reason: str = ""              # "" (all steps) | "target accuracy" | "time budget"
-    sdpa_cudnn: bool | None = None     # whether SDPA could pick cuDNN attention (None: not CUDA)
+    sdpa_cudnn: bool | None = None     # whether SDPA could pick cuDNN attention (None: not CUDA,
+                                       # or a run saved before 2026-12-04 - not recorded then)
     history: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:

@@ -455,7 +455,10 @@ def main(argv=None) -> int:
     if shutil.which("nvidia-smi") and not args.dry_run:
         run_logged(["nvidia-smi"], 30, log, os.environ.copy())
 
-    meta["triton_cache"] = triton_cache.restore(args.triton_cache, args.triton_home)
+    try:  # a bad archive costs its kernels' compile time, never the check
+        meta["triton_cache"] = triton_cache.restore(args.triton_cache, args.triton_home)
+    except Exception as exc:  # noqa: BLE001
+        meta["triton_cache"] = f"not restored: {exc!r}"[:300]
     steps: list[Step] = [install(args.wheelhouse, site, args.reinstall, log)]
     plan = (dry_plan if args.dry_run else gpu_plan)(sys.executable, res, work, args)
     sdist = sorted(args.wheelhouse.glob("mamba_ssm-*.tar.gz")) if args.wheelhouse.is_dir() else []
@@ -517,7 +520,10 @@ def main(argv=None) -> int:
         pack(out, steps, res, tag, meta, log_path)
     meta["total_s"] = round(time.monotonic() - t_start, 1)
     if args.return_triton_cache if args.return_triton_cache is not None else not args.dry_run:
-        meta["triton_cache_returned"] = triton_cache.save(args.triton_home, out / triton_cache.FILE)
+        try:
+            meta["triton_cache_returned"] = triton_cache.save(args.triton_home, out / triton_cache.FILE)
+        except Exception as exc:  # noqa: BLE001 - the rows still get packed below
+            meta["triton_cache_returned"] = f"not returned: {exc!r}"[:300]
     pack(out, steps, res, tag, meta, log_path)
     log.close()
     if not args.work:

@@ -53,15 +53,21 @@ def sdpa_cudnn_allowed(choice: str, device, shapes_vary: bool) -> bool | None:
     return choice == "on" or (choice == "auto" and not shapes_vary)
 
 
+@contextlib.contextmanager
 def sdpa_cudnn_context(allowed: bool | None):
     """SDPA without its cuDNN kernel inside (``allowed`` False), torch's own choice otherwise.
-    A kernel forced inside (``sdpa_backend``, ``sdpa_context``) still runs: the inner context
-    sets the kernels it names."""
+    Only cuDNN's flag is touched (process-wide, as torch keeps them; restored on exit): kernels
+    an outer setting turned off stay off, and a kernel forced inside (``sdpa_backend``,
+    ``sdpa_context``) still runs, since the inner context sets the kernels it names."""
     if allowed is None or allowed:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        yield
+        return
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
 
 
 def cpu_kernel_takes(q: torch.Tensor, k: torch.Tensor, *, bias=None, mask=None, kernel=None,

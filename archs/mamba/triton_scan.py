@@ -29,7 +29,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 # Steps between the states the forward keeps: the backward's scratch holds CHUNK + 1 states
-# of a (BLOCK_E, N) block per program (64 x 32 x 16 floats = 128 KiB), in L2 on a GPU.
+# of a (BLOCK_E, N) block per program (65 x 32 x 16 floats = 130 KiB; batch x E x 65 x N floats
+# in all, 52 MB at 8 x 1536 x 16). Memory beside it: the checkpoints, B x L/64 x E x N floats,
+# and the dB / dC partials, (channels per group / BLOCK_E) x the size of B each (96x B's size
+# at d_inner 1536: ~200 MB at L 32K, batch 1) - atomics would avoid them, at the price of
+# run-to-run determinism.
 CHUNK = 64
 MAX_BLOCK_E = 32
 
@@ -45,7 +49,12 @@ def block_channels(channels_per_group: int) -> int:
 
 @triton.jit
 def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    """log(1 + exp(x)) to float32 accuracy: for exp(x) < 0.05 (x < -3, where Mamba's dt sits:
+    its bias starts at softplus^-1(0.001..0.1)) a series, since log(1 + y) in float32 keeps
+    only ~7 digits of 1 + y (a 1e-4 relative error at x = -7)."""
+    y = tl.exp(tl.minimum(x, 20.0))
+    series = y * (1.0 - y * (0.5 - y * (1.0 / 3.0 - y * (0.25 - y * 0.2))))
+    return tl.where(x > 20.0, x, tl.where(y < 0.05, series, tl.log(1.0 + y)))
 
 
 @triton.jit
@@ -102,7 +111,8 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
         if SAVE:
             tl.store(ckpt_ptr + (b * n_chunks + c) * E * N + en, h, mask=m2)
         t_end = tl.minimum(c * CHUNK + CHUNK, L)
-        for t in range(c * CHUNK, t_end):
+        for t32 in range(c * CHUNK, t_end):
+            t = t32.to(tl.int64)  # t * stride in int64: one batch row may pass 2^31 elements
             row = u_base + t * s_ul + e
             u, dt_raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_ptr, row, bc_base + t * s_bl, g_off, me, mn,
                                              bias, SOFTPLUS)
@@ -121,7 +131,7 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      gout_ptr, glast_ptr, scratch_ptr,
                      du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dh0_ptr, dbias_ptr,
                      L, E, N, CPG, n_chunks, n_blocks,
-                     s_ub, s_ul, s_bb, s_bl,
+                     s_ub, s_ul, s_bb, s_bl, s_pl,
                      CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_GLAST: tl.constexpr, SOFTPLUS: tl.constexpr):
@@ -141,21 +151,22 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     scratch = scratch_ptr + (b * n_blocks + pid_e) * (CHUNK + 1) * BLOCK_E * BLOCK_N + blk
     u_base, bc_base = b * s_ub, b * s_bb
     # dB / dC partials: one per block of a group, so each (partial, group) slot is written once
-    part_base = ((pid_e % (CPG // BLOCK_E)) * tl.num_programs(1) + b) * L * s_bl
+    part_base = ((pid_e % (CPG // BLOCK_E)) * tl.num_programs(1) + b) * L * s_pl
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
         t0 = c * CHUNK
         t_end = tl.minimum(t0 + CHUNK, L)
         h = tl.load(ckpt_ptr + (b * n_chunks + c) * E * N + en, mask=m2, other=0.0)
         tl.store(scratch, h)
-        for t in range(t0, t_end):                        # recompute the chunk's states
+        for t32 in range(t0, t_end):                      # recompute the chunk's states
+            t = t32.to(tl.int64)
             u, dt_raw, dt, Bt = _step_inputs(u_ptr, dt_ptr, B_ptr, u_base + t * s_ul + e, bc_base + t * s_bl,
                                              g_off, me, mn, bias, SOFTPLUS)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scratch + (t - t0 + 1) * BLOCK_E * BLOCK_N, h)
         tl.debug_barrier()
         for tt in range(0, t_end - t0):                   # the adjoint, back through them
-            t = t_end - 1 - tt
+            t = (t_end - 1 - tt).to(tl.int64)
             i = t - t0
             h_t = tl.load(scratch + (i + 1) * BLOCK_E * BLOCK_N)
             h_prev = tl.load(scratch + i * BLOCK_E * BLOCK_N)
@@ -174,13 +185,13 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 dy = g
             dh += dy[:, None] * Ct[None, :]
             dh = tl.where(m2, dh, 0.0)
-            tl.store(dC_ptr + part_base + t * s_bl + g_off, tl.sum(dy[:, None] * h_t, axis=0), mask=mn)
+            tl.store(dC_ptr + part_base + t * s_pl + g_off, tl.sum(dy[:, None] * h_t, axis=0), mask=mn)
             decay = tl.exp(dt[:, None] * A)
             d_decay = dh * h_prev * decay                 # d/d(dt A) of the decay term
             dhB = tl.sum(dh * Bt[None, :], axis=1)
             ddt = tl.sum(d_decay * A, axis=1) + dhB * u
             dA_acc += d_decay * dt[:, None]
-            tl.store(dB_ptr + part_base + t * s_bl + g_off, tl.sum(dh * (dt * u)[:, None], axis=0), mask=mn)
+            tl.store(dB_ptr + part_base + t * s_pl + g_off, tl.sum(dh * (dt * u)[:, None], axis=0), mask=mn)
             tl.store(du_ptr + row, dhB * dt + dy * Dv, mask=me)
             dD_acc += dy * u
             if SOFTPLUS:
@@ -246,7 +257,8 @@ class _TritonScan(torch.autograd.Function):
         _scan_bwd_kernel[(n_blocks, batch)](
             u, dt, A, Bm, Cm, D, z, bias, ckpt, g_out, g_last, scratch,
             du, ddt, dz, dA, dBp, dCp, dD, dh0, dbias, seqlen, dim, dstate, dim // groups,
-            n_chunks, n_blocks, u.stride(0), u.stride(1), Bm.stride(0), Bm.stride(1),
+            # the partials' own row stride: B's can be anything along a dimension of size 1
+            n_chunks, n_blocks, u.stride(0), u.stride(1), Bm.stride(0), Bm.stride(1), groups * dstate,
             CHUNK=CHUNK, BLOCK_E=block_e, BLOCK_N=block_n, HAS_GLAST=g_last is not None,
             SOFTPLUS=ctx.softplus, **_flags(D, z, bias))
         return (du, ddt, dA.sum(0), dBp.sum(0), dCp.sum(0), None if D is None else dD.sum(0),
@@ -276,7 +288,11 @@ def selective_scan_triton_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     def grouped(t: Tensor) -> Tensor:
         return f32(t.unsqueeze(2) if t.dim() == 3 else t)
 
-    out, last = _TritonScan.apply(f32(u), f32(delta), f32(A), grouped(B), grouped(C), f32(D), f32(z),
+    Bm, Cm = grouped(B), grouped(C)
+    if Bm.shape != Cm.shape:  # the kernel reads C where it reads B
+        raise ValueError(f"the Triton scan needs B and C in the same groups, got B {tuple(B.shape)} and "
+                         f"C {tuple(C.shape)}; expand the ungrouped one to (batch, L, G, N)")
+    out, last = _TritonScan.apply(f32(u), f32(delta), f32(A), Bm, Cm, f32(D), f32(z),
                                   f32(initial_state), f32(delta_bias), bool(delta_softplus))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

@@ -56,4 +56,4 @@ def test_an_archive_cannot_write_outside_the_cache(tmp_path):
         tar.addfile(info, io.BytesIO(b"bad"))
     with pytest.raises(tarfile.FilterError):
         triton_cache.restore(archive, tmp_path / "home" / ".triton")
-    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "home" / "escaped.txt").exists()

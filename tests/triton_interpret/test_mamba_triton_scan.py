@@ -140,3 +140,41 @@ def test_mamba_layer_decode_with_the_triton_impl(report, monkeypatch):
     assert len(calls) == 3, "the triton impl's steps did not run mamba_ssm's kernel"
     assert worst < 1e-5, worst
     report("mamba_ssm selective_state_update as fused_impl=triton's decode step", worst)
+
+
+@pytest.mark.parametrize("layout", ["sliced", "transposed"])
+def test_one_step_with_views_for_inputs(report, layout):
+    """L = 1 with B and C as views: along a dimension of size 1 a tensor's stride can be
+    anything, and the kernel must index its own buffers by theirs (before, dB / dC went to the
+    wrong rows, or out of bounds). "sliced": batch 1, B and C sliced from one projection as
+    the layer does, 64 channels (two blocks); "transposed": batch 2, B and C given
+    (batch, N, L) and moved to (batch, L, N)."""
+    g = torch.Generator().manual_seed(3)
+    batch, dim = (1, 64) if layout == "sliced" else (2, 16)
+    if layout == "sliced":
+        proj = torch.randn(batch, 1, 4 + 2 * 16, generator=g)
+        B, C = proj[..., 4:20], proj[..., 20:]
+    else:
+        B, C = (torch.randn(batch, 16, 1, generator=g).movedim(1, 2) for _ in range(2))
+    inputs = dict(u=torch.randn(batch, dim, 1, generator=g).transpose(1, 2),
+                  delta=torch.randn(batch, 1, dim, generator=g), A=-torch.rand(dim, 16, generator=g),
+                  B=B, C=C, D=torch.randn(dim, generator=g), z=torch.randn(batch, 1, dim, generator=g),
+                  delta_bias=None, initial_state=None)
+    errs = compare(_kernel(True), _reference(True), inputs, ("u", "delta", "A", "B", "C", "D", "z"))
+    report(f"archbench triton selective scan, L=1, B/C {layout} views", *errs)
+
+
+def test_softplus_keeps_its_digits_for_small_steps(report):
+    """delta + bias near -10 (dt ~ 5e-5; Mamba's dt bias starts at softplus^-1(0.001)
+    = -6.9): float32 log(1 + exp(x)) loses ~4e-4 of dt there, the kernel's series does not."""
+    inputs = _inputs(1, 40, 16, 16, 1, seed=4)
+    inputs["delta"] = inputs["delta"] - 9.0
+    errs = compare(_kernel(True), _reference(True), inputs, _grads(inputs))
+    report("archbench triton selective scan, softplus at delta + bias ~ -10", *errs)
+
+
+def test_b_and_c_must_share_their_groups():
+    inputs = _inputs(1, 8, 16, 16, 2)
+    inputs["C"] = inputs["C"][:, :, 0]  # ungrouped C beside a grouped B
+    with pytest.raises(ValueError, match="same groups"):
+        _kernel(True)(**inputs)

@@ -46,6 +46,11 @@ def test_context_disables_only_cudnn_and_restores():
     for allowed in (True, None):
         with sdpa_cudnn_context(allowed):
             assert flags.cudnn_sdp_enabled()
+    with sdpa_context("math"):  # an outer choice of kernels is kept: nothing else comes back on
+        with sdpa_cudnn_context(False):
+            assert not (flags.flash_sdp_enabled() or flags.mem_efficient_sdp_enabled() or flags.cudnn_sdp_enabled())
+        assert flags.math_sdp_enabled() and not flags.cudnn_sdp_enabled()
+    assert flags.cudnn_sdp_enabled() and flags.flash_sdp_enabled()
 
 
 def test_policy_is_not_part_of_a_runs_identity():
