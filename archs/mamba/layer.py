@@ -141,7 +141,11 @@ class MambaMixer(Mixer):
     def tiles(self) -> dict[str, int]:
         c = self.config  # block_len=None: chosen from shapes (here for batch 1) and the device
         form = resolve_form("auto", self.param_device)
-        return {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state, form), "conv": c.d_conv}
+        tiles = {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state, form), "conv": c.d_conv}
+        if c.fused_impl == TRITON and triton_available():
+            from archs.mamba.triton_scan import CHUNK  # imports triton
+            tiles["triton_checkpoint"] = CHUNK  # the Triton backward recomputes from these
+        return tiles
 
     def _backend_for(self, x: Tensor) -> str:
         """The backend for input x; "fused" is "fused_cpu" on a CPU, "fused" (mamba_ssm) on
