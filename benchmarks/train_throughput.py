@@ -48,7 +48,7 @@ PRESETS = {
                                             "model.d_model=128", "train.batch_size=16",
                                             "train.mixed_length=false", "model.vocab_size=null"]),
 }
-ARCHS = {"mamba": "induction/mamba", "mamba2": "induction/mamba2",
+ARCHS = {"mamba": "induction/mamba", "mamba_triton": "induction/mamba_triton", "mamba2": "induction/mamba2",
          "transformer": "induction/transformer_rope", "linear_attention": "induction/linear_attention",
          "lstm": "induction/lstm", "jamba": "induction/jamba"}
 

@@ -132,7 +132,8 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
         # without Triton kernels first: in the second H200 run Mamba-2's cold Triton compile
         # took the rest of the budget after Mamba, and nothing after it was measured
         Step("train_throughput", 60, [py, "benchmarks/train_throughput.py", "--presets", "induction_paper",
-                                      "--archs", "transformer", "lstm", "mamba", "mamba2", "linear_attention",
+                                      "--archs", "transformer", "lstm", "mamba", "mamba_triton", "mamba2",
+                                      "linear_attention",
                                       "jamba", "--min-time", "1.5", "--repeats", "2", "--device", "cuda",
                                       "--profile", "transformer", "--out", str(res / "benchmarks" / "train_throughput")],
              results="benchmarks/train_throughput",
