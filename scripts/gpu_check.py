@@ -366,15 +366,19 @@ def pack(out: Path, steps: list[Step], res: Path, tag: str, meta: dict, log_path
 
 
 def git_modified() -> list[str] | None:
-    """Tracked files that differ from the commit (None: no git). The GPU machine runs a copy
-    of the working tree whose .git can lag behind it: on 2026-12-04 the rows of a9d667a's
-    tree said 6faff60, the commit of an earlier copy's .git, with git_dirty true."""
+    """Files of the tree that are not the commit's (None: no git): tracked files changed, and
+    untracked ones outside results/ (new code travels too; extracted result folders do not
+    count). The GPU machine runs a copy of the working tree whose .git can lag behind it: on
+    2026-12-04 the rows of a9d667a's tree said 6faff60, an earlier copy's commit."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return [line[3:] for line in out.stdout.splitlines()] if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return [line[3:] for line in out.stdout.splitlines()
+            if not (line.startswith("??") and line[3:].startswith("results/"))]
 
 
 def git_commit() -> str:

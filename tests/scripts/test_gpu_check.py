@@ -170,3 +170,19 @@ def test_run_folder_says_when_the_code_is_not_its_commits():
     assert gpu_check.run_folder({**meta, "git_commit": "unknown (no git repository)"}) == \
         "check_2026-12-04T143944_nogit_modified"
     assert isinstance(gpu_check.git_modified(), list)  # this checkout has git
+
+
+def test_git_modified_counts_changed_and_new_code_not_new_results(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)
+    assert gpu_check.git_modified() == []
+    (tmp_path / "code.py").write_text("x = 2\n")
+    (tmp_path / "new_module.py").write_text("")
+    (tmp_path / "results" / "dev").mkdir(parents=True)
+    (tmp_path / "results" / "dev" / "rows.jsonl").write_text("{}\n")
+    assert sorted(gpu_check.git_modified()) == ["code.py", "new_module.py"]
