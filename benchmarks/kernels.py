@@ -150,7 +150,8 @@ class Bench:
             scans = {"mamba_ssm_scan": selective_scan_fast, "chunked_scan": selective_scan_chunked,
                      "chunked_scan_steps": functools.partial(selective_scan_chunked, form="steps"),
                      "chunked_scan_compiled": torch.compile(selective_scan_chunked, dynamic=False),
-                     "triton_scan": _triton_scan}  # archbench's Triton kernels (fused_impl=triton)
+                     "triton_scan": _triton_scan,  # archbench's Triton kernels (fused_impl=triton)
+                     "triton_scan_tiled": functools.partial(_triton_scan, tiled=True)}  # (=triton_tiled)
             scans = {k: f for k, f in scans.items() if k in a.impls}
         heads = a.hidden // 64
         for seq_len in a.seq_lens:
@@ -234,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impls", nargs="+", default=None,
                    help="run only these implementations (attention: sdpa_flash, sdpa_cudnn, flash_attn, ...; "
                         "scan_vs_attention: chunked_scan, chunked_scan_steps, chunked_scan_compiled, mamba_ssm_scan, "
-                        "triton_scan, "
+                        "triton_scan, triton_scan_tiled, "
                         "sdpa_attention)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--out", type=Path, default=None)

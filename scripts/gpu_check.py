@@ -90,9 +90,10 @@ def gpu_plan(py: str, res: Path, work: Path, args) -> list[Step]:
              note="FlashAttention protocol: causal, 16K tokens per batch, fwd and fwd+bwd, % of peak"),
         Step("scan_crossover", 60, kernels + [
             "scan_vs_attention", "--seq-lens", "1024", "2048", "4096", "8192", "16384", "32768",
-            "--impls", "mamba_ssm_scan", "triton_scan", "chunked_scan", "sdpa_attention",
+            "--impls", "mamba_ssm_scan", "triton_scan", "triton_scan_tiled", "chunked_scan", "sdpa_attention",
             "--warmup", "2", "--min-run-time", "0.3", "--out", str(res / "kernels")], results="kernels",
-             note="Mamba-1 scan (mamba_ssm's kernel if it imports, else an error row; archbench's Triton scan; "
+             note="Mamba-1 scan (mamba_ssm's kernel if it imports, else an error row; archbench's Triton scans, "
+                  "step by step and tiled; "
                   "chunked PyTorch, "
                   "doubling form on the GPU since 2026-12-04) vs SDPA"),
         # Mamba with archbench's Triton scan early (its kernels compile in ~2 s); Mamba with

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from archs._scan_cpu import CHUNK, SOURCE, cpu_kernel_available, require_cpu_kernel, scan_channels_last
-from archs.mamba.ref import check_scan_inputs
+from archs.mamba.ref import check_scan_inputs, in_ref_layout
 
 __all__ = ["CHUNK", "SOURCE", "cpu_kernel_available", "require_cpu_kernel", "selective_scan_cpu",
            "selective_scan_cpu_bld", "selective_state_update_cpu"]
@@ -38,13 +38,8 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                        initial_state: Tensor | None = None, return_last_state: bool = False,
                        block_len: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """``selective_scan_ref``'s signature and layout: u, delta, z (B, D, L); B, C (B, N, L)."""
-    res = selective_scan_cpu_bld(
-        u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(-1, 1), C.movedim(-1, 1), D,
-        None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, initial_state,
-        return_last_state, block_len)
-    if return_last_state:
-        return res[0].transpose(1, 2), res[1]
-    return res.transpose(1, 2)
+    return in_ref_layout(selective_scan_cpu_bld, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                         initial_state, return_last_state, block_len=block_len)
 
 
 def selective_state_update_cpu(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,

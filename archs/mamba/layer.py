@@ -40,8 +40,9 @@ from archs.mixer import Mixer
 from archs.precision import up
 
 BACKENDS = VOCABULARY
-FUSED_IMPLS = ("mamba_ssm", "triton")
+FUSED_IMPLS = ("mamba_ssm", "triton", "triton_tiled")
 TRITON = "triton"
+TRITON_IMPLS = ("triton", "triton_tiled")  # archbench's scans: step by step, or in tiles of steps
 
 
 def triton_available() -> bool:
@@ -64,7 +65,8 @@ class MambaConfig:
     backend: str = "auto"  # ref | chunked | fused | auto; see module doc
     block_len: int | None = None  # chunked scan's steps per cache block; None = from shapes
     fused_impl: str = "mamba_ssm"  # whose scan "fused" runs on CUDA: mamba_ssm (its CUDA build)
-    # | triton (archs/mamba/triton_scan.py: needs only triton); a CPU runs its C kernel either way
+    # | triton (archs/mamba/triton_scan.py: needs only triton) | triton_tiled (the same, TILE steps
+    # at a time by a parallel scan: triton_scan_tiled.py); a CPU runs its C kernel either way
 
     def __post_init__(self) -> None:
         self.backend = check_backend(self.backend, BACKENDS, "Mamba")
@@ -126,34 +128,38 @@ class MambaMixer(Mixer):
 
     # -- backend bookkeeping ---------------------------------------------------------------
     def _cuda_kernel_available(self) -> bool:
-        return triton_available() if self.config.fused_impl == TRITON else fused.mamba_ssm_available()
+        return triton_available() if self.config.fused_impl in TRITON_IMPLS else fused.mamba_ssm_available()
 
     def resolved_backend(self, device: torch.device | str | None = None, seq_len: int | None = None) -> str:
         """"ref", "chunked", "fused" (mamba_ssm's scan on CUDA, the C kernel on a CPU) or, on
-        CUDA with fused_impl="triton", "fused:triton" (the project's Triton scan)."""
+        CUDA with fused_impl="triton" / "triton_tiled", "fused:triton" / "fused:triton_tiled"
+        (the project's Triton scans)."""
         device = self.param_device if device is None else device
         backend = resolve_auto(self.backend, device, self._cuda_kernel_available,
                                fused_cpu.cpu_kernel_available)
-        if backend == "fused" and self.config.fused_impl == TRITON and self._fused_kernel(device) == "fused":
-            return "fused:triton"
+        impl = self.config.fused_impl
+        if backend == "fused" and impl in TRITON_IMPLS and self._fused_kernel(device) == "fused":
+            return f"fused:{impl}"
         return backend
 
     def tiles(self) -> dict[str, int]:
         c = self.config  # block_len=None: chosen from shapes (here for batch 1) and the device
         form = resolve_form("auto", self.param_device)
         tiles = {"scan_block": c.block_len or default_block_len(1, c.d_inner, c.d_state, form), "conv": c.d_conv}
-        if c.fused_impl == TRITON and triton_available():
-            from archs.mamba.triton_scan import CHUNK  # imports triton
-            tiles["triton_checkpoint"] = CHUNK  # the Triton backward recomputes from these
+        if c.fused_impl in TRITON_IMPLS and triton_available():  # (imports triton)
+            from archs.mamba.triton_scan import CHUNK
+            from archs.mamba.triton_scan_tiled import TILE
+            # the Triton backward recomputes from these states
+            tiles["triton_checkpoint"] = TILE if c.fused_impl == "triton_tiled" else CHUNK
         return tiles
 
     def _backend_for(self, x: Tensor) -> str:
         """The backend for input x; "fused" is "fused_cpu" on a CPU, "fused" (mamba_ssm) on
         CUDA, and raises where neither can run."""
         backend = self.resolved_backend(x.device)
-        if backend == "fused:triton":
+        if backend in {f"fused:{impl}" for impl in TRITON_IMPLS}:
             require("Mamba", TRITON)
-            return "fused_triton"
+            return "fused_triton"  # which of the two: config.fused_impl
         if backend != "fused":
             return backend
         kernel = self._fused_kernel(x.device)
@@ -199,7 +205,7 @@ class MambaMixer(Mixer):
                     delta_softplus=True, initial_state=h0, return_last_state=want_last)
         if backend == "fused_triton":
             from archs.mamba.triton_scan import selective_scan_triton_bld  # imports triton
-            args.update(z=z)
+            args.update(z=z, tiled=self.config.fused_impl == "triton_tiled")
             res = selective_scan_triton_bld(u, delta, self.A, B, C, **args)
         elif backend in ("chunked", "fused_cpu"):
             scan = selective_scan_chunked_bld if backend == "chunked" else fused_cpu.selective_scan_cpu_bld

@@ -73,6 +73,21 @@ def discretize_dt(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool
     return F.softplus(dt) if delta_softplus else dt
 
 
+def in_ref_layout(scan_bld, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
+                  delta_softplus: bool = False, initial_state: Tensor | None = None,
+                  return_last_state: bool = False, **options) -> Tensor | tuple[Tensor, Tensor]:
+    """A channels-last scan (u, delta, z (B, L, D); B, C (B, L, N) or (B, L, G, N); the CPU and
+    Triton kernels' layout) called with ``selective_scan_ref``'s layout and signature:
+    u, delta, z (B, D, L); B, C (B, N, L) or (B, G, N, L). ``options`` go to ``scan_bld``."""
+    res = scan_bld(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(-1, 1), C.movedim(-1, 1), D,
+                   None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, initial_state,
+                   return_last_state, **options)
+    if return_last_state:
+        return res[0].transpose(1, 2), res[1]
+    return res.transpose(1, 2)
+
+
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                        D: Tensor | None = None, z: Tensor | None = None,
                        delta_bias: Tensor | None = None, delta_softplus: bool = False,

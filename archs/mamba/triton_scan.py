@@ -38,11 +38,11 @@ CHUNK = 64
 MAX_BLOCK_E = 32
 
 
-def block_channels(channels_per_group: int) -> int:
-    """Channels per program: a power of two <= MAX_BLOCK_E dividing the group's channels, so
+def block_channels(channels_per_group: int, most: int = MAX_BLOCK_E) -> int:
+    """Channels per program: a power of two <= ``most`` dividing the group's channels, so
     a block never straddles two groups of B / C (the backward sums dB, dC over its block)."""
     block = 1
-    while block * 2 <= MAX_BLOCK_E and channels_per_group % (block * 2) == 0:
+    while block * 2 <= most and channels_per_group % (block * 2) == 0:
         block *= 2
     return block
 
@@ -58,10 +58,14 @@ def _softplus(x):
 
 
 @triton.jit
-def _channel_block(pid_e, E, N, CPG, A_ptr, D_ptr, bias_ptr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+def _channel_block(E, N, CPG, A_ptr, D_ptr, bias_ptr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """A program's channels e, state entries n, their masks, the (E, N) offsets of its block,
-    its A, D and bias, and the offsets of its group's entries in a row of B / C."""
+    """A program's channel block pid_e and batch row b (int64: offsets past 2^31), its
+    channels e, state entries n, their masks, the (E, N) offsets of its block, its A, D and
+    bias, the offsets of its group's entries in a row of B / C, and where its (E, N) states
+    start (state_base)."""
+    pid_e = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
     e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     n = tl.arange(0, BLOCK_N)
     me, mn = e < E, n < N
@@ -71,7 +75,7 @@ def _channel_block(pid_e, E, N, CPG, A_ptr, D_ptr, bias_ptr, BLOCK_E: tl.constex
     g_off = (pid_e * BLOCK_E // CPG) * N + n
     Dv = tl.load(D_ptr + e, mask=me, other=0.0) if HAS_D else tl.zeros([BLOCK_E], tl.float32)
     bias = tl.load(bias_ptr + e, mask=me, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_E], tl.float32)
-    return e, n, me, mn, m2, en, A, g_off, Dv, bias
+    return pid_e, b, e, n, me, mn, m2, en, A, g_off, Dv, bias, b * E * N
 
 
 @triton.jit
@@ -100,11 +104,8 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE: tl.constexpr):
-    pid_e = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    e, n, me, mn, m2, en, A, g_off, Dv, bias = _channel_block(pid_e, E, N, CPG, A_ptr, D_ptr, bias_ptr,
-                                                              BLOCK_E, BLOCK_N, HAS_D, HAS_BIAS)
-    state_base = b * E * N
+    pid_e, b, e, n, me, mn, m2, en, A, g_off, Dv, bias, state_base = _channel_block(
+        E, N, CPG, A_ptr, D_ptr, bias_ptr, BLOCK_E, BLOCK_N, HAS_D, HAS_BIAS)
     h = _state_or_zeros(h0_ptr, state_base + en, m2, HAS_H0, BLOCK_E, BLOCK_N)
     u_base, bc_base = b * s_ub, b * s_bb
     for c in range(0, n_chunks):
@@ -137,11 +138,8 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                      HAS_GLAST: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Every gradient of one (batch row, channel block); dA, dD, dbias per batch row and
     dB, dC per block of a group (partial sums the wrapper adds up: deterministic, no atomics)."""
-    pid_e = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    e, n, me, mn, m2, en, A, g_off, Dv, bias = _channel_block(pid_e, E, N, CPG, A_ptr, D_ptr, bias_ptr,
-                                                              BLOCK_E, BLOCK_N, HAS_D, HAS_BIAS)
-    state_base = b * E * N
+    pid_e, b, e, n, me, mn, m2, en, A, g_off, Dv, bias, state_base = _channel_block(
+        E, N, CPG, A_ptr, D_ptr, bias_ptr, BLOCK_E, BLOCK_N, HAS_D, HAS_BIAS)
     dh = _state_or_zeros(glast_ptr, state_base + en, m2, HAS_GLAST, BLOCK_E, BLOCK_N)
     dA_acc = tl.zeros([BLOCK_E, BLOCK_N], tl.float32)
     dD_acc = tl.zeros([BLOCK_E], tl.float32)
@@ -210,28 +208,39 @@ def _flags(D, z, bias) -> dict:
     return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None)
 
 
+def _kernels(tiled: bool, channels_per_group: int):
+    """(forward kernel, backward kernel, steps per checkpoint, channels per program) of the
+    step-by-step form or the tiled one (archs/mamba/triton_scan_tiled.py)."""
+    if not tiled:
+        return _scan_fwd_kernel, _scan_bwd_kernel, CHUNK, block_channels(channels_per_group)
+    from archs.mamba import triton_scan_tiled as tiles
+    return (tiles._tile_fwd_kernel, tiles._tile_bwd_kernel, tiles.TILE,
+            block_channels(channels_per_group, tiles.MAX_BLOCK_E))
+
+
 class _TritonScan(torch.autograd.Function):
     """u, dt, z (B, L, E) float32 with (L, E) packed; A (E, N); Bm, Cm (B, L, G, N) packed;
-    D, bias (E,); h0 (B, E, N). Returns out (B, L, E), last state (B, E, N)."""
+    D, bias (E,); h0 (B, E, N); ``tiled``: the tiled kernels. Returns out (B, L, E), last
+    state (B, E, N)."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, Bm, Cm, D, z, h0, bias, softplus):
+    def forward(ctx, u, dt, A, Bm, Cm, D, z, h0, bias, softplus, tiled):
         batch, seqlen, dim = u.shape
         groups, dstate = Bm.shape[2], Bm.shape[3]
-        block_e = block_channels(dim // groups)
-        n_chunks = triton.cdiv(seqlen, CHUNK)
+        fwd, _, chunk, block_e = _kernels(tiled, dim // groups)
+        n_chunks = triton.cdiv(seqlen, chunk)
         save = any(ctx.needs_input_grad)
         out, last = torch.empty_like(u), u.new_empty(batch, dim, dstate)
         ckpt = u.new_empty(batch, n_chunks, dim, dstate) if save else u.new_empty(1)
         grid = (triton.cdiv(dim, block_e), batch)
-        _scan_fwd_kernel[grid](
+        fwd[grid](
             u, dt, A, Bm, Cm, D, z, bias, h0, out, last, ckpt, seqlen, dim, dstate, dim // groups,
-            n_chunks, u.stride(0), u.stride(1), Bm.stride(0), Bm.stride(1), CHUNK=CHUNK,
+            n_chunks, u.stride(0), u.stride(1), Bm.stride(0), Bm.stride(1), CHUNK=chunk,
             BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(dstate), HAS_H0=h0 is not None,
             SOFTPLUS=softplus, SAVE=save, **_flags(D, z, bias))
         if save:
             ctx.save_for_backward(u, dt, A, Bm, Cm, D, z, bias, ckpt)
-        ctx.softplus, ctx.has_h0 = softplus, h0 is not None
+        ctx.softplus, ctx.has_h0, ctx.tiled = softplus, h0 is not None, tiled
         return out, last
 
     @staticmethod
@@ -240,7 +249,7 @@ class _TritonScan(torch.autograd.Function):
         u, dt, A, Bm, Cm, D, z, bias, ckpt = ctx.saved_tensors
         batch, seqlen, dim = u.shape
         groups, dstate = Bm.shape[2], Bm.shape[3]
-        block_e = block_channels(dim // groups)
+        _, bwd, chunk, block_e = _kernels(ctx.tiled, dim // groups)
         block_n = triton.next_power_of_2(dstate)
         n_blocks, n_chunks = triton.cdiv(dim, block_e), ckpt.shape[1]
         g_out = g_out.contiguous()
@@ -253,27 +262,29 @@ class _TritonScan(torch.autograd.Function):
         dCp = torch.empty_like(dBp)
         dD, dbias = u.new_empty(batch, dim), u.new_empty(batch, dim)
         dh0 = u.new_empty(batch, dim, dstate)
-        scratch = u.new_empty(batch * n_blocks * (CHUNK + 1) * block_e * block_n)
-        _scan_bwd_kernel[(n_blocks, batch)](
+        # the step-by-step form's recomputed states (the tiled one keeps a tile's in registers)
+        scratch = u.new_empty(1 if ctx.tiled else batch * n_blocks * (chunk + 1) * block_e * block_n)
+        bwd[(n_blocks, batch)](
             u, dt, A, Bm, Cm, D, z, bias, ckpt, g_out, g_last, scratch,
             du, ddt, dz, dA, dBp, dCp, dD, dh0, dbias, seqlen, dim, dstate, dim // groups,
             # the partials' own row stride: B's can be anything along a dimension of size 1
             n_chunks, n_blocks, u.stride(0), u.stride(1), Bm.stride(0), Bm.stride(1), groups * dstate,
-            CHUNK=CHUNK, BLOCK_E=block_e, BLOCK_N=block_n, HAS_GLAST=g_last is not None,
+            CHUNK=chunk, BLOCK_E=block_e, BLOCK_N=block_n, HAS_GLAST=g_last is not None,
             SOFTPLUS=ctx.softplus, **_flags(D, z, bias))
         return (du, ddt, dA.sum(0), dBp.sum(0), dCp.sum(0), None if D is None else dD.sum(0),
                 dz if z is not None else None, dh0 if ctx.has_h0 else None,
-                None if bias is None else dbias.sum(0), None)
+                None if bias is None else dbias.sum(0), None, None)
 
 
 def selective_scan_triton_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                               D: Tensor | None = None, z: Tensor | None = None,
                               delta_bias: Tensor | None = None, delta_softplus: bool = False,
                               initial_state: Tensor | None = None, return_last_state: bool = False,
-                              ) -> Tensor | tuple[Tensor, Tensor]:
+                              tiled: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """``fused_cpu.selective_scan_cpu_bld``'s contract on a GPU (or under Triton's
     interpreter): u, delta, z (B, L, E); B, C (B, L, N) or grouped (B, L, G, N); A (E, N);
-    out (B, L, E) in u's dtype, the last state (B, E, N) in float32."""
+    out (B, L, E) in u's dtype, the last state (B, E, N) in float32. ``tiled``: the kernels
+    that take TILE steps at once by a parallel scan (archs/mamba/triton_scan_tiled.py)."""
     from archs.mamba.ref import check_scan_inputs
 
     check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
@@ -293,7 +304,7 @@ def selective_scan_triton_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
         raise ValueError(f"the Triton scan needs B and C in the same groups, got B {tuple(B.shape)} and "
                          f"C {tuple(C.shape)}; expand the ungrouped one to (batch, L, G, N)")
     out, last = _TritonScan.apply(f32(u), f32(delta), f32(A), Bm, Cm, f32(D), f32(z),
-                                  f32(initial_state), f32(delta_bias), bool(delta_softplus))
+                                  f32(initial_state), f32(delta_bias), bool(delta_softplus), bool(tiled))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
 
@@ -302,12 +313,9 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
                           D: Tensor | None = None, z: Tensor | None = None,
                           delta_bias: Tensor | None = None, delta_softplus: bool = False,
                           initial_state: Tensor | None = None, return_last_state: bool = False,
-                          ) -> Tensor | tuple[Tensor, Tensor]:
+                          tiled: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """``selective_scan_ref``'s signature and layout: u, delta, z (B, D, L); B, C (B, N, L)."""
-    res = selective_scan_triton_bld(
-        u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(-1, 1), C.movedim(-1, 1), D,
-        None if z is None else z.transpose(1, 2), delta_bias, delta_softplus, initial_state,
-        return_last_state)
-    if return_last_state:
-        return res[0].transpose(1, 2), res[1]
-    return res.transpose(1, 2)
+    from archs.mamba.ref import in_ref_layout
+
+    return in_ref_layout(selective_scan_triton_bld, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                         initial_state, return_last_state, tiled=tiled)

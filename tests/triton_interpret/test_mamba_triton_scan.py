@@ -29,10 +29,16 @@ def _inputs(batch, length, dim, dstate, groups, *, z=True, D=True, bias=True, h0
         initial_state=torch.randn(batch, dim, dstate, generator=g) if h0 else None)
 
 
-def _kernel(softplus):
+def _kernel(softplus, tiled=False):
     def run(**a):
-        return triton_scan.selective_scan_triton_bld(**a, delta_softplus=softplus, return_last_state=True)
+        return triton_scan.selective_scan_triton_bld(**a, delta_softplus=softplus, return_last_state=True,
+                                                     tiled=tiled)
     return run
+
+
+# both forms: step by step (triton_scan.py) and in tiles of steps by a parallel scan
+# (triton_scan_tiled.py, TILE steps: 40 and 150 tokens are several tiles and a part)
+FORMS = pytest.mark.parametrize("tiled", [False, True], ids=["steps", "tiled"])
 
 
 def _reference(softplus):
@@ -48,47 +54,58 @@ def _grads(inputs):
     return tuple(k for k, v in inputs.items() if v is not None)
 
 
-@pytest.mark.parametrize("length", [1, 40, 2 * triton_scan.CHUNK + 22])
-def test_scan_matches_reference(report, length):
+# 150 = two of the step form's 64-step checkpoint chunks and a part; the tiled form's tiles
+# are 16 steps, which 40 already crosses twice (the interpreter runs its scans slowly)
+@pytest.mark.parametrize("length,tiled", [(1, False), (40, False), (2 * triton_scan.CHUNK + 22, False),
+                                          (1, True), (40, True)])
+def test_scan_matches_reference(report, length, tiled):
     inputs = _inputs(2, length, 16, 16, 1)
-    errs = compare(_kernel(True), _reference(True), inputs, _grads(inputs))
-    report(f"archbench triton selective scan (Mamba-1), L={length}, {triton_scan.CHUNK}-step checkpoints", *errs)
+    errs = compare(_kernel(True, tiled), _reference(True), inputs, _grads(inputs))
+    report(f"archbench triton selective scan{' (tiled)' if tiled else ''}, L={length}", *errs)
 
 
+@FORMS
 @pytest.mark.parametrize("groups,dim,dstate", [(2, 32, 16), (1, 24, 12)])
-def test_grouped_and_odd_sizes(report, groups, dim, dstate):
+def test_grouped_and_odd_sizes(report, groups, dim, dstate, tiled):
     """Two groups of 16 channels (one block each); 24 channels in blocks of 8, N = 12 in a
     16-wide block (masked)."""
-    inputs = _inputs(2, 70, dim, dstate, groups, seed=1)
-    errs = compare(_kernel(True), _reference(True), inputs, _grads(inputs))
-    report(f"archbench triton selective scan, G={groups} E={dim} N={dstate}", *errs)
+    # past a boundary of each form; one batch row for the tiled one (its scans are slow here)
+    inputs = _inputs(1 if tiled else 2, 35 if tiled else 70, dim, dstate, groups, seed=1)
+    errs = compare(_kernel(True, tiled), _reference(True), inputs, _grads(inputs))
+    report(f"archbench triton selective scan{' (tiled)' if tiled else ''}, G={groups} E={dim} N={dstate}", *errs)
 
 
+@FORMS
 @pytest.mark.parametrize("optional", ["none", "no_softplus"])
-def test_without_the_optional_inputs(report, optional):
+def test_without_the_optional_inputs(report, optional, tiled):
     softplus = optional != "no_softplus"
-    inputs = _inputs(1, 70, 16, 16, 1, z=False, D=False, bias=False, h0=False, seed=2)
+    inputs = _inputs(1, 35 if tiled else 70, 16, 16, 1, z=False, D=False, bias=False, h0=False, seed=2)
     if not softplus:
         inputs["delta"] = F.softplus(inputs["delta"])  # a positive step size as given
-    errs = compare(_kernel(softplus), _reference(softplus), inputs, _grads(inputs))
-    report(f"archbench triton selective scan, no z/D/bias/h0, softplus={softplus}", *errs)
+    errs = compare(_kernel(softplus, tiled), _reference(softplus), inputs, _grads(inputs))
+    report(f"archbench triton selective scan{' (tiled)' if tiled else ''}, no z/D/bias/h0, "
+           f"softplus={softplus}", *errs)
 
 
 def test_block_never_straddles_a_group():
     assert [triton_scan.block_channels(c) for c in (1, 3, 8, 24, 32, 96, 1536)] == [1, 1, 8, 8, 32, 32, 32]
+    assert [triton_scan.block_channels(c, 4) for c in (1, 6, 24, 1536)] == [1, 2, 4, 4]
 
 
-def test_mamba_layer_on_the_triton_scan(report):
+@pytest.mark.parametrize("impl", ["triton", "triton_tiled"])
+def test_mamba_layer_on_the_triton_scan(report, impl):
     """The whole Mamba-1 mixer with its scan on the Triton kernel (what ``fused_impl="triton"``
     runs on CUDA) against the sequential reference: output, carried state, every parameter's
     gradient, from a carried state (prefill) as from a fresh one."""
     from archs.mamba.layer import MambaMixer
 
     torch.manual_seed(0)
-    layer = MambaMixer(16, d_state=16, fused_impl="triton").double()
-    assert layer.resolved_backend("cuda") == "fused:triton"
-    x = torch.randn(2, 90, 16, dtype=torch.float64)
-    state = {k: torch.randn_like(v) for k, v in layer.init_state(2, dtype=torch.float64).items()}
+    layer = MambaMixer(16, d_state=16, fused_impl=impl).double()
+    assert layer.resolved_backend("cuda") == f"fused:{impl}"
+    # past a checkpoint of each form (64 steps; tiles of 16), kept short: interpreted scans are slow
+    batch = 2 if impl == "triton" else 1
+    x = torch.randn(batch, 90 if impl == "triton" else 40, 16, dtype=torch.float64)
+    state = {k: torch.randn_like(v) for k, v in layer.init_state(batch, dtype=torch.float64).items()}
     worst_fwd = worst_bwd = 0.0
     for carried in (None, state):
         outs, grads = {}, {}
@@ -108,7 +125,7 @@ def test_mamba_layer_on_the_triton_scan(report):
             got = grads["fused_triton"][name]
             worst_bwd = max(worst_bwd, float((got - want).abs().max() / want.abs().max()))
     assert worst_fwd < 1e-5 and worst_bwd < 1e-4, (worst_fwd, worst_bwd)
-    report("archbench triton selective scan in MambaMixer (fresh and carried state)", worst_fwd, worst_bwd)
+    report(f"MambaMixer with fused_impl={impl} (fresh and carried state)", worst_fwd, worst_bwd)
 
 
 def test_mamba_layer_decode_with_the_triton_impl(report, monkeypatch):
@@ -142,8 +159,9 @@ def test_mamba_layer_decode_with_the_triton_impl(report, monkeypatch):
     report("mamba_ssm selective_state_update as fused_impl=triton's decode step", worst)
 
 
+@FORMS
 @pytest.mark.parametrize("layout", ["sliced", "transposed"])
-def test_one_step_with_views_for_inputs(report, layout):
+def test_one_step_with_views_for_inputs(report, layout, tiled):
     """L = 1 with B and C as views: along a dimension of size 1 a tensor's stride can be
     anything, and the kernel must index its own buffers by theirs (before, dB / dC went to the
     wrong rows, or out of bounds). "sliced": batch 1, B and C sliced from one projection as
@@ -160,17 +178,18 @@ def test_one_step_with_views_for_inputs(report, layout):
                   delta=torch.randn(batch, 1, dim, generator=g), A=-torch.rand(dim, 16, generator=g),
                   B=B, C=C, D=torch.randn(dim, generator=g), z=torch.randn(batch, 1, dim, generator=g),
                   delta_bias=None, initial_state=None)
-    errs = compare(_kernel(True), _reference(True), inputs, ("u", "delta", "A", "B", "C", "D", "z"))
-    report(f"archbench triton selective scan, L=1, B/C {layout} views", *errs)
+    errs = compare(_kernel(True, tiled), _reference(True), inputs, ("u", "delta", "A", "B", "C", "D", "z"))
+    report(f"archbench triton selective scan{' (tiled)' if tiled else ''}, L=1, B/C {layout} views", *errs)
 
 
-def test_softplus_keeps_its_digits_for_small_steps(report):
+@FORMS
+def test_softplus_keeps_its_digits_for_small_steps(report, tiled):
     """delta + bias near -10 (dt ~ 5e-5; Mamba's dt bias starts at softplus^-1(0.001)
     = -6.9): float32 log(1 + exp(x)) loses ~4e-4 of dt there, the kernel's series does not."""
     inputs = _inputs(1, 40, 16, 16, 1, seed=4)
     inputs["delta"] = inputs["delta"] - 9.0
-    errs = compare(_kernel(True), _reference(True), inputs, _grads(inputs))
-    report("archbench triton selective scan, softplus at delta + bias ~ -10", *errs)
+    errs = compare(_kernel(True, tiled), _reference(True), inputs, _grads(inputs))
+    report(f"archbench triton selective scan{' (tiled)' if tiled else ''}, softplus at delta + bias ~ -10", *errs)
 
 
 def test_b_and_c_must_share_their_groups():

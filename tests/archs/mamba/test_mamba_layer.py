@@ -268,7 +268,7 @@ def test_low_rank_linear_matches_linear_and_passes_gradcheck():
 
 # -- fused_impl="triton": the project's Triton scan on CUDA (tests/triton_interpret runs it) ---
 def test_fused_impl_is_checked_and_named():
-    with pytest.raises(ValueError, match=r"fused_impl='cuda'.*\('mamba_ssm', 'triton'\)"):
+    with pytest.raises(ValueError, match=r"fused_impl=.cuda.*\(.mamba_ssm., .triton., .triton_tiled.\)"):
         MambaMixer(16, fused_impl="cuda")
 
 
@@ -301,11 +301,12 @@ def test_triton_impl_without_triton_is_a_clear_error(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_triton_scan_matches_chunked_on_cuda() -> None:  # pragma: no cover - GPU only
-    """fused_impl="triton" on a GPU: forward, prefill from a carried state, and every
-    parameter's gradient against the chunked scan (fp32; the kernel computes in fp32)."""
-    tri, chunked = tiny_mixer("fused", fused_impl="triton").cuda(), tiny_mixer("chunked").cuda()
-    assert tri.resolved_backend() == "fused:triton"
+@pytest.mark.parametrize("impl", ["triton", "triton_tiled"])
+def test_triton_scan_matches_chunked_on_cuda(impl) -> None:  # pragma: no cover - GPU only
+    """fused_impl="triton" / "triton_tiled" on a GPU: forward, prefill from a carried state,
+    and every parameter's gradient against the chunked scan (fp32; the kernels compute in fp32)."""
+    tri, chunked = tiny_mixer("fused", fused_impl=impl).cuda(), tiny_mixer("chunked").cuda()
+    assert tri.resolved_backend() == f"fused:{impl}"
     x = torch.randn(2, 150, 16, device="cuda")
     for m in (tri, chunked):
         m(x).square().sum().backward()

@@ -21,7 +21,7 @@ def _compile(fn, flags: dict):
 
     sig = inspect.signature(fn.fn).parameters
     params = list(sig)
-    constexprs = {"CHUNK": 64, "BLOCK_E": 32, "BLOCK_N": 16, **flags}
+    constexprs = {"CHUNK": 64, "BLOCK_E": 32, "BLOCK_N": 16, **flags}  # flags may set CHUNK, BLOCK_E
     optional = {"D_ptr": "HAS_D", "z_ptr": "HAS_Z", "bias_ptr": "HAS_BIAS", "h0_ptr": "HAS_H0",
                 "glast_ptr": "HAS_GLAST", "dz_ptr": "HAS_Z"}
     signature = {}
@@ -38,10 +38,14 @@ def _compile(fn, flags: dict):
 
 
 @pytest.mark.parametrize("present", [True, False])
-@pytest.mark.parametrize("kernel", ["_scan_fwd_kernel", "_scan_bwd_kernel"])
+@pytest.mark.parametrize("kernel", ["triton_scan._scan_fwd_kernel", "triton_scan._scan_bwd_kernel",
+                                    "triton_scan_tiled._tile_fwd_kernel", "triton_scan_tiled._tile_bwd_kernel"])
 def test_kernel_compiles_to_a_sm90_cubin(kernel, present):
-    from archs.mamba import triton_scan
+    import importlib
 
+    module, name = kernel.split(".")
+    mod = importlib.import_module(f"archs.mamba.{module}")
+    sizes = {"CHUNK": mod.TILE, "BLOCK_E": mod.MAX_BLOCK_E} if module == "triton_scan_tiled" else {}
     flags = {f: present for f in ("HAS_D", "HAS_Z", "HAS_BIAS", "HAS_H0", "SAVE", "HAS_GLAST", "SOFTPLUS")}
-    compiled = _compile(getattr(triton_scan, kernel), flags)
+    compiled = _compile(getattr(mod, name), {**flags, **sizes})
     assert compiled.asm["cubin"] and ".target sm_90" in compiled.asm["ptx"]
