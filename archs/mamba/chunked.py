@@ -40,7 +40,7 @@ from einops import rearrange
 from torch import Tensor
 
 from archs.mamba import chunked_blocks as blk
-from archs.mamba.ref import check_scan_inputs
+from archs.mamba.ref import check_scan_inputs_bld
 from archs.precision import acc_dtype, up
 
 # Aim for ~256K floats (1 MiB) per block work tensor: a few of them fit in L2.
@@ -144,13 +144,9 @@ def selective_scan_chunked_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
     u, delta, z (B, L, D); B, C (B, L, N) or grouped (B, L, G, N); out (B, L, D).
     ``form``: how each block's recurrences run (chunked_blocks: "steps", "doubling"; "auto"
     = doubling on a GPU)."""
-    check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
-                      C.movedim(1, -1), D, None if z is None else z.transpose(1, 2),
-                      delta_bias, initial_state)
+    check_scan_inputs_bld(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, seqlen, dim = u.shape
     d_state = A.shape[1]
-    if seqlen == 0:
-        raise ValueError("the selective scan needs seqlen >= 1")
     form = resolve_form(form, u.device)
     # no longer than the sequence (rounded up to a power of two): every work buffer is
     # (block, B, N, D), so a 4096-step GPU block on 256 tokens would be 16x the memory

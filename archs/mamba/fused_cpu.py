@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from archs._scan_cpu import CHUNK, SOURCE, cpu_kernel_available, require_cpu_kernel, scan_channels_last
-from archs.mamba.ref import check_scan_inputs, in_ref_layout
+from archs.mamba.ref import check_scan_inputs_bld, in_ref_layout
 
 __all__ = ["CHUNK", "SOURCE", "cpu_kernel_available", "require_cpu_kernel", "selective_scan_cpu",
            "selective_scan_cpu_bld", "selective_state_update_cpu"]
@@ -25,9 +25,7 @@ def selective_scan_cpu_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     B, C (B, L, N) or grouped (B, L, G, N); out (B, L, D) in u's dtype; the last state
     (B, D, N) in float32 (float64 for float64 inputs). ``block_len``: steps between the
     states kept for the backward pass (speed and memory only; default CHUNK)."""
-    check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
-                      C.movedim(1, -1), D, None if z is None else z.transpose(1, 2),
-                      delta_bias, initial_state)
+    check_scan_inputs_bld(u, delta, A, B, C, D, z, delta_bias, initial_state)
     return scan_channels_last(u, delta, A.t(), B, C, D, z, delta_bias, delta_softplus,
                               initial_state, return_last_state, block_len)
 

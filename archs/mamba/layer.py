@@ -157,7 +157,7 @@ class MambaMixer(Mixer):
         """The backend for input x; "fused" is "fused_cpu" on a CPU, "fused" (mamba_ssm) on
         CUDA, and raises where neither can run."""
         backend = self.resolved_backend(x.device)
-        if backend in {f"fused:{impl}" for impl in TRITON_IMPLS}:
+        if backend.startswith("fused:triton"):  # fused:triton or fused:triton_tiled
             require("Mamba", TRITON)
             return "fused_triton"  # which of the two: config.fused_impl
         if backend != "fused":

@@ -58,6 +58,18 @@ def check_scan_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                          f"{d_state}), got {tuple(initial_state.shape)}")
 
 
+def check_scan_inputs_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
+                          initial_state: Tensor | None) -> None:
+    """``check_scan_inputs`` for the channels-last layout the chunked, CPU and Triton scans
+    take (u, delta, z (B, L, D); B, C (B, L, N) or (B, L, G, N)), and at least one step."""
+    check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
+                      C.movedim(1, -1), D, None if z is None else z.transpose(1, 2),
+                      delta_bias, initial_state)
+    if u.shape[1] == 0:
+        raise ValueError("the selective scan needs seqlen >= 1")
+
+
 def expand_groups(BC: Tensor, dim: int) -> Tensor:
     """(B, N, L) or grouped (B, G, N, L) -> per-channel (B, D, N, L) in fp32."""
     if BC.dim() == 3:

@@ -285,13 +285,9 @@ def selective_scan_triton_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     interpreter): u, delta, z (B, L, E); B, C (B, L, N) or grouped (B, L, G, N); A (E, N);
     out (B, L, E) in u's dtype, the last state (B, E, N) in float32. ``tiled``: the kernels
     that take TILE steps at once by a parallel scan (archs/mamba/triton_scan_tiled.py)."""
-    from archs.mamba.ref import check_scan_inputs
+    from archs.mamba.ref import check_scan_inputs_bld
 
-    check_scan_inputs(u.transpose(1, 2), delta.transpose(1, 2), A, B.movedim(1, -1),
-                      C.movedim(1, -1), D, None if z is None else z.transpose(1, 2),
-                      delta_bias, initial_state)
-    if u.shape[1] == 0:
-        raise ValueError("the selective scan needs seqlen >= 1")
+    check_scan_inputs_bld(u, delta, A, B, C, D, z, delta_bias, initial_state)
 
     def f32(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(torch.float32).contiguous()
