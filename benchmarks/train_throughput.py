@@ -251,8 +251,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                        tokens_per_s=sps * tc.batch_size * tc.seq_len, gflop_per_step=flops / 1e9,
                        gflops=sps * flops / 1e9, peak_gflops=peak, fraction_of_peak=sps * flops / 1e9 / peak,
                        threads=args.threads, cpu_model=env["cpu"], gpu_model=env["gpu"] if device.type == "cuda" else None,
-                       torch_version=env["torch"], fp32_matmul=env["fp32_matmul"],
-                       triton_fp32_dot=env["triton_fp32_dot"],
+                       torch_version=env["torch"],
+                       # absent from a --code-root older than the precision fields (4830b9e)
+                       fp32_matmul=env.get("fp32_matmul"), triton_fp32_dot=env.get("triton_fp32_dot"),
                        code_commit=env["git_commit"], code_dirty=env["git_dirty"],
                        python=platform.python_version(), status="ok")
             store_case_row(store, row, identity=("preset", "impl", "label", "batch", "seq_len", "d_model",
@@ -289,7 +290,10 @@ def compare(args: argparse.Namespace) -> dict[tuple[str, str], list[float]]:
                     label = f"{args.label}{side}{pair}"
                     done = subprocess.run([sys.executable, __file__, "--presets", preset, "--archs", arch,
                                            "--code-root", str(root), "--label", label, *common],
-                                          check=True, capture_output=True, text=True)
+                                          capture_output=True, text=True)
+                    if done.returncode:  # the child's own error, not only its exit status
+                        raise RuntimeError(f"[{label}] {preset} {arch} on {root} exited with "
+                                           f"{done.returncode}:\n{done.stderr[-3000:]}")
                     print(f"[{label}] " + done.stdout.strip().replace("\n", f"\n[{label}] "), flush=True)
                     # the case's line: "<preset> <arch> <backend> <steps/s> steps/s ..."
                     found = re.search(rf"^{preset}\s+{arch}\s+\S+\s+([0-9.]+) steps/s", done.stdout, re.M)

@@ -102,6 +102,23 @@ def test_train_throughput_writes_rows_with_the_machines_peak(tmp_path):
         assert 0 < sum(timed.values()) < step_ms and "torch.profiler" in text
 
 
+def test_train_throughput_measures_a_checkout_older_than_the_precision_fields(tmp_path, monkeypatch):
+    """--code-root may be a checkout whose harness.env predates the precision fields (the
+    issue's c1ceaec baseline): its rows leave them empty instead of the run failing."""
+    import harness.env
+    from benchmarks import train_throughput
+    from harness.results import load_rows
+
+    real = harness.env.environment
+    monkeypatch.setattr(harness.env, "environment", lambda: {
+        k: v for k, v in real().items() if k not in ("fp32_matmul", "triton_fp32_dot")})
+    train_throughput.run(train_throughput.parse_args(
+        ["--presets", "demo", "--archs", "lstm", "--min-time", "0.02", "--repeats", "1",
+         "--out", str(tmp_path / "tt"), "--label", "old"]))
+    rows = load_rows(tmp_path / "tt")
+    assert list(rows["label"]) == ["old"] and rows["fp32_matmul"].isna().all()
+
+
 @pytest.mark.slow
 def test_train_throughput_pairs_a_baseline_checkout_back_to_back(tmp_path, capsys):
     """--baseline-root: each pair runs the baseline's case, then this checkout's, in fresh
