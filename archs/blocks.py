@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from archs._norm import rms_norm_cpu
 from archs.mixer import Mixer, State
 from archs.precision import up
 
@@ -62,9 +63,23 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _LowRankLinear.apply(x, weight)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameters, state dict and numbers), run on a CPU by the C kernel of
+    archs/_norm.c: PyTorch's backward of it is ~10 elementwise passes, ~0.5 ms a norm at the
+    small models' (8 * 256, 64) (archs/_norm.py says when the PyTorch form runs instead)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.normalized_shape) == 1:
+            eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+            out = rms_norm_cpu(x, self.weight, x.shape[-1], eps)
+            if out is not None:
+                return out
+        return super().forward(x)
+
+
 def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
     if kind == "rmsnorm":
-        return nn.RMSNorm(dim, eps=eps)
+        return RMSNorm(dim, eps=eps)
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps)
     raise ValueError(f"unknown norm {kind!r}; choose one of {list(NORMS)}")
@@ -89,6 +104,10 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None:  # a CPU runs this as one C kernel (archs/_norm.py: where it does not)
+            out = rms_norm_cpu(y, self.weight, self.group_size, self.eps)
+            if out is not None:
+                return out
         h = up(y) if z is None else up(y) * F.silu(up(z))
         # (..., g*s) -> (..., g, s): normalise each group on its own
         h = rearrange(h, "... (g s) -> ... g s", s=self.group_size)

@@ -1,0 +1,79 @@
+"""RMSNorm over groups of channels as one C kernel on a CPU (_norm.c), for the norms of
+archs/blocks.py: ``RMSNorm`` (the blocks' pre-norms) and ``GatedRMSNorm`` without its gate
+(Mamba-2's norm when its CPU scan has already applied the gate).
+
+``rms_norm_cpu`` returns None where the kernel does not apply - another device, a dtype other
+than float32/float64 (e.g. under bf16 autocast), no C compiler, ``ARCHBENCH_CPU_KERNELS=0``,
+a torch dispatch mode (fake tensors have no data to hand a C function; the FLOP counter
+counts a norm as zero FLOPs either way) - and the caller then runs its PyTorch form, which gives the same numbers (tested): a norm
+has no backend of its own to record, it is part of the block's arithmetic either way.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+from archs import _native
+
+SOURCE = Path(__file__).with_name("_norm.c")
+
+
+class NormDims(ctypes.Structure):
+    """Mirror of ``norm_dims`` in _norm.c."""
+    _fields_ = ([(n, ctypes.c_int64) for n in ("rows", "groups", "size", "s_x", "nthreads")]
+                + [("eps", ctypes.c_double)])
+
+
+def _library(dtype: torch.dtype) -> ctypes.CDLL:
+    return _native.load(SOURCE, dtype, {"norm_fwd": (NormDims, 4), "norm_bwd": (NormDims, 6)})
+
+
+class _CpuRMSNorm(torch.autograd.Function):
+    """x (rows, G * S), its channels packed; weight (G * S,) or None -> (rows, G * S)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, groups: int, eps: float) -> Tensor:
+        rows, channels = x.shape
+        dims = NormDims(rows, groups, channels // groups, x.stride(0), torch.get_num_threads(), eps)
+        out = x.new_empty(rows, channels)
+        rstd = x.new_empty(rows, groups)
+        p = _native.pointer
+        _library(x.dtype).norm_fwd(ctypes.byref(dims), p(x), p(weight), p(out), p(rstd))
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.dims = dims
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        g = g.contiguous()
+        gx = torch.empty_like(g)
+        want_w = weight is not None and ctx.needs_input_grad[1]
+        gw = x.new_empty(ctx.dims.nthreads, x.shape[1]) if want_w else None
+        p = _native.pointer
+        _library(x.dtype).norm_bwd(ctypes.byref(ctx.dims), p(x), p(weight), p(rstd), p(g), p(gx), p(gw))
+        return gx, (gw.sum(0) if want_w else None), None, None
+
+
+def rms_norm_cpu(x: Tensor, weight: Tensor | None, group_size: int, eps: float) -> Tensor | None:
+    """RMSNorm of each group of ``group_size`` channels of x (..., C), times ``weight`` (C,);
+    None where the kernel does not apply (see the module's docstring)."""
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+            or (weight is not None and weight.dtype != x.dtype) or x.shape[-1] % group_size
+            or x.numel() == 0 or is_in_torch_dispatch_mode()):
+        return None
+    try:
+        _library(x.dtype)
+    except _native.NativeKernelUnavailable:
+        return None
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = _CpuRMSNorm.apply(x2, weight, x.shape[-1] // group_size, float(eps))
+    return out.view(x.shape)
