@@ -4,8 +4,8 @@ archs/blocks.py: ``RMSNorm`` (the blocks' pre-norms) and ``GatedRMSNorm`` withou
 
 ``rms_norm_cpu`` returns None where the kernel does not apply - another device, a dtype other
 than float32/float64 (e.g. under bf16 autocast), no C compiler, ``ARCHBENCH_CPU_KERNELS=0``,
-a torch dispatch mode (fake tensors have no data to hand a C function; the FLOP counter
-counts a norm as zero FLOPs either way) - and the caller then runs its PyTorch form, which gives the same numbers (tested): a norm
+a tensor subclass such as a fake tensor (no data to hand a C function) - and the caller then
+runs its PyTorch form, which gives the same numbers (tested): a norm
 has no backend of its own to record, it is part of the block's arithmetic either way.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from archs import _native
 
@@ -64,9 +63,10 @@ class _CpuRMSNorm(torch.autograd.Function):
 def rms_norm_cpu(x: Tensor, weight: Tensor | None, group_size: int, eps: float) -> Tensor | None:
     """RMSNorm of each group of ``group_size`` channels of x (..., C), times ``weight`` (C,);
     None where the kernel does not apply (see the module's docstring)."""
-    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+    if (type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
             or (weight is not None and weight.dtype != x.dtype) or x.shape[-1] % group_size
-            or x.numel() == 0 or is_in_torch_dispatch_mode()):
+            or (weight is not None and type(weight) is not torch.nn.Parameter and type(weight) is not torch.Tensor)
+            or x.numel() == 0):
         return None
     try:
         _library(x.dtype)

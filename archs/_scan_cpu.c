@@ -42,6 +42,10 @@ typedef struct {
     int64_t scalar_decay; /* A[d, n] is the same for every n (Mamba-2's per-head decay): At is
                              (1, dim), the decay exp(dt A) is computed once per step, and
                              dAt_part is (batch, 1, dim) */
+    int64_t bc_sum;       /* dB_part / dC_part hold the whole sums (batch, seqlen, groups,
+                             dstate): one thread runs all of a group's tiles in order and adds
+                             each tile's sums in place. 0: one partial per tile (more tasks to
+                             share among threads when batch * groups < nthreads) */
 } scan_dims;
 
 /* dt of one step: softplus(delta + bias), each part optional; `pre` gets delta + bias */
@@ -144,6 +148,19 @@ static void store_state(const scan_dims* p, real* state, tile t, const vec* h) {
  * once per chunk, not per entry (n_chunks is an integer division, ~30 cycles) */
 static inline real* ckpt_at(const scan_dims* p, real* ckpt, tile t, int64_t c) {
     return ckpt + (t.b * n_chunks(p) + c) * p->dstate * p->dim + t.d0;
+}
+
+/* step s's lane sums of one tile's dB or dC terms, entries [n0, n0 + count): stored as the
+ * tile's partial, or (bc_sum) added into the group's sum - the first tile of a group stores */
+static inline void put_bc_sums(const scan_dims* p, tile t, real* dst, int64_t s, int64_t n0,
+                               const real* sums, int64_t count) {
+    const int64_t slot = p->bc_sum ? 0 : t.j;
+    real* d = dst + ((slot * p->batch + t.b) * p->seqlen + s) * p->groups * p->dstate
+              + t.g * p->dstate + n0;
+    if (p->bc_sum && t.j > 0)
+        for (int64_t i = 0; i < count; i++) d[i] += sums[i];
+    else
+        memcpy(d, sums, sizeof(real) * count);
 }
 
 /* per-step inputs of a tile */
@@ -347,12 +364,11 @@ static inline __attribute__((always_inline)) void bwd_task(
             gbias += gdt;
             vstore(du + row, gu, w);
             vstore(ddt + row, gdt, w); /* the gradient of delta (before bias and softplus) */
-            /* B and C are shared by the group's channels: one partial sum per tile */
-            const int64_t bc = ((t.j * p->batch + t.b) * L + s) * G * N + t.g * N;
+            /* B and C are shared by the group's channels: sums over the tile's lanes */
             hsums(sB, N, sums);
-            memcpy(dB_part + bc, sums, sizeof(real) * N);
+            put_bc_sums(p, t, dB_part, s, 0, sums, N);
             hsums(sC, N, sums);
-            memcpy(dC_part + bc, sums, sizeof(real) * N);
+            put_bc_sums(p, t, dC_part, s, 0, sums, N);
         }
     }
     store_state(p, dh0, t, carry);
@@ -465,12 +481,11 @@ static void bwd_scalar_blocks(
                     vstore(du + row, gy * Dv + gB * dtv, w);
                     vstore(ddt + row, gdt, w); /* the gradient of delta (before bias, softplus) */
                 }
-                /* B and C are shared by the group's channels: one partial sum per tile */
-                const int64_t bc = ((t.j * p->batch + t.b) * L + s) * G * N + t.g * N + j;
+                /* B and C are shared by the group's channels: sums over the tile's lanes */
                 hsums(sB, SBLOCK, sums);
-                memcpy(dB_part + bc, sums, sizeof sums);
+                put_bc_sums(p, t, dB_part, s, j, sums, SBLOCK);
                 hsums(sC, SBLOCK, sums);
-                memcpy(dC_part + bc, sums, sizeof sums);
+                put_bc_sums(p, t, dC_part, s, j, sums, SBLOCK);
             }
             for (int64_t n = 0; n < SBLOCK; n++) buf.carry[j + n] = carry[n];
         }
@@ -483,13 +498,16 @@ static void bwd_scalar_blocks(
 
 /* Gradients. du, ddt (of delta), dz: (batch, seqlen, dim) contiguous. Partial sums the caller
  * reduces: dAt_part (batch, dstate, dim), dD_part and dbias_part (batch, dim) over sequences;
- * dB_part and dC_part (tiles_per_group, batch, seqlen, groups, dstate) over a group's tiles. */
+ * dB_part and dC_part (tiles_per_group, batch, seqlen, groups, dstate) over a group's tiles,
+ * or (bc_sum) (batch, seqlen, groups, dstate), the sums themselves. */
 void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
               const real* Bm, const real* Cm, const real* D, const real* z, const real* ckpt,
               const real* gout, const real* glast, const real* dbias, real* du, real* ddt,
               real* dz, real* dAt_part, real* dD_part, real* dB_part, real* dC_part, real* dh0,
               real* dbias_part) {
     const int64_t N = p->dstate, K = p->chunk;
+    /* work units: a tile, or with bc_sum all of a group's tiles (one thread adds their sums) */
+    const int64_t per = p->bc_sum ? tiles_per_group(p) : 1;
     if (p->scalar_decay && N % SBLOCK == 0) {
 #pragma omp parallel num_threads(p->nthreads)
         {
@@ -499,7 +517,8 @@ void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
                 .gys = vec_alloc(K), .dzs = vec_alloc(K), .stepa = vec_alloc(K),
                 .ys = vec_alloc(K), .gBs = vec_alloc(K), .gXs = vec_alloc(K)};
 #pragma omp for schedule(static)
-            for (int64_t task = 0; task < n_tasks(p); task++)
+            for (int64_t unit = 0; unit < n_tasks(p) / per; unit++)
+                for (int64_t task = unit * per; task < (unit + 1) * per; task++)
                 bwd_scalar_blocks(p, tile_of(p, task), buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt,
                                   gout, glast, dbias, du, ddt, dz, dAt_part, dD_part, dB_part,
                                   dC_part, dh0, dbias_part);
@@ -516,7 +535,8 @@ void scan_bwd(const scan_dims* p, const real* u, const real* dt, const real* At,
             .dts = vec_alloc(K), .pres = vec_alloc(K), .gA = vec_alloc(N), .sB = vec_alloc(N),
             .sC = vec_alloc(N)};
 #pragma omp for schedule(static)
-        for (int64_t task = 0; task < n_tasks(p); task++) {
+        for (int64_t unit = 0; unit < n_tasks(p) / per; unit++)
+        for (int64_t task = unit * per; task < (unit + 1) * per; task++) {
             tile t = tile_of(p, task);
 #define BWD(NS, SC) bwd_task(p, t, NS, SC, buf, u, dt, At, Bm, Cm, D, z, (real*)ckpt, gout, glast, \
                                  dbias, du, ddt, dz, dAt_part, dD_part, dB_part, dC_part, dh0, dbias_part)

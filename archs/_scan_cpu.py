@@ -36,7 +36,7 @@ class ScanDims(ctypes.Structure):
     """Mirror of ``scan_dims`` in _scan_cpu.c (sizes, then (batch, time) element strides)."""
     _fields_ = ([(n, ctypes.c_int64) for n in ("batch", "seqlen", "dim", "dstate", "groups", "chunk")]
                 + [(f"s_{n}", ctypes.c_int64 * 2) for n in ("u", "dt", "z", "B", "C", "out")]
-                + [(n, ctypes.c_int64) for n in ("nthreads", "softplus", "scalar_decay")])
+                + [(n, ctypes.c_int64) for n in ("nthreads", "softplus", "scalar_decay", "bc_sum")])
 
 
 def _library(dtype: torch.dtype) -> ctypes.CDLL:
@@ -83,9 +83,18 @@ def _dims(u: Tensor, dt: Tensor, z: Tensor | None, Bm: Tensor, Cm: Tensor, out: 
     batch, seqlen, dim = u.shape
     groups, dstate = Bm.shape[2], Bm.shape[3]
     scalar_decay = At.shape[0] == 1 and dstate > 1
+    threads = torch.get_num_threads()
     return ScanDims(batch, seqlen, dim, dstate, groups, chunk, _strides(u), _strides(dt),
                     _strides(z), _strides(Bm), _strides(Cm), _strides(out),
-                    torch.get_num_threads(), int(softplus), int(scalar_decay))
+                    threads, int(softplus), int(scalar_decay), int(_bc_sum(batch, groups, threads)))
+
+
+def _bc_sum(batch: int, groups: int, threads: int) -> bool:
+    """Whether the backward sums dB and dC over a group's tiles itself (one thread per group
+    and sequence) instead of writing a partial per tile for the caller to add: where there
+    are at least as many (sequence, group) units as threads. The partials are (tiles, B, L,
+    G, N), 8 MB a call for Mamba-2 at the induction preset, and their sum 0.2 ms."""
+    return batch * groups >= threads
 
 
 def _scan_fwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tensor | None,
@@ -132,11 +141,11 @@ def _scan_bwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tens
     dz = torch.empty_like(g_out) if z is not None else None
     dAt = u.new_empty(batch, At.shape[0], dim)
     dD = u.new_empty(batch, dim) if D is not None else None
-    dB = u.new_empty(tiles, batch, seqlen, groups, dstate)
+    dims = _dims(u, dt, z, Bm, Cm, g_out, At, softplus, chunk)
+    dB = u.new_empty(*(() if dims.bc_sum else (tiles,)), batch, seqlen, groups, dstate)
     dC = torch.empty_like(dB)
     dh0 = u.new_empty(batch, dim, dstate)
     dbias = u.new_empty(batch, dim) if bias is not None else None
-    dims = _dims(u, dt, z, Bm, Cm, g_out, At, softplus, chunk)
     p = _native.pointer
     _library(u.dtype).scan_bwd(ctypes.byref(dims), p(u), p(dt), p(At), p(Bm), p(Cm), p(D), p(z),
                                p(ckpt), p(g_out), p(g_last), p(bias), p(du), p(ddt), p(dz),
@@ -145,7 +154,7 @@ def _scan_bwd(u: Tensor, dt: Tensor, At: Tensor, Bm: Tensor, Cm: Tensor, D: Tens
     def given(t: Tensor | None) -> Tensor:  # a distinct empty tensor each: returns may not alias
         return u.new_empty(0) if t is None else t
 
-    return [du, ddt, given(dz), dAt.sum(0), dB.sum(0), dC.sum(0),
+    return [du, ddt, given(dz), dAt.sum(0), dB if dims.bc_sum else dB.sum(0), dC if dims.bc_sum else dC.sum(0),
             given(None if dD is None else dD.sum(0)), dh0,
             given(None if dbias is None else dbias.sum(0))]
 

@@ -75,6 +75,28 @@ def test_scan_is_deterministic_and_independent_of_block_len():
         torch.testing.assert_close(x, z, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch, groups", [(1, None), (2, 2), (3, None), (1, 2)])
+def test_dB_dC_summed_in_the_kernel_or_by_tile_at_any_thread_count(threads, batch, groups):
+    """dB and dC sum over the channels sharing B and C: the kernel adds its tiles' sums itself
+    where (sequence, group) units are at least the threads, else writes a partial per tile
+    for the caller. Both, with tiles split unevenly among threads (40 channels: 3 tiles per
+    group of 40, 2 per group of 20), agree with the reference."""
+    from archs._scan_cpu import _bc_sum
+
+    inputs = make_inputs(batch, 40, 16, 21, groups)
+    want = run(selective_scan_ref, inputs)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = run(selective_scan_cpu, inputs, block_len=8)
+    finally:
+        torch.set_num_threads(old)
+    for name, a, e in zip(("out", "last", *inputs), got, want):
+        torch.testing.assert_close(a, e, **TOL[torch.float32], msg=lambda m, n=name: f"{n}: {m}")
+    assert _bc_sum(batch, groups or 1, threads) == (batch * (groups or 1) >= threads)
+
+
 def test_decode_step_matches_reference():
     g = torch.Generator().manual_seed(0)
     state = torch.randn(3, 20, 16, generator=g)

@@ -48,6 +48,28 @@ def test_ssd_on_the_cpu_kernel_matches_the_recurrence(dtype, b, l, h, p, g, n):
         torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m, k=name: f"{k}: {m}")
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("b, g", [(1, 1), (1, 2), (3, 1)])
+def test_block_backward_sums_dB_dC_at_any_thread_count(threads, b, g):
+    """The scalar-decay backward (blocks of 8 entries) with dB/dC summed in the kernel (units
+    of (sequence, group) at least the threads) or per tile (fewer): 48 channels per group
+    are 3 tiles, split unevenly among the threads."""
+    inputs = _inputs(b, 23, 3 * g, 16, g, 64, torch.float32, seed=b * 10 + g)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for fn, n in ((ssd_recurrent, old), (ssd_cpu, threads)):
+            torch.set_num_threads(n)
+            y, last = fn(**inputs, return_final_state=True)
+            gen = torch.Generator().manual_seed(1)
+            loss = (y * torch.randn(y.shape, generator=gen)).sum() + (last * torch.randn(last.shape, generator=gen)).sum()
+            results.append([y, last, *torch.autograd.grad(loss, list(inputs.values()))])
+    finally:
+        torch.set_num_threads(old)
+    for name, want, got in zip(("y", "last", *inputs), *results):
+        torch.testing.assert_close(got, want, **TOL[torch.float32], msg=lambda m, k=name: f"{k}: {m}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_gate_inside_the_kernel_is_y_times_silu_z(dtype):
     """The layer hands z to the kernel (y * silu(z) before the norm): the same values and
