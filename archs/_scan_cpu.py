@@ -26,9 +26,15 @@ from archs.precision import acc_dtype
 
 SOURCE = Path(__file__).with_name("_scan_cpu.c")
 # Steps between the states the forward pass keeps for the backward (which recomputes the
-# rest): memory is L / CHUNK states; at 16 a chunk's recomputed states and decays (2 x 16
-# steps x N vectors of 64 bytes, 32 KiB at N = 16) stay in L1.
-CHUNK = 16
+# rest): memory is L / CHUNK states, the backward's buffers ~2 x CHUNK x N vectors of 64
+# bytes a thread. Longer chunks spread each chunk's fixed work (its checkpoint, the per-step
+# inputs the state blocks share) over more steps; measured alone at the induction preset
+# ((8, 256, 128 channels), one thread, alternating runs, 2026-12-04), the backward took:
+#   Mamba-1 (N = 16, a decay per entry): 16 steps 4.2-4.8 ms, 32 steps 3.7-4.6 (8: 1.1-1.5x slower);
+#   Mamba-2 (N = 64, one decay per channel): 16 steps 5.6-6.0 ms, 64 steps 4.5-5.4, 128 and
+#   256 no better than 64.
+CHUNK = 32                # a decay per state entry (Mamba-1)
+SCALAR_DECAY_CHUNK = 64   # one decay per channel, shared by its N entries (Mamba-2's SSD)
 VECTOR_BYTES = 64  # VBYTES in _scan_cpu.c: a task owns this many bytes' worth of channels
 
 
@@ -219,6 +225,13 @@ class _CpuScan(torch.autograd.Function):
                 None, None)
 
 
+def default_chunk(At: Tensor, B: Tensor) -> int:
+    """Steps between checkpoints when the caller names none: SCALAR_DECAY_CHUNK for a decay
+    shared by a channel's state entries (At (1, D) with N > 1: the kernel's scalar mode), else
+    CHUNK."""
+    return SCALAR_DECAY_CHUNK if At.shape[0] == 1 and B.shape[-1] > 1 else CHUNK
+
+
 def _grouped(BC: Tensor) -> Tensor:
     """(B, L, N) or (B, L, G, N) -> (B, L, G, N) with (G, N) packed."""
     return _inner_contiguous(BC.unsqueeze(2) if BC.dim() == 3 else BC, dims=2)
@@ -245,6 +258,7 @@ def scan_channels_last(u: Tensor, delta: Tensor, At: Tensor, B: Tensor, C: Tenso
     h0 = None if initial_state is None else initial_state.to(dtype).contiguous()
     out, last = _CpuScan.apply(cast(u), cast(delta), At.to(dtype).contiguous(),
                                _grouped(B.to(dtype)), _grouped(C.to(dtype)), cast(D), cast(z),
-                               h0, cast(delta_bias), bool(delta_softplus), block_len or CHUNK)
+                               h0, cast(delta_bias), bool(delta_softplus),
+                               block_len or default_chunk(At, B))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

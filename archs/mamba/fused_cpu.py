@@ -24,7 +24,7 @@ def selective_scan_cpu_bld(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     """The scan in the channels-last layout a layer produces: u, delta, z (B, L, D);
     B, C (B, L, N) or grouped (B, L, G, N); out (B, L, D) in u's dtype; the last state
     (B, D, N) in float32 (float64 for float64 inputs). ``block_len``: steps between the
-    states kept for the backward pass (speed and memory only; default CHUNK)."""
+    states kept for the backward pass (speed and memory only; default CHUNK, 32)."""
     check_scan_inputs_bld(u, delta, A, B, C, D, z, delta_bias, initial_state)
     return scan_channels_last(u, delta, A.t(), B, C, D, z, delta_bias, delta_softplus,
                               initial_state, return_last_state, block_len)

@@ -97,6 +97,17 @@ def test_dB_dC_summed_in_the_kernel_or_by_tile_at_any_thread_count(threads, batc
     assert _bc_sum(batch, groups or 1, threads) == (batch * (groups or 1) >= threads)
 
 
+def test_default_checkpoint_chunk_follows_the_decay_kind():
+    """32 steps between checkpoints for a decay per state entry, 64 for one decay per channel
+    (Mamba-2's SSD, the kernel's scalar mode; N = 1 is not that mode)."""
+    from archs._scan_cpu import CHUNK, SCALAR_DECAY_CHUNK, default_chunk
+
+    assert (CHUNK, SCALAR_DECAY_CHUNK) == (32, 64)
+    assert default_chunk(torch.zeros(16, 40), torch.zeros(2, 9, 1, 16)) == CHUNK
+    assert default_chunk(torch.zeros(1, 40), torch.zeros(2, 9, 1, 64)) == SCALAR_DECAY_CHUNK
+    assert default_chunk(torch.zeros(1, 40), torch.zeros(2, 9, 1, 1)) == CHUNK
+
+
 def test_decode_step_matches_reference():
     g = torch.Generator().manual_seed(0)
     state = torch.randn(3, 20, 16, generator=g)

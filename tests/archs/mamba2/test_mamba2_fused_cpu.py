@@ -31,9 +31,9 @@ def _inputs(b, l, h, p, g, n, dtype, seed=0):
     (2, 37, 4, 8, 1, 8),     # two heads per 16-lane vector, N = 8
     (1, 21, 4, 32, 2, 16),   # a head over two vectors, 2 groups, N = 16 (registers)
     (2, 5, 2, 6, 1, 64),     # partial vectors, the Mamba-2 default N = 64
-    (2, 40, 2, 16, 1, 64),   # N = 64 over 3 checkpoint chunks: 8 state blocks of 8 a chunk
+    (2, 40, 2, 16, 1, 64),   # N = 64 in one checkpoint chunk: 8 state blocks of 8
     (1, 19, 2, 16, 1, 12),   # N not a multiple of 8: the generic backward
-    (1, 150, 2, 16, 1, 64),  # past the forward's 64-step staging, 10 checkpoint chunks
+    (1, 150, 2, 16, 1, 64),  # past the forward's 64-step staging, 3 checkpoint chunks of 64, 64, 22
 ])
 def test_ssd_on_the_cpu_kernel_matches_the_recurrence(dtype, b, l, h, p, g, n):
     inputs = _inputs(b, l, h, p, g, n, dtype)
