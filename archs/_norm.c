@@ -24,11 +24,14 @@
 
 typedef struct { int64_t rows, groups, size, s_x, nthreads; double eps; } norm_dims;
 
+/* how many of a group's S channels the vector starting at channel i holds (VL but at the end) */
+static inline int64_t lanes(int64_t S, int64_t i) { return S - i < VL ? S - i : VL; }
+
 /* the sum over one group's S channels of a(i) * b(i) */
 static inline real dot(const real* a, const real* b, int64_t S) {
     vec acc = splat(0);
     for (int64_t i = 0; i < S; i += VL) {
-        const int64_t w = S - i < VL ? S - i : VL;
+        const int64_t w = lanes(S, i);
         acc += vload(a + i, w) * vload(b + i, w);
     }
     return hsum(acc);
@@ -44,7 +47,7 @@ void norm_fwd(const norm_dims* p, const real* x, const real* wt, real* out, real
             const real rs = 1 / sqrt(dot(xr, xr, S) / S + (real)p->eps);
             rstd[r * G + g] = rs;
             for (int64_t i = 0; i < S; i += VL) {
-                const int64_t w = S - i < VL ? S - i : VL;
+                const int64_t w = lanes(S, i);
                 const vec scale = wt ? vload(wt + g * S + i, w) * rs : splat(rs);
                 vstore(o + i, vload(xr + i, w) * scale, w);
             }
@@ -68,14 +71,14 @@ void norm_bwd(const norm_dims* p, const real* x, const real* wt, const real* rst
                 const real rs = rstd[r * G + g];
                 vec acc = splat(0); /* sum_s q x */
                 for (int64_t i = 0; i < S; i += VL) {
-                    const int64_t w = S - i < VL ? S - i : VL;
+                    const int64_t w = lanes(S, i);
                     const vec q = w_g ? vload(go + i, w) * vload(w_g + i, w) : vload(go + i, w);
                     acc += q * vload(xr + i, w);
                 }
                 const real c = rs * rs * rs * hsum(acc) / S;
                 real* gxr = gx + (r * G + g) * S;
                 for (int64_t i = 0; i < S; i += VL) {
-                    const int64_t w = S - i < VL ? S - i : VL;
+                    const int64_t w = lanes(S, i);
                     const vec xv = vload(xr + i, w), gov = vload(go + i, w);
                     const vec q = w_g ? gov * vload(w_g + i, w) : gov;
                     vstore(gxr + i, q * rs - xv * c, w);

@@ -88,11 +88,17 @@ def _dims(u: Tensor, dt: Tensor, z: Tensor | None, Bm: Tensor, Cm: Tensor, out: 
           At: Tensor, softplus: bool, chunk: int) -> ScanDims:
     batch, seqlen, dim = u.shape
     groups, dstate = Bm.shape[2], Bm.shape[3]
-    scalar_decay = At.shape[0] == 1 and dstate > 1
+    scalar_decay = _scalar_decay(At, dstate)
     threads = torch.get_num_threads()
     return ScanDims(batch, seqlen, dim, dstate, groups, chunk, _strides(u), _strides(dt),
                     _strides(z), _strides(Bm), _strides(Cm), _strides(out),
                     threads, int(softplus), int(scalar_decay), int(_bc_sum(batch, groups, threads)))
+
+
+def _scalar_decay(At: Tensor, dstate: int) -> bool:
+    """The kernel's scalar mode: At (1, D) is one decay per channel, shared by its N > 1 state
+    entries (Mamba-2's per-head decay); the default checkpoint chunk follows the same test."""
+    return At.shape[0] == 1 and dstate > 1
 
 
 def _bc_sum(batch: int, groups: int, threads: int) -> bool:
@@ -229,7 +235,7 @@ def default_chunk(At: Tensor, B: Tensor) -> int:
     """Steps between checkpoints when the caller names none: SCALAR_DECAY_CHUNK for a decay
     shared by a channel's state entries (At (1, D) with N > 1: the kernel's scalar mode), else
     CHUNK."""
-    return SCALAR_DECAY_CHUNK if At.shape[0] == 1 and B.shape[-1] > 1 else CHUNK
+    return SCALAR_DECAY_CHUNK if _scalar_decay(At, B.shape[-1]) else CHUNK
 
 
 def _grouped(BC: Tensor) -> Tensor:
